@@ -1,0 +1,218 @@
+"""Pipeline configuration: frozen dataclasses checked in ``__post_init__`` (pure: no torch, no ray).
+
+``PipelineConfig`` is everything that decides *what* the method computes (scales, TTA, prompts, crops, ensembling,
+post-processing). It is hashed into ``config_hash`` so a resumed job can tell whether an existing output was made
+with the same settings. Where the models come from (checkpoints, device, batch sizes) lives in the job's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from finedetail.postprocess import PostprocessConfig
+
+__all__ = [
+    "CropConfig",
+    "EnsembleConfig",
+    "PipelineConfig",
+    "PostprocessConfig",
+    "RefineConfig",
+    "SelectiveConfig",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+]
+
+MULTIMASK_MODES = ("coarse", "iou", "single")
+ENSEMBLE_RULES = ("union", "majority", "mean", "majority_or_confident")
+PASTE_MODES = ("max", "replace")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """SAM multi-prompt refinement of each connected component of the coarse mask (DESIGN step 2-3).
+
+    points: boundary points per component and sign (``points`` positive just inside + ``points`` negative just
+    outside, ``point_offset`` px from the boundary); components with area < ``min_area`` px are dropped (counted).
+    ``multimask``: "coarse" keeps SAM's candidate that best agrees (IoU) with the component's coarse mask, "iou" the
+    one with the highest predicted IoU, "single" asks SAM for one mask. ``union``: refined ∪ coarse (recall first).
+    """
+
+    enabled: bool = True
+    points: int = 8
+    point_offset: float = 2.0
+    use_box: bool = True
+    use_points: bool = True
+    use_mask_input: bool = True
+    multimask: str = "coarse"
+    min_area: int = 16
+    union: bool = True
+
+    def __post_init__(self) -> None:
+        if self.points < 0:
+            raise ValueError(f"refine.points must be >= 0, got {self.points=}")
+        if self.point_offset <= 0:
+            raise ValueError(f"refine.point_offset must be > 0 px, got {self.point_offset=}")
+        if self.multimask not in MULTIMASK_MODES:
+            raise ValueError(f"refine.multimask must be one of {MULTIMASK_MODES}, got {self.multimask=}")
+        if self.min_area < 0:
+            raise ValueError(f"refine.min_area must be >= 0, got {self.min_area=}")
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """High-resolution crop refinement (DESIGN step 4): per object of the provisional ensemble, a padded crop is
+    zoomed so its long side fills the refiner's input (at most ``max_zoom``). Objects whose crop would get a zoom below
+    ``min_zoom`` are split into overlapping crops that each get ``min_zoom``. Objects with area < ``min_area`` px are
+    skipped; at most ``max_crops`` crops per image and class (largest objects first)."""
+
+    enabled: bool = True
+    pad_frac: float = 0.25
+    min_pad: int = 16
+    min_area: int = 64
+    min_zoom: float = 1.5
+    max_zoom: float = 8.0
+    max_crops: int = 16
+    paste: str = "max"
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.pad_frac < 0:
+            raise ValueError(f"crop.pad_frac must be >= 0, got {self.pad_frac=}")
+        if self.min_pad < 0 or self.min_area < 0:
+            raise ValueError(f"crop.min_pad and crop.min_area must be >= 0, got {self.min_pad=}, {self.min_area=}")
+        if not (0 < self.min_zoom <= self.max_zoom):
+            raise ValueError(f"crop zooms must satisfy 0 < min_zoom <= max_zoom, got {self.min_zoom=}, {self.max_zoom=}")
+        if self.max_crops < 1:
+            raise ValueError(f"crop.max_crops must be >= 1, got {self.max_crops=}")
+        if self.paste not in PASTE_MODES:
+            raise ValueError(f"crop.paste must be one of {PASTE_MODES}, got {self.paste=}")
+        if self.weight < 0:
+            raise ValueError(f"crop.weight must be >= 0, got {self.weight=}")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """How the variants' maps (and the crop map) are combined (DESIGN step 7); see ``finedetail.ensemble``.
+    ``k`` None means a strict majority (n // 2 + 1)."""
+
+    rule: str = "majority_or_confident"
+    k: int | None = None
+    tau: float = 0.5
+    tau_high: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.rule not in ENSEMBLE_RULES:
+            raise ValueError(f"ensemble.rule must be one of {ENSEMBLE_RULES}, got {self.rule=}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"ensemble.k must be >= 1 (or null for a strict majority), got {self.k=}")
+        if not (0.0 <= self.tau <= 1.0 and 0.0 <= self.tau_high <= 1.0):
+            raise ValueError(f"ensemble.tau and tau_high must lie in [0, 1], got {self.tau=}, {self.tau_high=}")
+
+
+@dataclass(frozen=True)
+class SelectiveConfig:
+    """Selective compute (DESIGN step 9). When enabled: TTA variants stop once the ones already run agree
+    (pairwise IoU >= ``agree_iou``); 2x tiles run only where the 1x map has fine detail (``detail_frac`` of the tile's
+    pixels on the 1x boundary band); crops only for objects whose boundary is uncertain (fraction of uncertain pixels,
+    0.1 < p < 0.9, in the object's band >= ``uncertain_frac``) or detailed (perimeter^2 / area >= ``detail_ratio``)."""
+
+    enabled: bool = False
+    agree_iou: float = 0.97
+    detail_frac: float = 0.002
+    uncertain_frac: float = 0.05
+    detail_ratio: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.agree_iou <= 1.0):
+            raise ValueError(f"selective.agree_iou must lie in (0, 1], got {self.agree_iou=}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole method. Variants = one per scale (identity TTA) + one per non-identity TTA name (at scale 1).
+
+    scales: factors applied to the image before the refiner sees it; a scaled image whose long side exceeds the
+      refiner's input (1024 for SAM) is tiled into ``tile_overlap``-overlapping windows of that size, because SAM
+      would silently shrink it back otherwise.
+    tta: names understood by ``finedetail.transforms.parse_tta`` ("identity", "hflip", "vflip", "rot90", "rot180",
+      "rot270", "shift:DY,DX").
+    """
+
+    scales: tuple[float, ...] = (1.0, 2.0)
+    tta: tuple[str, ...] = ("identity", "hflip")
+    tile_overlap: int = 128
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    post: PostprocessConfig = field(default_factory=PostprocessConfig)
+    selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+
+    def __post_init__(self) -> None:
+        from finedetail.transforms import parse_tta
+
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "tta", tuple(str(t) for t in self.tta))
+        if not self.scales:
+            raise ValueError("scales must name at least one scale, got scales=()")
+        if any(not (s > 0) for s in self.scales):
+            raise ValueError(f"scales must be positive, got scales={self.scales}")
+        if any(s > 8 for s in self.scales):
+            raise ValueError(f"scales above 8x are not supported, got scales={self.scales}")
+        if len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must not repeat, got scales={self.scales}")
+        for name in self.tta:
+            parse_tta(name)  # raises ValueError naming the valid names
+        if len(set(self.tta)) != len(self.tta):
+            raise ValueError(f"tta must not repeat, got tta={self.tta}")
+        if self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0 px, got {self.tile_overlap=}")
+
+
+_SECTIONS = {
+    "refine": RefineConfig,
+    "crop": CropConfig,
+    "ensemble": EnsembleConfig,
+    "post": PostprocessConfig,
+    "selective": SelectiveConfig,
+}
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {where}{unknown[0]!r}; valid keys here: {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        if key in _SECTIONS and cls is PipelineConfig:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config key {where}{key!r} must be a mapping, got {value!r}")
+            value = _build(_SECTIONS[key], value, f"{where}{key}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # wrong value types surface as TypeError from comparisons
+        raise ValueError(f"bad value in config section {where or 'top level'}: {exc}") from exc
+
+
+def config_from_dict(values: Mapping[str, Any]) -> PipelineConfig:
+    """Nested mapping (e.g. parsed YAML) -> PipelineConfig. Unknown keys raise ValueError naming the key."""
+    return _build(PipelineConfig, dict(values), "")
+
+
+def config_to_dict(cfg: PipelineConfig) -> dict[str, Any]:
+    """PipelineConfig -> plain JSON-able nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(cfg: PipelineConfig, *extra: Any) -> str:
+    """Stable 16-hex-digit hash of the config (and of ``extra`` items such as model identities)."""
+    blob = json.dumps([config_to_dict(cfg), *extra], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,342 @@
+"""Resolution-limited proxy models for benchmarks and tests (pure: numpy + OpenCV). Never a user default.
+
+The proxies answer *what* is foreground with a colour key (``finedetail.synthetic.object_key``: 1 on the synthetic
+scenes' object colour, 0 on their background) but they *see* the image only the way the real model does: at the
+real model's input resolution, through its patch / output grid. They are deterministic and CPU-cheap, so the
+method's resolution story (DESIGN steps 4-6) can be tested and benchmarked without weights:
+
+``ProxySegGPT`` (CoarseSegmenter, ``input_size=448``)
+    1. resize the image so its long side is 448 (``cv2.INTER_AREA`` down, ``cv2.INTER_LINEAR`` up; aspect kept,
+       no padding);
+    2. key = ``object_key(resized)``, i.e. the key of what the model sees, not a resized key;
+    3. average-pool the key on the 16-px patch grid (28 x 28 patches on a square image; a partial patch at the
+       bottom/right edge is the mean over its valid pixels);
+    4. patch probability ``p = clip((mean - 0.25) / 0.5, 0, 1)``, so ``p >= 0.5`` exactly when at least half of a
+       patch is object;
+    5. the patch map is upsampled bilinearly to the 448-side canvas (the model's output resolution) and then
+       bilinearly to the input image size.
+    A 16-px patch at 448 spans ``16 * long / 448`` input pixels (36.6 px at 1024): blobs survive, 1-3 px structures
+    never fill half a patch and vanish.
+
+``ProxySAM`` (PromptedRefiner, ``input_size=1024``)
+    ``encode``: resize the long side to 1024 like SAM's ``ResizeLongestSide`` (``INTER_AREA`` when shrinking,
+    ``INTER_LINEAR`` when growing: SAM upsamples small images too), key the resized image, zero-pad bottom/right to
+    1024 x 1024, and keep two pooled key maps: ``patches`` (64 x 64, 16-px mean, SAM's embedding grid; kept for
+    inspection) and ``fine`` (256 x 256, 4-px mean, SAM's low-res mask grid: the decoder's output resolution).
+    ``refine``: each prompt is decided on the 256 x 256 grid (one cell = 4 x 4 px of the 1024 frame):
+
+    - candidate cells: ``fine >= FINE_THRESHOLD`` (0.375, i.e. at least 6 of a cell's 16 pixels are object);
+    - region: the prompt box expanded by ``box_expand`` (10 %) of its width/height on each side, in whole cells
+      (cells the expanded box touches), united with the mask input dilated by ``mask_dilate`` (2) cells;
+    - result = (candidate AND region) OR mask input (``logits > 0``; no mask input when ``logits`` is None);
+    - each positive point adds every 8-connected candidate component touching the 3 x 3 cells around it, also
+      outside the region (like SAM, a point selects the whole object it lands on);
+    - each negative point clears the cells within ``neg_radius`` cells (Chebyshev; default 0 = its own cell), last;
+    - the 0/1 low-res map is upsampled bilinearly to 1024 x 1024, the valid (unpadded) part is cropped and resized
+      bilinearly (``INTER_LINEAR``) to the image size, exactly SAM's postprocessing chain. The map is a decision,
+      not a calibrated probability: its only softness comes from the bilinear upsampling.
+
+    Why the threshold is 0.375: a 1-px line in a 1024-px image fills 1 of a cell's 4 columns (pooled key 0.25) and is
+    lost at 1x. Upscaled 2x (bilinear) the line is 2 px wide and, starting on an even column, both columns fall in
+    one cell of a 1024 tile (pooled 0.5 >= 0.375): kept. Handed whole, the 2048-px image is shrunk back to 1024 by
+    the model (INTER_AREA) and the line is 1 px again: lost, the same as 1x. A crop zoomed 4x makes it 4 px: kept.
+    Because the decision is made per grid cell, a 2-px line straddling a cell border (0.25 + 0.25) is lost on one
+    grid and kept on a grid shifted by 1-2 px: circular-shift TTA recovers what a given grid loses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from finedetail.types import ComponentPrompt, PromptPair, check_image
+
+__all__ = [
+    "FINE_CELL",
+    "FINE_THRESHOLD",
+    "PATCH",
+    "ProxySAM",
+    "ProxySAMConfig",
+    "ProxySAMEmbedding",
+    "ProxySegGPT",
+    "key_of",
+    "pool_mean",
+    "resize_longest",
+    "segment_cells",
+    "seggpt_patch_prob",
+]
+
+#: side of SAM's / SegGPT's ViT patch in model-input pixels
+PATCH = 16
+#: side of one cell of SAM's 256 x 256 low-res mask output in 1024-frame pixels
+FINE_CELL = 4
+#: a low-res cell is object iff its mean key >= this (between 1/4: a 1-px line, and 2/4: a 2-px line)
+FINE_THRESHOLD = 0.375
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pure functions
+
+
+def key_of(image: np.ndarray) -> np.ndarray:
+    """The synthetic scenes' colour key of ``image`` (H, W, 3) uint8 -> (H, W) float32 in [0, 1], 1 = object."""
+    try:
+        from finedetail.synthetic import object_key
+    except ImportError:  # TEMP until synthetic.py lands
+        a = image.astype(np.float32)
+        return np.clip((a[..., 0] - np.maximum(a[..., 1], a[..., 2]) - 40.0) / 80.0, 0.0, 1.0)
+    return np.asarray(object_key(image), np.float32)
+
+
+def long_side_size(hw: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(h, w) scaled so that max(h, w) == long_side, rounded half up like SAM's ``ResizeLongestSide``."""
+    h, w = hw
+    s = long_side / max(h, w)
+    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+
+
+def resize_longest(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize (H, W[, C]) so its long side is ``long_side``: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when
+    growing, a copy when the size already matches. Aspect ratio kept, no padding."""
+    h, w = image.shape[:2]
+    nh, nw = long_side_size((h, w), long_side)
+    if (nh, nw) == (h, w):
+        return image.copy()
+    flag = cv2.INTER_AREA if nh <= h and nw <= w else cv2.INTER_LINEAR
+    return cv2.resize(image, (nw, nh), interpolation=flag)
+
+
+def pool_mean(a: np.ndarray, cell: int) -> np.ndarray:
+    """Mean of ``a`` (H, W) over a ``cell`` x ``cell`` grid anchored at (0, 0) -> (ceil(H/cell), ceil(W/cell))
+    float32. A partial cell at the bottom/right is the mean over its valid pixels only."""
+    if cell < 1:
+        raise ValueError(f"cell must be >= 1 px, got {cell=}")
+    h, w = a.shape
+    gh, gw = -(-h // cell), -(-w // cell)
+    padded = np.zeros((gh * cell, gw * cell), np.float64)
+    valid = np.zeros_like(padded)
+    padded[:h, :w] = a
+    valid[:h, :w] = 1.0
+    total = padded.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
+    count = valid.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
+    return (total / count).astype(np.float32)
+
+
+def seggpt_patch_prob(patch_mean: np.ndarray) -> np.ndarray:
+    """ProxySegGPT's patch rule: ``clip((mean - 0.25) / 0.5, 0, 1)`` float32 (>= 0.5 iff mean >= 0.5)."""
+    return np.clip((np.asarray(patch_mean, np.float32) - 0.25) / 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _upsample(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear (``INTER_LINEAR``, half-pixel centres like torch ``align_corners=False``) to hw; float32."""
+    if a.shape == tuple(hw):
+        return a.astype(np.float32, copy=True)
+    return cv2.resize(a.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ProxySegGPT
+
+
+class ProxySegGPT:
+    """Resolution-limited stand-in for SegGPT (CoarseSegmenter); rules in the module docstring.
+
+    ``set_prompts`` only records ``num_classes``: the proxy knows the object from its colour key, not from the
+    examples. It has one key, so with ``num_classes > 1`` every class channel is that same map (this exercises the
+    multi-class plumbing, not class separation). ``predict`` counts one encoder pass per image.
+    """
+
+    name = "proxy-seggpt"
+    input_size = 448
+
+    def __init__(self) -> None:
+        self.num_classes = 1
+        self.encoder_passes = 0
+        self._ready = False
+
+    def set_prompts(self, prompts: Sequence[PromptPair], *, num_classes: int = 1) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes=}")
+        if len(prompts) == 0:
+            raise ValueError("set_prompts needs at least one PromptPair (image + mask) saying what to segment, got 0")
+        self.num_classes = int(num_classes)
+        self._ready = True
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """images: (H, W, 3) uint8 each -> (num_classes, H, W) float32 in [0, 1], that image's frame."""
+        if not self._ready:
+            raise RuntimeError("ProxySegGPT.predict called before set_prompts; call set_prompts(prompts) first")
+        out = []
+        for image in images:
+            check_image(image)
+            prob = proxy_seggpt_map(image)
+            self.encoder_passes += 1
+            out.append(np.repeat(prob[None], self.num_classes, axis=0))
+        return out
+
+
+def proxy_seggpt_map(image: np.ndarray) -> np.ndarray:
+    """ProxySegGPT on one image (H, W, 3) uint8 -> (H, W) float32 in [0, 1], image frame."""
+    hw = image.shape[:2]
+    small = resize_longest(image, ProxySegGPT.input_size)
+    patches = seggpt_patch_prob(pool_mean(key_of(small), PATCH))
+    canvas = _upsample(patches, small.shape[:2])
+    return np.clip(_upsample(canvas, hw), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ProxySAM
+
+
+@dataclass(frozen=True)
+class ProxySAMConfig:
+    """Knobs of ProxySAM's decoder rule (module docstring). ``threshold``: a low-res cell is object iff its mean key
+    >= threshold. ``box_expand``: fraction of the box's width/height added on each side. ``mask_dilate``: cells the
+    mask input is dilated by to widen the region. ``neg_radius``: cells (Chebyshev) a negative point clears."""
+
+    threshold: float = FINE_THRESHOLD
+    box_expand: float = 0.1
+    mask_dilate: int = 2
+    neg_radius: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in (0, 1], got {self.threshold=}")
+        if self.box_expand < 0:
+            raise ValueError(f"box_expand must be >= 0, got {self.box_expand=}")
+        if self.mask_dilate < 0 or self.neg_radius < 0:
+            raise ValueError(
+                f"mask_dilate and neg_radius must be >= 0 cells, got {self.mask_dilate=}, {self.neg_radius=}")
+
+
+@dataclass(frozen=True, eq=False)
+class ProxySAMEmbedding:
+    """ProxySAM's encoding of one image.
+
+    hw: the image's (h, w). resized_hw: its size in the 1024 frame (long side 1024). patches: (64, 64) float32 mean
+    key per 16-px patch. fine: (256, 256) float32 mean key per 4-px cell. Both over the zero-padded 1024 x 1024 frame.
+    """
+
+    hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    patches: np.ndarray
+    fine: np.ndarray
+
+
+def proxy_sam_encode(image: np.ndarray, *, input_size: int = 1024) -> ProxySAMEmbedding:
+    """Encode one (H, W, 3) uint8 image the way SAM sees it (module docstring)."""
+    check_image(image)
+    resized = resize_longest(image, input_size)
+    rh, rw = resized.shape[:2]
+    key = np.zeros((input_size, input_size), np.float32)
+    key[:rh, :rw] = key_of(resized)
+    return ProxySAMEmbedding(
+        hw=(int(image.shape[0]), int(image.shape[1])),
+        resized_hw=(rh, rw),
+        patches=pool_mean(key, PATCH),
+        fine=pool_mean(key, FINE_CELL),
+    )
+
+
+def _cell_index(xy: np.ndarray, scale_xy: tuple[float, float], n: int) -> tuple[int, int]:
+    """Continuous (x, y) in the image frame -> (row, col) of the low-res cell holding it, clipped to the grid."""
+    c = int(np.floor(xy[0] * scale_xy[0] / FINE_CELL))
+    r = int(np.floor(xy[1] * scale_xy[1] / FINE_CELL))
+    return min(max(r, 0), n - 1), min(max(c, 0), n - 1)
+
+
+def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[float, float],
+                  cfg: ProxySAMConfig = ProxySAMConfig()) -> np.ndarray:
+    """ProxySAM's decoder rule for one prompt on the low-res grid.
+
+    fine: (n, n) float32 pooled key (n = 256); scale_xy: (sx, sy) from the image frame to the 1024 frame.
+    Returns (n, n) bool, the cells decided object.
+    """
+    n = fine.shape[0]
+    candidate = fine >= cfg.threshold
+    region = np.zeros_like(candidate)
+    x0, y0, x1, y1 = (float(v) for v in prompt.box)
+    ex, ey = cfg.box_expand * (x1 - x0), cfg.box_expand * (y1 - y0)
+    sx, sy = scale_xy
+    c0 = int(np.floor((x0 - ex) * sx / FINE_CELL))
+    r0 = int(np.floor((y0 - ey) * sy / FINE_CELL))
+    c1 = int(np.ceil((x1 + ex) * sx / FINE_CELL))
+    r1 = int(np.ceil((y1 + ey) * sy / FINE_CELL))
+    region[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+    mask_in = np.zeros_like(candidate)
+    if prompt.logits is not None:
+        if prompt.logits.shape != (n, n):
+            raise ValueError(f"prompt logits must be ({n}, {n}) (SAM low-res frame), got {prompt.logits.shape}; "
+                             f"build them with finedetail.prompts.mask_to_sam_logits")
+        mask_in = np.asarray(prompt.logits) > 0
+        if cfg.mask_dilate > 0 and mask_in.any():
+            k = np.ones((2 * cfg.mask_dilate + 1,) * 2, np.uint8)
+            region |= cv2.dilate(mask_in.astype(np.uint8), k) > 0
+    out = (candidate & region) | mask_in
+    labels = np.asarray(prompt.labels)
+    pos = [p for p, lab in zip(prompt.points, labels) if lab == 1]
+    if pos and candidate.any():
+        _, comp = cv2.connectedComponents(candidate.astype(np.uint8), connectivity=8)
+        for p in pos:
+            r, c = _cell_index(p, scale_xy, n)
+            touched = np.unique(comp[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2])
+            touched = touched[touched > 0]
+            if touched.size:
+                out |= np.isin(comp, touched)
+    for p, lab in zip(prompt.points, labels):
+        if lab == 0:
+            r, c = _cell_index(p, scale_xy, n)
+            rad = cfg.neg_radius
+            out[max(r - rad, 0):r + rad + 1, max(c - rad, 0):c + rad + 1] = False
+    return out
+
+
+def cells_to_image(cells: np.ndarray, emb: ProxySAMEmbedding, *, input_size: int = 1024) -> np.ndarray:
+    """Low-res (n, n) decision -> (H, W) float32 in the image frame via SAM's chain: bilinear to the padded
+    ``input_size`` frame, crop the valid part, bilinear to the image size."""
+    full = _upsample(cells.astype(np.float32), (input_size, input_size))
+    rh, rw = emb.resized_hw
+    return np.clip(_upsample(np.ascontiguousarray(full[:rh, :rw]), emb.hw), 0.0, 1.0)
+
+
+class ProxySAM:
+    """Resolution-limited stand-in for SAM (PromptedRefiner); rules in the module docstring.
+
+    ``encode`` counts one encoder pass per image. ``refine`` ignores nothing of the prompt: box, points (positive and
+    negative) and the low-res mask input all act, each by the documented rule.
+    """
+
+    name = "proxy-sam"
+    input_size = 1024
+
+    def __init__(self, *, config: ProxySAMConfig | None = None) -> None:
+        self.config = config or ProxySAMConfig()
+        self.encoder_passes = 0
+
+    def encode(self, images: Sequence[np.ndarray]) -> list[ProxySAMEmbedding]:
+        """images: (H, W, 3) uint8 each -> one ProxySAMEmbedding each."""
+        out = []
+        for image in images:
+            out.append(proxy_sam_encode(image, input_size=self.input_size))
+            self.encoder_passes += 1
+        return out
+
+    def refine(self, embedding: ProxySAMEmbedding, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
+        """All prompts of one image (image frame) -> (N, H, W) float32 in [0, 1], image frame."""
+        if not isinstance(embedding, ProxySAMEmbedding):
+            raise TypeError(f"embedding must come from ProxySAM.encode, got {type(embedding).__name__}; "
+                            f"call refiner.encode([image]) first")
+        h, w = embedding.hw
+        out = np.zeros((len(prompts), h, w), np.float32)
+        rh, rw = embedding.resized_hw
+        scale_xy = (rw / w, rh / h)
+        for i, prompt in enumerate(prompts):
+            if prompt.mask.shape != (h, w):
+                raise ValueError(f"prompt {i}: mask is {prompt.mask.shape} but the encoded image is {(h, w)}; "
+                                 f"prompts must be in the frame of the image passed to encode")
+            cells = segment_cells(embedding.fine, prompt, scale_xy, self.config)
+            out[i] = cells_to_image(cells, embedding, input_size=self.input_size)
+        return out

@@ -1,0 +1,256 @@
+"""The real SAM and SegGPT architectures, built from a size spec, with seeded random weights.
+
+One builder serves the full-size checkpoints (``SAM_ARCHS["vit_b" | "vit_l" | "vit_h"]``, used by
+``checkpoints.load_sam`` after inferring the spec from a state dict) and the tiny test models (``build_tiny_sam``,
+``build_tiny_seggpt``). Tiny models keep the frames of the real ones: SAM still takes a 1024x1024 padded input with
+16-px patches (64x64 embedding, 256x256 low-res masks); SegGPT keeps its (2S, S) stacked canvas, only S is smaller
+than the real 448.
+
+Files are saved in the official formats: SAM as a plain ``state_dict`` ``.pth`` (like ``sam_vit_b_01ec64.pth``),
+SegGPT as a ``save_pretrained`` directory with its image-processor config next to the weights (like
+``BAAI/seggpt-vit-large`` on the Hub), so tests load them through the same loaders as the real weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "SAM_ARCHS",
+    "SamArch",
+    "TINY_SAM_ARCH",
+    "build_sam",
+    "build_tiny_sam",
+    "build_tiny_seggpt",
+    "save_tiny_sam",
+    "save_tiny_seggpt",
+    "sam_arch_dict",
+    "tiny_seggpt_config",
+]
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Every size knob of SAM's three modules. Defaults are the official values shared by vit_b/l/h
+    (``segment_anything.build_sam._build_sam`` hard-codes them); only the image encoder differs between those three.
+
+    ``decoder_num_heads`` is the one knob a state dict cannot reveal (head count does not change any weight shape);
+    every official model uses 8 and so do the tiny ones, so inference assumes 8.
+    """
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    prompt_embed_dim: int = 256
+    image_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    num_multimask_outputs: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in self.encoder_global_attn_indexes))
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError(
+                f"encoder_embed_dim must be divisible by encoder_num_heads, got {self.encoder_embed_dim=} "
+                f"{self.encoder_num_heads=}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size must be a multiple of patch_size, got {self.image_size=} {self.patch_size=}")
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            raise ValueError(
+                f"encoder_global_attn_indexes must lie in [0, {self.encoder_depth}), got {self.encoder_global_attn_indexes}"
+            )
+        # SAM's mask decoder upsamples with transformer_dim // 4 and // 8 channels and its cross-attention halves the
+        # width before splitting heads.
+        if self.prompt_embed_dim % 8 or (self.prompt_embed_dim // 2) % self.decoder_num_heads:
+            raise ValueError(
+                f"prompt_embed_dim must be a multiple of 8 with prompt_embed_dim // 2 divisible by decoder_num_heads, "
+                f"got {self.prompt_embed_dim=} {self.decoder_num_heads=}"
+            )
+        if self.mask_in_chans % 4:
+            raise ValueError(f"mask_in_chans must be a multiple of 4, got {self.mask_in_chans=}")
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the square image embedding (64 for every official model)."""
+        return self.image_size // self.patch_size
+
+
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+}
+
+#: the test-size SAM: real frames (1024 input, 16-px patches, 14-px windows), ~0.3 M parameters
+TINY_SAM_ARCH = SamArch(
+    encoder_embed_dim=64,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+
+
+def build_sam(arch: SamArch, *, seed: int | None = 0):
+    """Build ``segment_anything.modeling.Sam`` for ``arch`` in eval mode, fp32, on the current default device.
+
+    Weights are random: with ``seed`` set they are drawn under ``torch.manual_seed(seed)`` inside a forked RNG (the
+    global RNG is left untouched), so the same seed gives bit-identical weights. ``seed=None`` uses the global RNG.
+    Wrap in ``with torch.device("meta"):`` to get the parameter shapes of a full-size model without allocating it.
+    """
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    def make() -> Sam:
+        emb = arch.embedding_size
+        return Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=arch.image_size,
+                patch_size=arch.patch_size,
+                embed_dim=arch.encoder_embed_dim,
+                depth=arch.encoder_depth,
+                num_heads=arch.encoder_num_heads,
+                mlp_ratio=arch.mlp_ratio,
+                out_chans=arch.prompt_embed_dim,
+                qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True,
+                window_size=arch.window_size,
+                global_attn_indexes=arch.encoder_global_attn_indexes,
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=arch.prompt_embed_dim,
+                image_embedding_size=(emb, emb),
+                input_image_size=(arch.image_size, arch.image_size),
+                mask_in_chans=arch.mask_in_chans,
+            ),
+            mask_decoder=MaskDecoder(
+                transformer_dim=arch.prompt_embed_dim,
+                transformer=TwoWayTransformer(
+                    depth=arch.decoder_depth,
+                    embedding_dim=arch.prompt_embed_dim,
+                    mlp_dim=arch.decoder_mlp_dim,
+                    num_heads=arch.decoder_num_heads,
+                ),
+                num_multimask_outputs=arch.num_multimask_outputs,
+                iou_head_depth=arch.iou_head_depth,
+                iou_head_hidden_dim=arch.iou_head_hidden_dim,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+
+    if seed is None:
+        sam = make()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sam = make()
+            # SAM zero-initialises its relative position tables; random ones make tiny models position-aware,
+            # so tests notice a frame mix-up instead of passing on a translation-invariant net.
+            with torch.no_grad():
+                for name, p in sam.image_encoder.named_parameters():
+                    if "rel_pos" in name and p.device.type != "meta":
+                        p.normal_(0.0, 0.02)
+    return sam.eval()
+
+
+def build_tiny_sam(
+    *,
+    embed_dim: int = 64,
+    depth: int = 2,
+    num_heads: int = 2,
+    global_attn_indexes: tuple[int, ...] = (1,),
+    prompt_embed_dim: int = 32,
+    image_size: int = 1024,
+    seed: int = 0,
+):
+    """A small ``Sam`` with the real frames (1024 input, 16-px patches) and seeded random weights (see ``build_sam``)."""
+    arch = SamArch(
+        encoder_embed_dim=embed_dim,
+        encoder_depth=depth,
+        encoder_num_heads=num_heads,
+        encoder_global_attn_indexes=global_attn_indexes,
+        prompt_embed_dim=prompt_embed_dim,
+        image_size=image_size,
+        decoder_mlp_dim=2 * prompt_embed_dim,
+        iou_head_hidden_dim=prompt_embed_dim,
+    )
+    return build_sam(arch, seed=seed)
+
+
+def save_tiny_sam(path: str | os.PathLike, *, seed: int = 0, **kwargs) -> Path:
+    """Build ``build_tiny_sam(seed=seed, **kwargs)`` and save its ``state_dict`` with ``torch.save``: the same
+    format as the official ``sam_vit_*.pth`` files (a flat dict of tensors). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_tiny_sam(seed=seed, **kwargs).state_dict(), path)
+    return path
+
+
+def tiny_seggpt_config(*, canvas: int = 64, hidden_size: int = 64, num_layers: int = 5, num_heads: int = 2):
+    """``SegGptConfig`` of a small SegGPT on an S x S canvas (S = ``canvas``, a multiple of 16; the real model is
+    448): the model sees the prompt stacked over the target, (2S, S). Encoder features of layers 1..4 feed the
+    decoder and the prompt/target streams merge after layer 0, mirroring the real 24-layer layout at 1/5 depth."""
+    from transformers import SegGptConfig
+
+    if canvas % 16:
+        raise ValueError(f"canvas must be a multiple of the 16-px patch, got {canvas=}")
+    return SegGptConfig(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        mlp_dim=2 * hidden_size,
+        image_size=(2 * canvas, canvas),
+        patch_size=16,
+        pretrain_image_size=canvas,
+        decoder_hidden_size=16,
+        merge_index=0,
+        intermediate_hidden_state_indices=tuple(range(1, num_layers)),
+        drop_path_rate=0.0,
+    )
+
+
+def build_tiny_seggpt(*, canvas: int = 64, seed: int = 0, **kwargs):
+    """(model, processor): a ``SegGptForImageSegmentation`` from ``tiny_seggpt_config(canvas=canvas, **kwargs)`` in
+    eval mode with seeded random weights (forked RNG), and a ``SegGptImageProcessor`` resizing to canvas x canvas."""
+    from transformers import SegGptForImageSegmentation, SegGptImageProcessor
+
+    config = tiny_seggpt_config(canvas=canvas, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SegGptForImageSegmentation(config)
+    processor = SegGptImageProcessor(size={"height": canvas, "width": canvas})
+    return model.eval(), processor
+
+
+def save_tiny_seggpt(directory: str | os.PathLike, *, canvas: int = 64, seed: int = 0, **kwargs) -> Path:
+    """Save a tiny SegGPT like a Hub repo: ``config.json`` + weights (``save_pretrained``) and
+    ``preprocessor_config.json`` (the image processor's ``save_pretrained``) in one directory, so
+    ``from_pretrained(directory)`` works offline for both. Returns the directory."""
+    directory = Path(directory)
+    model, processor = build_tiny_seggpt(canvas=canvas, seed=seed, **kwargs)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def sam_arch_dict(arch: SamArch) -> dict:
+    """``arch`` as a plain dict (for logs and manifests)."""
+    return asdict(arch)

@@ -1,0 +1,370 @@
+"""The hybrid method on one image, built only on the model protocol (pure: no torch, no ray).
+
+Stages (DESIGN.md, "The method"), each a function the Ray stages call one by one and ``run_image`` calls in order:
+
+1. ``coarse_variants``: the in-context segmenter on every distinct TTA view of the image (scale variants share the
+   identity view: SegGPT resizes to its 448 canvas whatever the scale, so running it again would spend an encoder
+   pass on the same pixels). Returns maps in the ORIGINAL frame.
+2. ``refine_variants``: per variant (a scale or a TTA view), the refiner on the transformed image, tiled into
+   refiner-sized windows when the transformed image is larger than the refiner's input; per connected component of
+   the coarse mask, multi-prompts (box, boundary points in/out, coarse mask as low-res logits), all components of a
+   window in one batched decoder call against one encoding; split-then-merge (max over components) and union with
+   the coarse map; mapped back to the original frame.
+3. ``refine_crops``: per object of the provisional ensemble, a padded crop zoomed to fill the refiner's input.
+4. ``fuse``: ensemble of every map + edge-aware post-processing.
+
+All maps are ``(C, H, W) float32`` in [0, 1], original image frame, C = number of classes (1 for a binary task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from finedetail import crops, ensemble as ens, prompts as pr, tiling
+from finedetail.config import PipelineConfig
+from finedetail.models.base import CoarseSegmenter, PromptedRefiner
+from finedetail.postprocess import postprocess
+from finedetail.transforms import Compose, Scale, parse_tta
+from finedetail.types import ComponentPrompt, check_image
+
+__all__ = [
+    "ImageResult",
+    "Stats",
+    "Variant",
+    "coarse_variants",
+    "fuse",
+    "provisional",
+    "refine_crops",
+    "refine_variants",
+    "refine_variants_batch",
+    "tta_views",
+    "run_image",
+    "variant_transform",
+    "variants",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One view of the image the whole hybrid runs on: a scale (with the identity view) or a TTA view at 1x."""
+
+    name: str
+    scale: float = 1.0
+    tta: str = "identity"
+
+
+@dataclass
+class Stats:
+    """Counters one image accumulates across stages (summed into the manifest)."""
+
+    coarse_passes: int = 0
+    refiner_passes: int = 0
+    components: int = 0
+    dropped_components: int = 0
+    crops: int = 0
+    tiles: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def encoder_passes(self) -> int:
+        return self.coarse_passes + self.refiner_passes
+
+    def merge(self, other: "Stats") -> "Stats":
+        out = Stats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                       for f in dataclasses.fields(self) if f.name != "seconds"})
+        out.seconds = {**self.seconds}
+        for k, v in other.seconds.items():
+            out.seconds[k] = out.seconds.get(k, 0.0) + v
+        return out
+
+
+def variants(cfg: PipelineConfig) -> list[Variant]:
+    """Scale variants (identity view) then non-identity TTA views at 1x, in config order."""
+    out = [Variant(f"scale{s:g}", s, "identity") for s in cfg.scales]
+    out += [Variant(t, 1.0, t) for t in cfg.tta if t != "identity"]
+    return out
+
+
+def variant_transform(variant: Variant, hw: tuple[int, int]):
+    """Transform from the original frame of an (h, w) image to the variant's frame: TTA view, then scale."""
+    view = parse_tta(variant.tta)
+    if variant.scale == 1.0:
+        return view
+    view_hw = view.out_size(hw)
+    return Compose((view, Scale.by_factor(view_hw, variant.scale)))
+
+
+def tta_views(cfg: PipelineConfig) -> list[str]:
+    """Distinct TTA view names the coarse stage runs, identity first (the order of the coarse column)."""
+    names = ["identity"] + [v.tta for v in variants(cfg) if v.tta != "identity"]
+    return list(dict.fromkeys(names))
+
+
+def coarse_variants(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: PipelineConfig
+                    ) -> tuple[list[dict[str, np.ndarray]], list[Stats]]:
+    """Coarse maps of every distinct TTA view of every image, one batched ``predict`` call.
+
+    Returns per image a dict view name -> (C, H, W) float32 in the ORIGINAL frame, and per image its Stats.
+    """
+    names = tta_views(cfg)
+    batch, index = [], []
+    for i, image in enumerate(images):
+        check_image(image)
+        for name in names:
+            batch.append(parse_tta(name).apply_image(image))
+            index.append((i, name))
+    t0 = time.perf_counter()
+    before = model.encoder_passes
+    maps = model.predict(batch)
+    passes = model.encoder_passes - before
+    elapsed = time.perf_counter() - t0
+    out: list[dict[str, np.ndarray]] = [{} for _ in images]
+    for (i, name), m in zip(index, maps):
+        view = parse_tta(name)
+        out[i][name] = np.stack([view.invert_image(c) for c in m]).astype(np.float32, copy=False)
+    stats = []
+    for i in range(len(images)):
+        share = len(names) / max(1, len(batch))
+        stats.append(Stats(coarse_passes=round(passes * share), seconds={"coarse": elapsed * share}))
+    return out, stats
+
+
+def _with_logits(prompt: ComponentPrompt, prob: np.ndarray, cfg: PipelineConfig) -> ComponentPrompt:
+    """Fill in the prompt parts the config asks for: the component's coarse probability as low-res logits."""
+    r = cfg.refine
+    logits = None
+    if r.use_mask_input:
+        logits = prompt.logits
+        if logits is None:
+            logits = pr.mask_to_sam_logits(np.where(prompt.mask, prob, 0.0).astype(np.float32))
+    points, labels = prompt.points, prompt.labels
+    if not r.use_points:
+        points, labels = points[:0], labels[:0]
+    return dataclasses.replace(prompt, points=points, labels=labels, logits=logits)
+
+
+def _prompts_for(prob: np.ndarray, cfg: PipelineConfig) -> tuple[list[ComponentPrompt], int]:
+    r = cfg.refine
+    found, dropped = pr.prompts_from_mask(prob, k=r.points, offset=r.point_offset, min_area=r.min_area)
+    return [_with_logits(p, prob, cfg) for p in found], dropped
+
+
+def _refine_window(refiner: PromptedRefiner, embedding: Any, coarse: np.ndarray, cfg: PipelineConfig,
+                   stats: Stats) -> np.ndarray:
+    """Split-then-merge on one window: one batched refine call per class; (C, h, w) float32."""
+    out = np.empty_like(coarse)
+    for c in range(coarse.shape[0]):
+        prompts, dropped = _prompts_for(coarse[c], cfg)
+        stats.components += len(prompts)
+        stats.dropped_components += dropped
+        merged = np.zeros(coarse.shape[1:], np.float32)
+        if prompts:
+            refined = refiner.refine(embedding, prompts)
+            merged = refined.max(axis=0)
+        if cfg.refine.union:
+            merged = np.maximum(merged, coarse[c])
+        out[c] = merged
+    return out
+
+
+def _windows(hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig) -> list[tiling.Window]:
+    if max(hw) <= refiner.input_size:
+        return [tiling.Window(0, 0, hw[0], hw[1])]
+    return tiling.tile_grid(hw, tile=refiner.input_size, overlap=cfg.tile_overlap)
+
+
+def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[str, np.ndarray] | np.ndarray],
+                          refiner: PromptedRefiner, cfg: PipelineConfig, *, only: Sequence[str] | None = None
+                          ) -> tuple[list[dict[str, np.ndarray]], list[Stats]]:
+    """The refiner half of the hybrid for the variants (all named in ``only``, default all) of several images.
+
+    images: (H, W, 3) uint8 each. coarse: per image, view name -> (C, H, W) float32 original frame (from
+    ``coarse_variants``), or one (C, H, W) map used for every view (coarse masks made elsewhere). Every window of
+    every variant of every image goes through ONE ``refiner.encode`` call (the backend batches it to its encoder
+    batch size); each window's components of one class go through one ``refine`` call against that encoding.
+    A transformed image larger than the refiner's input is tiled into input-sized windows with
+    ``cfg.tile_overlap`` and blended back (SAM would silently shrink it otherwise).
+    Returns per image: variant name -> (C, H, W) float32 in the ORIGINAL frame; and per image its Stats.
+    """
+    chosen = [v for v in variants(cfg) if only is None or v.name in only]
+    unknown = set(only or ()) - {v.name for v in variants(cfg)}
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}; this config has {[v.name for v in variants(cfg)]}")
+    all_stats = [Stats() for _ in images]
+    jobs, tiles = [], []  # job: (image index, variant, transform, window, transformed coarse, transformed hw)
+    t0 = time.perf_counter()
+    for i, image in enumerate(images):
+        check_image(image)
+        hw = image.shape[:2]
+        for v in chosen:
+            tr = variant_transform(v, hw)
+            view_coarse = coarse[i][v.tta] if isinstance(coarse[i], dict) else coarse[i]
+            img_t = tr.apply_image(image)
+            coarse_t = np.stack([np.clip(tr.apply_image(c), 0.0, 1.0) for c in view_coarse]).astype(np.float32)
+            for win in _windows(img_t.shape[:2], refiner, cfg):
+                jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2]))
+                tiles.append(np.ascontiguousarray(img_t[win.slices]))
+    before = refiner.encoder_passes
+    embeddings = refiner.encode(tiles) if tiles else []
+    passes = refiner.encoder_passes - before
+    results: list[dict[str, Any]] = [{} for _ in images]
+    for (i, v, tr, win, coarse_t, hw_t), emb in zip(jobs, embeddings):
+        st = all_stats[i]
+        st.tiles += 1
+        st.refiner_passes += passes // max(1, len(tiles))
+        window_map = _refine_window(refiner, emb, coarse_t[(slice(None), *win.slices)], cfg, st)
+        if v.name not in results[i]:
+            results[i][v.name] = (tr, [tiling.Stitcher(hw_t) for _ in range(coarse_t.shape[0])])
+        for c, stitcher in enumerate(results[i][v.name][1]):
+            stitcher.add(win, window_map[c])
+    outs = []
+    elapsed = time.perf_counter() - t0
+    for i, res in enumerate(results):
+        out = {}
+        for name, (tr, stitchers) in res.items():
+            out[name] = np.stack([np.clip(tr.invert_image(st.result()), 0.0, 1.0) for st in stitchers]
+                                 ).astype(np.float32)
+        outs.append(out)
+        all_stats[i].seconds["refine"] = elapsed / max(1, len(images))
+    return outs, all_stats
+
+
+def refine_variants(image: np.ndarray, coarse: dict[str, np.ndarray] | np.ndarray, refiner: PromptedRefiner,
+                    cfg: PipelineConfig, *, only: Sequence[str] | None = None
+                    ) -> tuple[dict[str, np.ndarray], Stats]:
+    """``refine_variants_batch`` for one image: the unit a Ray variant stage calls per row."""
+    outs, stats = refine_variants_batch([image], [coarse], refiner, cfg, only=only)
+    return outs[0], stats[0]
+
+
+def provisional(maps: Sequence[np.ndarray], cfg: PipelineConfig) -> np.ndarray:
+    """Ensemble of the variants' maps without post-processing: (C, H, W) soft map (>= 0.5 is the rule's decision)."""
+    stack = np.stack(maps)  # (N, C, H, W)
+    e = cfg.ensemble
+    return np.stack([ens.ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high)
+                     for c in range(stack.shape[1])]).astype(np.float32)
+
+
+def _crop_windows(prob: np.ndarray, hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig
+                  ) -> list[tuple[tiling.Window, float]]:
+    cc = cfg.crop
+    comps, _ = pr.components(prob >= 0.5, min_area=cc.min_area)
+    comps.sort(key=lambda m: -int(m.sum()))
+    out: list[tuple[tiling.Window, float]] = []
+    for mask in comps:
+        win = crops.object_window(pr.tight_box(mask), hw, pad_frac=cc.pad_frac, min_pad=cc.min_pad)
+        zoom = crops.zoom_for(win, target_long=refiner.input_size, max_zoom=cc.max_zoom)
+        parts = [(win, zoom)]
+        if zoom < cc.min_zoom:
+            side = max(1, int(refiner.input_size / cc.min_zoom))
+            parts = [(w, crops.zoom_for(w, target_long=refiner.input_size, max_zoom=cc.max_zoom))
+                     for w in crops.split_window(win, max_side=side)]
+        out.extend(parts)
+        if len(out) >= cc.max_crops:
+            break
+    return out[: cc.max_crops]
+
+
+def refine_crops(image: np.ndarray, prov: np.ndarray, refiner: PromptedRefiner, cfg: PipelineConfig
+                 ) -> tuple[np.ndarray, Stats]:
+    """High-resolution crop refinement of every object of the provisional map ``prov`` (C, H, W).
+
+    Each crop (padded object window, zoomed so its long side fills the refiner input) is re-prompted in crop
+    coordinates, merged with the provisional crop, resized back and pasted (``cfg.crop.paste``) into a copy of
+    ``prov``. All crops of the image are encoded in one ``encode`` call. Returns (C, H, W) float32, original frame.
+    """
+    check_image(image)
+    hw = image.shape[:2]
+    stats = Stats()
+    t0 = time.perf_counter()
+    out = prov.astype(np.float32, copy=True)
+    jobs, tiles = [], []
+    for c in range(prov.shape[0]):
+        for win, zoom in _crop_windows(prov[c], hw, refiner, cfg):
+            crop_img = crops.crop_image(image, win, zoom)
+            jobs.append((c, win, crop_img.shape[:2]))
+            tiles.append(crop_img)
+    before = refiner.encoder_passes
+    embeddings = refiner.encode(tiles) if tiles else []
+    stats.refiner_passes += refiner.encoder_passes - before
+    stats.crops += len(tiles)
+    import cv2
+
+    for (c, win, crop_hw), emb in zip(jobs, embeddings):
+        coarse_crop = cv2.resize(prov[c][win.slices], (crop_hw[1], crop_hw[0]), interpolation=cv2.INTER_LINEAR)
+        refined = _refine_window(refiner, emb, coarse_crop[None], cfg, stats)[0]
+        back = cv2.resize(refined, (win.w, win.h), interpolation=cv2.INTER_AREA)
+        crops.paste(out[c], np.clip(back, 0.0, 1.0), win, mode=cfg.crop.paste)
+    stats.seconds["crop"] = time.perf_counter() - t0
+    return out, stats
+
+
+def fuse(image: np.ndarray, maps: Sequence[np.ndarray], cfg: PipelineConfig, *,
+         weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ensemble every map ((C, H, W) each) and post-process per class with the image as guide.
+
+    Returns (prob (C, H, W) float32, mask (C, H, W) bool). With several classes a pixel keeps only the class of
+    highest fused probability (ties go to the lower class index).
+    """
+    stack = np.stack(maps)  # (N, C, H, W)
+    e = cfg.ensemble
+    probs, masks = [], []
+    for c in range(stack.shape[1]):
+        soft = ens.ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high, weights=weights)
+        p, m = postprocess(soft.astype(np.float32), image, cfg.post)
+        probs.append(p)
+        masks.append(m)
+    prob = np.stack(probs).astype(np.float32)
+    mask = np.stack(masks)
+    if mask.shape[0] > 1:
+        winner = np.argmax(np.where(mask, prob, -1.0), axis=0)
+        mask &= np.arange(mask.shape[0])[:, None, None] == winner[None]
+    return prob, mask
+
+
+@dataclass
+class ImageResult:
+    prob: np.ndarray  # (C, H, W) float32
+    mask: np.ndarray  # (C, H, W) bool
+    stats: Stats
+    maps: dict[str, np.ndarray]  # every intermediate map by name ("coarse", variant names, "crop")
+
+
+def run_image(image: np.ndarray, coarse_model: CoarseSegmenter | None, refiner: PromptedRefiner,
+              cfg: PipelineConfig, *, coarse: np.ndarray | None = None) -> ImageResult:
+    """The whole method on one image in-process (what the Ray job does across its stages).
+
+    ``coarse`` (C, H, W) float32 replaces the coarse model (masks made elsewhere)."""
+    stats = Stats()
+    if coarse is None:
+        if coarse_model is None:
+            raise ValueError("run_image needs a coarse model or a coarse map; pass one of them")
+        views, (cstats,) = coarse_variants([image], coarse_model, cfg)
+        views = views[0]
+        stats = stats.merge(cstats)
+    else:
+        views = coarse.astype(np.float32)
+    maps: dict[str, np.ndarray] = {"coarse": views["identity"] if isinstance(views, dict) else views}
+    if cfg.refine.enabled:
+        vmaps, vstats = refine_variants(image, views, refiner, cfg)
+        stats = stats.merge(vstats)
+    else:
+        vmaps = {v.name: (views[v.tta] if isinstance(views, dict) else views) for v in variants(cfg)}
+    maps.update(vmaps)
+    fused_inputs = list(vmaps.values())
+    weights = [1.0] * len(fused_inputs)
+    if cfg.crop.enabled:
+        crop_map, cstats = refine_crops(image, provisional(fused_inputs, cfg), refiner, cfg)
+        stats = stats.merge(cstats)
+        maps["crop"] = crop_map
+        fused_inputs.append(crop_map)
+        weights.append(cfg.crop.weight)
+    t0 = time.perf_counter()
+    prob, mask = fuse(image, fused_inputs, cfg, weights=weights)
+    stats.seconds["fuse"] = time.perf_counter() - t0
+    return ImageResult(prob=prob, mask=mask, stats=stats, maps=maps)

@@ -1,0 +1,164 @@
+"""Benchmark of the CPU fuse step against OpenCV's guided filter.
+
+Times, best of ``--repeat``, on one synthetic ``size x size`` RGB image and ``--maps`` probability maps:
+
+- ours:   the whole fuse step for one class = ``finedetail.ensemble.ensemble(maps, rule="majority")`` +
+          ``finedetail.postprocess.postprocess`` (guided filter with the image as colour guide + threshold +
+          morphology) with ``PostprocessConfig``'s defaults except ``--radius``/``--eps``/``--subsample``;
+- opencv: ``cv2.ximgproc.guidedFilter`` alone, same image, one map, same radius and eps (scaled by 255**2
+          because OpenCV applies eps to the uint8 guide's own 0..255 values).
+
+Also reports each part of ours and our exact filter alone. Throughput is image megapixels per second.
+Usage: ``python -m job.bench postprocess --size 2048 --maps 8 --json`` (or call ``main(argv)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from finedetail.postprocess import (
+    PostprocessConfig,
+    _morphology,
+    fast_guided_filter,
+    guided_filter,
+    postprocess,
+)
+
+__all__ = ["main", "make_inputs", "run"]
+
+
+def _ensemble_fn() -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    try:
+        from finedetail.ensemble import ensemble
+    except ImportError:  # the ensemble module is not there yet: a mean is the cheapest stand-in
+        return (lambda maps: maps.mean(axis=0, dtype=np.float32)), "mean (finedetail.ensemble missing)"
+    return (lambda maps: ensemble(maps, rule="majority")), "majority"
+
+
+def make_inputs(size: int, n_maps: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """-> (image (size, size, 3) uint8 RGB, maps (n_maps, size, size) float32 in [0, 1]).
+
+    The image is a smooth random colour field with hard-edged discs and 1-2 px lines on it; each map is a
+    blurred copy of the true object mask plus its own smooth random field, so the maps disagree near edges
+    like real variants do."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 16 + 1, size // 16 + 1, 3), dtype=np.uint8)
+    image = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    image = cv2.add(image, rng.integers(0, 24, image.shape, dtype=np.uint8))
+    truth = np.zeros((size, size), np.uint8)
+    for _ in range(12):
+        c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+        cv2.circle(truth, c, int(rng.integers(size // 40, size // 8)), 1, -1)
+        for _ in range(6):
+            d = rng.integers(-size // 6, size // 6, 2)
+            cv2.line(truth, c, (int(c[0] + d[0]), int(c[1] + d[1])), 1, int(rng.integers(1, 3)))
+    image[truth > 0] = (0.35 * image[truth > 0] + np.array([160, 40, 30]) * 0.65).astype(np.uint8)
+    base = cv2.GaussianBlur(truth.astype(np.float32), (0, 0), 2.0)
+    maps = np.empty((n_maps, size, size), np.float32)
+    for i in range(n_maps):
+        noise = cv2.resize(rng.normal(0, 0.25, (size // 32 + 1, size // 32 + 1)).astype(np.float32), (size, size))
+        np.clip(base * 1.4 - 0.2 + noise, 0.0, 1.0, out=maps[i])
+    return image, maps
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(
+    *, size: int, n_maps: int, radius: int, eps: float, repeat: int, subsample: int | None = None
+) -> dict[str, float | int | str]:
+    """Run the benchmark; returns the numbers ``main`` prints (times in ms, throughputs in MPx/s)."""
+    image, maps = make_inputs(size, n_maps)
+    cfg = PostprocessConfig(radius=radius, eps=eps)
+    if subsample is not None:
+        cfg = PostprocessConfig(**{**cfg.__dict__, "subsample": subsample})
+    ens, rule = _ensemble_fn()
+    mpx = size * size / 1e6
+    one = np.ascontiguousarray(maps[0])
+
+    def fuse() -> None:
+        postprocess(ens(maps), image, cfg)
+
+    soft = ens(maps)
+    prob, _ = postprocess(soft, image, cfg)
+    t_ours = _best(fuse, repeat)
+    t_cv = _best(lambda: cv2.ximgproc.guidedFilter(image, one, radius, eps * 255.0**2), repeat)
+    t_ens = _best(lambda: ens(maps), repeat)
+    t_gf = _best(lambda: fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample), repeat)
+    mask = prob >= cfg.threshold
+    t_morph = _best(lambda: _morphology(mask, cfg), repeat)
+    t_exact = _best(lambda: guided_filter(image, one, radius=radius, eps=eps), repeat)
+    exact = guided_filter(image, soft, radius=radius, eps=eps)
+    ours = fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample)
+    return {
+        "ours_mpx_s": mpx / t_ours,
+        "opencv_mpx_s": mpx / t_cv,
+        "ours_ms": 1e3 * t_ours,
+        "opencv_ms": 1e3 * t_cv,
+        "ensemble_ms": 1e3 * t_ens,
+        "guided_ms": 1e3 * t_gf,
+        "morphology_ms": 1e3 * t_morph,
+        "exact_guided_ms": 1e3 * t_exact,
+        "exact_guided_mpx_s": mpx / t_exact,
+        "guided_vs_exact_mean_abs": float(np.abs(ours - exact).mean()),
+        "size": size,
+        "maps": n_maps,
+        "radius": radius,
+        "eps": eps,
+        "subsample": cfg.subsample,
+        "repeat": repeat,
+        "ensemble_rule": rule,
+        "cv_threads": cv2.getNumThreads(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry (``job.bench`` dispatches here); prints a table, or one JSON object with ``--json``."""
+    parser = argparse.ArgumentParser(prog="job.bench postprocess", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=2048, help="image side in px (default 2048)")
+    parser.add_argument("--maps", type=int, default=8, help="probability maps to ensemble (default 8)")
+    parser.add_argument("--radius", type=int, default=4, help="guided filter radius in px (default 4)")
+    parser.add_argument("--eps", type=float, default=1e-3, help="guided filter eps, [0, 1]-guide units")
+    parser.add_argument("--subsample", type=int, default=None, help="guided filter subsample (default: config's)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs, best one counts (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="cv2.setNumThreads for both sides")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    if args.size < 16 or args.maps < 1 or args.repeat < 1:
+        parser.error(f"need --size >= 16, --maps >= 1, --repeat >= 1, got {args.size=} {args.maps=} {args.repeat=}")
+    if args.threads is not None:
+        cv2.setNumThreads(args.threads)
+    res = run(
+        size=args.size, n_maps=args.maps, radius=args.radius, eps=args.eps, repeat=args.repeat, subsample=args.subsample
+    )
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(
+        f"fuse bench: {args.size}x{args.size}, {args.maps} maps, radius={args.radius} eps={args.eps} "
+        f"subsample={res['subsample']} ensemble={res['ensemble_rule']} cv threads={res['cv_threads']}"
+    )
+    rows = [
+        ("ours: whole fuse step", res["ours_ms"], res["ours_mpx_s"]),
+        ("  ensemble", res["ensemble_ms"], None),
+        ("  guided filter", res["guided_ms"], None),
+        ("  morphology", res["morphology_ms"], None),
+        ("ours: exact guided filter alone", res["exact_guided_ms"], res["exact_guided_mpx_s"]),
+        ("opencv: ximgproc.guidedFilter alone", res["opencv_ms"], res["opencv_mpx_s"]),
+    ]
+    print(f"{'step':38s} {'ms':>9s} {'MPx/s':>8s}")
+    for name, ms, rate in rows:
+        print(f"{name:38s} {ms:9.1f} {'' if rate is None else f'{rate:8.2f}'}")
+    print(f"guided filter vs exact: mean |diff| = {res['guided_vs_exact_mean_abs']:.2e}")

