@@ -155,7 +155,9 @@ def _check_mask(mask: np.ndarray, *, what: str) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
-def _check_pair(a: np.ndarray, b: np.ndarray, *, names: tuple[str, str] = ("pred", "gt")) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(
+    a: np.ndarray, b: np.ndarray, *, names: tuple[str, str] = ("pred", "gt")
+) -> tuple[np.ndarray, np.ndarray]:
     a = _check_mask(a, what=names[0])
     b = _check_mask(b, what=names[1])
     if a.shape != b.shape:

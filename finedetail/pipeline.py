@@ -134,24 +134,20 @@ def coarse_variants(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: P
     return out, stats
 
 
-def _with_logits(prompt: ComponentPrompt, prob: np.ndarray, cfg: PipelineConfig) -> ComponentPrompt:
-    """Fill in the prompt parts the config asks for: the component's coarse probability as low-res logits."""
+def _select_parts(prompt: ComponentPrompt, cfg: PipelineConfig) -> ComponentPrompt:
+    """Keep only the prompt parts the config asks for (points, low-res mask logits); the box is the refiner's
+    own switch (``use_box``) since a prompt always carries its box."""
     r = cfg.refine
-    logits = None
-    if r.use_mask_input:
-        logits = prompt.logits
-        if logits is None:
-            logits = pr.mask_to_sam_logits(np.where(prompt.mask, prob, 0.0).astype(np.float32))
-    points, labels = prompt.points, prompt.labels
-    if not r.use_points:
-        points, labels = points[:0], labels[:0]
-    return dataclasses.replace(prompt, points=points, labels=labels, logits=logits)
+    points, labels = (prompt.points, prompt.labels) if r.use_points else (prompt.points[:0], prompt.labels[:0])
+    return dataclasses.replace(prompt, points=points, labels=labels,
+                               logits=prompt.logits if r.use_mask_input else None)
 
 
 def _prompts_for(prob: np.ndarray, cfg: PipelineConfig) -> tuple[list[ComponentPrompt], int]:
     r = cfg.refine
-    found, dropped = pr.prompts_from_mask(prob, k=r.points, offset=r.point_offset, min_area=r.min_area)
-    return [_with_logits(p, prob, cfg) for p in found], dropped
+    found, dropped = pr.prompts_from_mask(prob, k=r.points, offset=r.point_offset, min_area=r.min_area,
+                                          logits=r.use_mask_input)
+    return [_select_parts(p, cfg) for p in found], dropped
 
 
 def _refine_window(refiner: PromptedRefiner, embedding: Any, coarse: np.ndarray, cfg: PipelineConfig,
@@ -219,7 +215,7 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         st.refiner_passes += passes // max(1, len(tiles))
         window_map = _refine_window(refiner, emb, coarse_t[(slice(None), *win.slices)], cfg, st)
         if v.name not in results[i]:
-            results[i][v.name] = (tr, [tiling.Stitcher(hw_t) for _ in range(coarse_t.shape[0])])
+            results[i][v.name] = (tr, [tiling.Stitcher(hw_t, overlap=cfg.tile_overlap) for _ in range(coarse_t.shape[0])])
         for c, stitcher in enumerate(results[i][v.name][1]):
             stitcher.add(win, window_map[c])
     outs = []
@@ -287,19 +283,17 @@ def refine_crops(image: np.ndarray, prov: np.ndarray, refiner: PromptedRefiner, 
     for c in range(prov.shape[0]):
         for win, zoom in _crop_windows(prov[c], hw, refiner, cfg):
             crop_img = crops.crop_image(image, win, zoom)
-            jobs.append((c, win, crop_img.shape[:2]))
+            jobs.append((c, win, zoom))
             tiles.append(crop_img)
     before = refiner.encoder_passes
     embeddings = refiner.encode(tiles) if tiles else []
     stats.refiner_passes += refiner.encoder_passes - before
     stats.crops += len(tiles)
-    import cv2
-
-    for (c, win, crop_hw), emb in zip(jobs, embeddings):
-        coarse_crop = cv2.resize(prov[c][win.slices], (crop_hw[1], crop_hw[0]), interpolation=cv2.INTER_LINEAR)
+    for (c, win, zoom), emb in zip(jobs, embeddings):
+        coarse_crop = np.clip(crops.crop_image(prov[c], win, zoom), 0.0, 1.0)
         refined = _refine_window(refiner, emb, coarse_crop[None], cfg, stats)[0]
-        back = cv2.resize(refined, (win.w, win.h), interpolation=cv2.INTER_AREA)
-        crops.paste(out[c], np.clip(back, 0.0, 1.0), win, mode=cfg.crop.paste)
+        back = crops.from_crop_image(refined, win)
+        crops.paste(out[c], np.clip(back, 0.0, 1.0).astype(np.float32), win, mode=cfg.crop.paste)
     stats.seconds["crop"] = time.perf_counter() - t0
     return out, stats
 
@@ -315,7 +309,8 @@ def fuse(image: np.ndarray, maps: Sequence[np.ndarray], cfg: PipelineConfig, *,
     e = cfg.ensemble
     probs, masks = [], []
     for c in range(stack.shape[1]):
-        soft = ens.ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high, weights=weights)
+        soft = ens.ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high,
+                            weights=weights if e.rule == "mean" else None)
         p, m = postprocess(soft.astype(np.float32), image, cfg.post)
         probs.append(p)
         masks.append(m)

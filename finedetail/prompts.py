@@ -68,8 +68,10 @@ def boundary_points(
     mask pixels whose Euclidean distance to the background (image border counts as background) is within 0.5 px of
     ``min(offset, thickest)``: components thinner than ``offset`` use their ridge (maximal-distance) pixels.
     Negative candidates are pixels inside the image, outside ``mask`` and ``exclude``, whose distance to the mask
-    is closest to ``offset`` (within 0.5 px of the best available). Each anchor takes its nearest candidate;
-    duplicates are dropped, hence "up to k".
+    is closest to ``offset`` (within 0.5 px of the best available). Each anchor takes the candidate nearest to the
+    anchor moved 1 px along the contour's inward (positives) or outward (negatives) normal, so a 1-px line gets
+    negatives on both sides; ties go to the first candidate in raster order; duplicates are dropped, hence
+    "up to k" (a small blob may yield fewer). A component touching the image border gets no negatives beyond it.
     """
     mask = _check_mask(mask)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
@@ -109,7 +111,10 @@ def boundary_points(
     allowed = ~inside
     if exclude is not None:
         allowed &= ~exclude[wy0:wy1, wx0:wx1]
-    neg = _pick(anchors + normals, allowed, np.abs(d_out - float(offset))) if allowed.any() else np.zeros((0, 2), np.int64)
+    if allowed.any():
+        neg = _pick(anchors + normals, allowed, np.abs(d_out - float(offset)))
+    else:  # the component fills its surroundings: nowhere to put a negative
+        neg = np.zeros((0, 2), np.int64)
 
     rc = np.concatenate([pos, neg]).astype(np.float64)
     points = np.stack([rc[:, 1] + wx0 + 0.5, rc[:, 0] + wy0 + 0.5], axis=1)
@@ -123,8 +128,8 @@ def mask_to_sam_logits(
     """A probability map -> SAM's low-resolution mask input: ``(low_res, low_res) float32`` logits.
 
     prob: (H, W) float in [0, 1] (or bool), image frame. SAM's frame: resize so the long side is ``long_side``
-    (new size ``int(s * scale + 0.5)`` per side, like SAM's ResizeLongestSide; bilinear when enlarging, area
-    averaging when shrinking so thin structures fade instead of vanishing), pad bottom/right with 0 to
+    (each side becomes ``int(side * long_side / max(h, w) + 0.5)``, like SAM's ResizeLongestSide; bilinear when
+    enlarging, area averaging when shrinking so thin structures fade instead of vanishing), pad bottom/right with 0 to
     ``long_side``², area-downsample to ``low_res``², then ``logit = scale * (p - 0.5)`` which lies in
     ``[-scale/2, scale/2]``. Padding maps to ``-scale / 2``.
     """

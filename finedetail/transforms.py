@@ -9,7 +9,8 @@ Every transform is a small frozen dataclass with the same methods:
 - ``out_size(hw)`` / ``in_size(hw)``: size after / before the transform.
 - ``apply_image(a, *, interp="linear")`` / ``invert_image(a, *, interp="linear")``: ``a`` is ``(H, W)`` or
   ``(H, W, C)`` of any dtype (``uint8`` images, ``float32`` maps, ``bool`` masks); the result keeps dtype and channel
-  layout and is C-contiguous.
+  layout and is C-contiguous. ``interp`` (``"linear"`` or ``"nearest"``) only matters for ``Scale``; the exact
+  transforms check it and ignore it, so callers can pass one value to any transform.
 - ``apply_coords(pts, hw)``: ``pts`` ``(N, 2)`` xy in the frame of an input of size ``hw`` (the ORIGINAL size);
   ``invert_coords(pts, hw)``: ``pts`` in the TRANSFORMED frame, ``hw`` = the transformed size (``out_size`` of the
   original). Both return ``(N, 2) float64``.

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 __all__ = [
@@ -53,14 +54,17 @@ __all__ = [
     "Storage",
     "StorageError",
     "backoff_delay",
+    "check_writable",
     "delete",
     "exists",
     "is_transient",
     "list_files",
+    "mask_key",
     "open_storage",
     "output_key",
     "output_path",
     "read_bytes",
+    "read_uri",
     "redact",
     "safe_key",
     "write_bytes_atomic",
@@ -106,7 +110,7 @@ class StorageError(Exception):
 
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
-    """The key (or local input folder) does not exist.  Never retried."""
+    """The key does not exist.  Never retried."""
 
 
 # --------------------------------------------------------------------------- redaction
@@ -171,7 +175,10 @@ class RetryPolicy:
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, *, rng: random.Random | None = None) -> float:
-    """Seconds to sleep after failed try `attempt` (1-based): in [cap / 2, cap], cap = min(max_delay, base * 2**(attempt-1))."""
+    """Seconds to sleep after failed try `attempt` (1-based).
+
+    In ``[cap / 2, cap]`` with ``cap = min(max_delay, base_delay * 2 ** (attempt - 1))``.
+    """
     if attempt < 1:
         raise ValueError(f"attempt is 1-based, got {attempt=}")
     # Exponent capped so 2 ** n stays a small float for any attempt count.
@@ -276,6 +283,23 @@ def safe_key(key: str) -> str:
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def _check_suffix(suffix: str) -> None:
+    if not isinstance(suffix, str) or not _SUFFIX_RE.match(suffix) or ".." in suffix:
+        raise ValueError(f"suffix must look like '.png' (dot, then letters, digits, '._-'), got {suffix!r}")
+
+
+def mask_key(key: str, *, suffix: str = ".png") -> str:
+    """`key` with its extension replaced by `suffix`: ``mask_key("a/b.jpg") == "a/b.png"``.
+
+    The key under which a per-input file (e.g. a coarse mask made elsewhere)
+    sits next to the input's relative key.  `key` goes through `safe_key`.
+    """
+    _check_suffix(suffix)
+    head, _, name = safe_key(key).rpartition("/")
+    stem = posixpath.splitext(name)[0] or name
+    return safe_key(f"{head}/{stem}{suffix}" if head else f"{stem}{suffix}")
+
+
 def output_key(subdir: str, key: str, *, suffix: str) -> str:
     """Relative key of an output: ``<subdir>/<key without its extension><suffix>``.
 
@@ -284,12 +308,7 @@ def output_key(subdir: str, key: str, *, suffix: str) -> str:
     or ``.mask.png``.  Inputs differing only by extension (a.jpg, a.png) map to
     the same output key.
     """
-    if not isinstance(suffix, str) or not _SUFFIX_RE.match(suffix) or ".." in suffix:
-        raise ValueError(f"suffix must look like '.png' (dot, then letters, digits, '._-'), got {suffix!r}")
-    sub = safe_key(subdir)
-    head, _, name = safe_key(key).rpartition("/")
-    stem = posixpath.splitext(name)[0] or name
-    return safe_key(f"{sub}/{head}/{stem}{suffix}" if head else f"{sub}/{stem}{suffix}")
+    return safe_key(f"{safe_key(subdir)}/{mask_key(key, suffix=suffix)}")
 
 
 def output_path(root: str, subdir: str, key: str, *, suffix: str) -> str:
@@ -473,7 +492,7 @@ def _retrying(storage: Storage, op: str, key: str | None, fn: Callable[[], T],
             return fn()
         except StorageError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below, re-raised as StorageError
+        except (OSError, pa.ArrowException) as exc:  # IO failures; programming errors propagate as they are
             detail = redact(f"{type(exc).__name__}: {exc}")
             if isinstance(exc, FileNotFoundError):
                 raise ObjectNotFoundError(
@@ -483,7 +502,8 @@ def _retrying(storage: Storage, op: str, key: str | None, fn: Callable[[], T],
             if not transient:
                 raise StorageError(
                     f"cannot {op} {where}: permanent error, not retried ({detail}); "
-                    "check the URI, bucket and credentials",
+                    + ("check the URI, bucket and credentials" if storage.kind == "s3"
+                       else "check the path, its permissions and free space"),
                     uri=storage.uri, key=key, op=op, attempts=attempt) from None
             if attempt == policy.max_tries:
                 raise StorageError(
@@ -512,16 +532,16 @@ def _normalise_exts(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
     return exts
 
 
-def _list_local(root: str) -> list[str]:
-    if not os.path.exists(root):
-        raise FileNotFoundError(errno.ENOENT, "no such folder", root)
-    if not os.path.isdir(root):
-        raise NotADirectoryError(errno.ENOTDIR, "not a folder", root)
+def _list_local(folder: str) -> list[str]:
+    if not os.path.exists(folder):
+        return []
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", folder)
     keys = []
     # Symlinked folders are not followed (no cycles); symlinked files are listed.
-    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = os.path.relpath(dirpath, root)
+        rel = os.path.relpath(dirpath, folder)
         for name in filenames:
             keys.append(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}")
     return keys
@@ -531,32 +551,41 @@ def _raise(exc: OSError) -> None:
     raise exc
 
 
-def _list_s3(storage: Storage) -> list[str]:
-    fs = storage.filesystem
-    # S3 has no folders: an empty or absent prefix lists as empty.
-    infos = fs.get_file_info(pafs.FileSelector(storage.root, recursive=True, allow_not_found=True))
-    start = len(storage.root.rstrip("/")) + 1
+def _list_s3(storage: Storage, folder: str) -> list[str]:
+    # S3 has no folders: an absent prefix lists as empty.  allow_not_found=True
+    # would also hide a missing bucket, so the "not found" case is caught here.
+    try:
+        infos = storage.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+    except FileNotFoundError:
+        return []
+    start = len(folder.rstrip("/")) + 1
     return [info.path[start:] for info in infos if info.type == pafs.FileType.File]
 
 
-def list_files(uri_or_storage: str | Storage, *, extensions: Iterable[str] | None = IMAGE_EXTS,
-               limit: int | None = None) -> list[str]:
-    """Keys of the files under the root, recursive, sorted, relative to the root.
+def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
+               extensions: Iterable[str] | None = IMAGE_EXTS, limit: int | None = None) -> list[str]:
+    """Keys of the files under ``root/prefix``, recursive, sorted, relative to ``root/prefix``.
 
+    ``list_files(storage, "masks")`` lists ``masks/a/b.png`` as ``"a/b.png"``.
     Hidden files and folders (any segment starting with '.') are skipped, so
     are keys `safe_key` refuses (logged as a warning).  `extensions`: keep
     only these (case-insensitive), None = all files.  `limit`: the first
-    `limit` keys of the sorted list.  A missing local folder raises
-    ObjectNotFoundError; an S3 prefix with no objects lists as [].
+    `limit` keys of the sorted list.  A missing folder or an S3 prefix with no
+    objects lists as [] (S3 cannot tell them apart); a missing bucket or a
+    local root that is a file raises StorageError.
     """
     storage = _as_storage(uri_or_storage)
     exts = _normalise_exts(extensions)
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or an int >= 0, got {limit=}")
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a str key prefix like 'masks', got {prefix!r}")
+    sub = "" if prefix.strip("/") in ("", ".") else safe_key(prefix.rstrip("/"))
+    folder = f"{storage.root.rstrip('/')}/{sub}" if sub else storage.root
     if storage.kind == "local":
-        raw = _retrying(storage, "list", None, lambda: _list_local(storage.root))
+        raw = _retrying(storage, "list", sub or None, lambda: _list_local(folder))
     else:
-        raw = _retrying(storage, "list", None, lambda: _list_s3(storage))
+        raw = _retrying(storage, "list", sub or None, lambda: _list_s3(storage, folder))
     keys, unsafe = [], []
     for key in raw:
         if any(seg.startswith(".") for seg in key.split("/")):
@@ -569,7 +598,7 @@ def list_files(uri_or_storage: str | Storage, *, extensions: Iterable[str] | Non
             unsafe.append(key)
     if unsafe:
         log.warning("skipped %d file(s) with unsafe names under %s, e.g. %r",
-                    len(unsafe), storage.uri, unsafe[0])
+                    len(unsafe), storage.uri_for(sub) if sub else storage.uri, unsafe[0])
     keys.sort()
     return keys if limit is None else keys[:limit]
 
@@ -663,3 +692,29 @@ def delete(storage: str | Storage, key: str, *, missing_ok: bool = True) -> None
                 raise
 
     _retrying(storage, "delete", key, remove)
+
+
+def read_uri(uri: str, *, retry: RetryPolicy | None = None) -> bytes:
+    """Contents of the single file a URI names: ``/path/job.yaml``, ``file:///...``, ``s3://bucket/key``."""
+    storage, root = open_storage(uri, retry=retry)
+    if storage.kind == "s3":
+        bucket, _, key = root.partition("/")
+        if not key:
+            raise ValueError(f"URI must name an object, got the bucket {uri!r}; expected s3://bucket/key")
+        parent, _ = open_storage(f"s3://{bucket}", retry=retry, s3=storage.s3)
+    else:
+        folder, key = os.path.split(root)
+        parent, _ = open_storage(folder, retry=retry)
+    return read_bytes(parent, key)
+
+
+def check_writable(storage: str | Storage) -> None:
+    """Write and delete a hidden probe object under the root; StorageError when that fails.
+
+    Lets a job refuse an unwritable output before any work starts.  A local
+    root folder is created if missing.
+    """
+    storage = _as_storage(storage)
+    probe = f".write-check-{uuid.uuid4().hex[:12]}"
+    write_bytes_atomic(storage, probe, b"")
+    delete(storage, probe)

@@ -55,7 +55,7 @@ def read_manifest(storage: Any) -> pa.Table:
     parts = [k for k in jio.list_files(storage, "manifest", extensions=(".parquet",))]
     tables = []
     for key in parts:
-        data = jio.read_bytes(storage, f"manifest/{key}" if not key.startswith("manifest/") else key)
+        data = jio.read_bytes(storage, f"manifest/{key}")
         tables.append(pq.read_table(io.BytesIO(data)).cast(SCHEMA))
     if not tables:
         return SCHEMA.empty_table()

@@ -23,7 +23,7 @@ def load_prompts(uri: str, *, num_classes: int = 1) -> list[PromptPair]:
     Refuses, naming the file: an image without a mask, a mask of another size, an empty mask, no pairs at all.
     ``num_classes`` > 1 reads masks as class-index maps (0 = background); otherwise any nonzero pixel is foreground.
     """
-    storage = jio.open_storage(uri)
+    storage = jio.open_storage(uri)[0]
     images = jio.list_files(storage, "images", extensions=PROMPT_IMAGE_EXTS)
     if not images:
         raise ValueError(f"no prompt images under {uri}/images/; expected images/NAME.jpg + masks/NAME.png pairs")

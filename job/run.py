@@ -7,6 +7,7 @@ hash are not even read. The driver only consumes the small manifest rows the wri
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -57,17 +58,19 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     n_model = len(fp.variants(cfg.pipeline)) + (cfg.coarse is None) + bool(cfg.pipeline.crop.enabled)
     share = 1.0 / n_model
     fit = lambda v: min(v, share)  # noqa: E731 - one-liner used thrice
-    if use_gpu:
-        model_cpus = r.model_cpus or 1.0
-        return Plan(True, fit(r.coarse_gpus), fit(r.variant_gpus), fit(r.crop_gpus), model_cpus, 1.0, 1.0,
-                    r.max_actors, r.fuse_actors)
-    io_cpus, fuse_cpus = min(1.0, cpus / 4), min(1.0, cpus / 4)
-    model_cpus = r.model_cpus or max(0.05, round((cpus - io_cpus - fuse_cpus) / n_model, 3))
+    io_cpus = fuse_cpus = min(1.0, cpus / 4)
+    # one actor of every model pool, the fuse pool and a read task must fit in the CPUs the cluster has now
+    fair = math.floor(1000 * (cpus - io_cpus - fuse_cpus) / n_model) / 1000
+    if use_gpu:  # GPU-bound actors: half a CPU each for their batch preparation is plenty
+        model_cpus = r.model_cpus or max(0.01, min(0.5, fair))
+        return Plan(True, fit(r.coarse_gpus), fit(r.variant_gpus), fit(r.crop_gpus), model_cpus, fuse_cpus,
+                    io_cpus, r.max_actors, r.fuse_actors)
+    model_cpus = r.model_cpus or max(0.01, fair)
     return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors)
 
 
 def list_inputs(cfg: JobConfig) -> list[str]:
-    keys = jio.list_files(jio.open_storage(cfg.input), "", extensions=IMAGE_EXTS)
+    keys = jio.list_files(jio.open_storage(cfg.input)[0], "", extensions=IMAGE_EXTS)
     seen: dict[str, str] = {}
     for k in keys:
         stem = os.path.splitext(k)[0]
@@ -140,7 +143,7 @@ def validate_up_front(cfg: JobConfig) -> None:
 
     if cfg.prompts is not None and cfg.coarse is None:
         load_prompts(cfg.prompts, num_classes=len(cfg.classes))
-    jio.open_storage(cfg.output)
+    jio.check_writable(cfg.output)
 
 
 def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> dict[str, Any]:
@@ -151,7 +154,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     keys = list_inputs(cfg)
     if not keys:
         raise ValueError(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
-    out_storage = jio.open_storage(cfg.output)
+    out_storage = jio.open_storage(cfg.output)[0]
     done = jm.done_keys(out_storage, cfg.config_hash)
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:

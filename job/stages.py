@@ -44,8 +44,10 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def _batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    keys = list(rows[0].keys()) if rows else []
-    return {k: column([r[k] for r in rows]) for k in keys}
+    """Rows -> columns. Every row gets every column: an array column a row lacks (an error row skipped by a stage)
+    is empty bytes, so all batches of a stage share one schema."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: column([r.get(k, b"") for r in rows]) for k in keys}
 
 
 def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int) -> dict[str, np.ndarray]:
@@ -53,8 +55,8 @@ def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int) -> 
     mask made elsewhere when ``--coarse`` is given. Any failure becomes an error row; the batch goes on."""
     from job.models import coarse_from_mask_bytes
 
-    storage = jio.open_storage(cfg.input)
-    coarse_storage = jio.open_storage(cfg.coarse) if cfg.coarse else None
+    storage = jio.open_storage(cfg.input)[0]
+    coarse_storage = jio.open_storage(cfg.coarse)[0] if cfg.coarse else None
     out = []
     for key in batch["key"]:
         t0 = time.perf_counter()
@@ -222,7 +224,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
     from finedetail.outputs import render_outputs
     from job.manifest import write_part
 
-    storage = jio.open_storage(cfg.output)
+    storage = jio.open_storage(cfg.output)[0]
     manifest = []
     for r in _rows(batch):
         t0 = time.perf_counter()
@@ -234,7 +236,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
                 prob, mask = unpack(r["prob"]), unpack(r["mask"]).astype(bool)
                 files = render_outputs(image, from_u8(prob), mask, classes=cfg.classes, overlays=cfg.overlays)
                 for (folder, suffix), data in files.items():
-                    jio.write_bytes_atomic(storage, jio.output_key(folder, str(r["key"]), suffix), data)
+                    jio.write_bytes_atomic(storage, jio.output_key(folder, str(r["key"]), suffix=suffix), data)
                 m.update(height=int(image.shape[0]), width=int(image.shape[1]), mask_area=int(mask.sum()))
             except jio.StorageError:
                 raise  # a write that keeps failing fails the job: never a manifest row claiming success

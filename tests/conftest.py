@@ -131,7 +131,9 @@ class SeaweedS3:
             "-volume.preStopSeconds=0",
         ]
         flags += [f"-{name}={port}" for name, port in self.ports.items()]
-        return [self.weed, "mini", *flags]
+        # Global options go before the command: glog to stderr (our log file,
+        # not /tmp/weed.*), and toml configs only from our own folder.
+        return [self.weed, "-logtostderr", f"-config_dir={self.data_dir}", "mini", *flags]
 
     def env(self) -> dict[str, str]:
         """AWS_* variables pointing an S3 client at this server."""
@@ -311,3 +313,38 @@ def s3_env(s3_server, monkeypatch):
 
 
 # ============================ end of S3 test server ===========================
+
+
+# =============================================================================
+# Lead fixtures: local Ray with a declared fake GPU, tiny real-architecture checkpoints.
+# =============================================================================
+
+import sys as _sys
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/jobkit.py
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray (2 CPUs, one declared fake GPU so GPU scheduling is exercised on CPU)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """Tiny SAM (.pth state dict, the official format) and tiny SegGPT (transformers directory), random weights."""
+    from finedetail.models.tiny import save_tiny_sam, save_tiny_seggpt
+
+    d = tmp_path_factory.mktemp("weights")
+    sam = d / "sam_tiny.pth"
+    seggpt = d / "seggpt_tiny"
+    save_tiny_sam(sam)
+    save_tiny_seggpt(seggpt)
+    return {"sam": str(sam), "seggpt": str(seggpt)}

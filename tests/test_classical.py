@@ -16,6 +16,8 @@ from finedetail.models.classical import (
     texture_features,
     working_size,
 )
+from finedetail.prompts import prompts_from_mask
+from finedetail.synthetic import KINDS, make_scene
 from finedetail.types import ComponentPrompt, PromptPair
 
 
@@ -87,7 +89,8 @@ def test_texture_features_of_a_flat_image_are_flat():
 @pytest.mark.parametrize("kw, match", [
     ({"input_size": 8}, "input_size"),
     ({"texture_scales": (4,)}, "texture_scales"),
-    ({"alpha": 0.0}, "alpha"),
+    ({"fg_floor": 0.0}, "fg_floor"),
+    ({"bg_floor": 1.0}, "bg_floor"),
 ])
 def test_colour_texture_config_rejects(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -289,3 +292,31 @@ def test_refine_rejects_foreign_embedding_and_wrong_frame():
     (emb,) = gc.encode([img])
     with pytest.raises(ValueError, match="frame"):
         gc.refine(emb, [ComponentPrompt(mask=np.ones((5, 5), bool), box=np.array([0.0, 0, 5, 5]))])
+
+
+# ------------------------------------------------------------------------------------------------ synthetic scenes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_coarse_on_synthetic_scenes_of_the_prompts_kind(kind):
+    prompt = make_scene(kind, seed=0, size=(384, 384))
+    seg = ColourTextureSegmenter()
+    seg.set_prompts([PromptPair(prompt.image, prompt.mask)])
+    for seed in (1, 2):
+        target = make_scene(kind, seed=seed, size=(384, 384))
+        (prob,) = seg.predict([target.image])
+        assert iou(prob[0] >= 0.5, target.mask) > 0.9
+
+
+def test_hybrid_on_a_synthetic_scene_with_prompts_from_the_coarse_map():
+    prompt = make_scene("vessels", seed=0, size=(256, 256))
+    target = make_scene("vessels", seed=1, size=(256, 256))
+    seg, gc = ColourTextureSegmenter(), GrabCutRefiner()
+    seg.set_prompts([PromptPair(prompt.image, prompt.mask)])
+    (coarse,) = seg.predict([target.image])
+    prompts, _ = prompts_from_mask(coarse[0])
+    (emb,) = gc.encode([target.image])
+    refined = gc.refine(emb, prompts)
+    assert refined.shape == (len(prompts), 256, 256) and len(prompts) >= 1
+    merged = np.maximum(refined.max(axis=0), coarse[0]) >= 0.5
+    assert iou(merged, target.mask) > 0.9

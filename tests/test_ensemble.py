@@ -153,3 +153,15 @@ def test_soft_threshold_is_exactly_the_decision(maps, data, tau, tau_high):
         assert soft.dtype == np.float32 and soft.shape == maps.shape[1:]
         assert np.all((soft >= 0) & (soft <= 1))
         np.testing.assert_array_equal(soft >= 0.5, decision, err_msg=rule)
+
+
+@pytest.mark.parametrize("eps", [1e-9, -1e-9, 0.0])
+def test_rounding_near_threshold_never_flips_the_decision(eps):
+    # mean - tau + 0.5 = 0.5 -/+ 1e-9 rounds to exactly 0.5 in float32; the soft map must still say "no" / "yes"
+    m = np.full((1, 2, 2), 0.3, np.float32)
+    tau = float(np.float32(0.3)) + eps
+    soft = mean_threshold(m, tau=tau)
+    np.testing.assert_array_equal(soft >= 0.5, float(np.float32(0.3)) >= tau)
+    # 0.3 is no vote, so only the confidence term decides
+    soft = majority_or_confident(np.full((2, 2, 2), 0.3, np.float32), k=2, tau_high=tau)
+    np.testing.assert_array_equal(soft >= 0.5, float(np.float32(0.3)) >= tau)

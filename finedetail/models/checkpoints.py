@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "CheckpointUnavailableError",
     "DEFAULT_SEGGPT",
+    "SEGGPT_DEFAULT",
     "SAM_SHA256",
     "SAM_URLS",
     "cache_path_for",
@@ -36,6 +37,8 @@ __all__ = [
     "load_seggpt",
     "resolve_checkpoint",
     "resolve_checkpoint_dir",
+    "resolve_device",
+    "resolve_dtype",
 ]
 
 #: public download locations of the official SAM weights (segment-anything README, "Model Checkpoints")
@@ -55,6 +58,7 @@ SAM_SHA256: dict[str, str | None] = {
 }
 #: Hugging Face Hub id of the official SegGPT weights
 DEFAULT_SEGGPT = "BAAI/seggpt-vit-large"
+SEGGPT_DEFAULT = DEFAULT_SEGGPT  # alias used by job/models.py
 
 _HTTP_ATTEMPTS = 3
 _HTTP_TIMEOUT_S = 30.0
@@ -63,6 +67,32 @@ _CHUNK = 1 << 20
 
 class CheckpointUnavailableError(ConnectionError):
     """The weights live somewhere this machine cannot reach (network down, offline, 404, no credentials)."""
+
+
+def resolve_device(device: Any = None):
+    """A ``torch.device``: None or "auto" -> cuda if available else cpu; anything else is passed to torch."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: Any, device: Any):
+    """A ``torch.dtype`` for autocast: None -> bfloat16 on CUDA, float32 elsewhere; names like "bf16", "float16"."""
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
+        return names[dtype]
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, a name or None, got {type(dtype).__name__}")
+    return dtype
 
 
 def default_cache_dir() -> Path:
@@ -368,11 +398,12 @@ def load_sam(
     uri: str | os.PathLike | None = None,
     *,
     model_type: str | None = None,
-    device: str = "cpu",
+    device: Any = "cpu",
     cache_dir: str | os.PathLike | None = None,
     sha256: str | None = None,
 ):
-    """A ``segment_anything.modeling.Sam`` in eval mode, fp32, on ``device``, with the weights of ``uri``.
+    """A ``segment_anything.modeling.Sam`` in eval mode, fp32, on ``device`` (None / "auto": cuda if available), with
+    the weights of ``uri``.
 
     uri: anything ``resolve_checkpoint`` takes, or None / a model type ("vit_b", "vit_l", "vit_h") for the official
         weights from ``SAM_URLS`` (verified against ``SAM_SHA256``). Official URLs get their known digest unless
@@ -417,7 +448,7 @@ def load_sam(
     leftover = [n for n, t in [*sam.named_parameters(), *sam.named_buffers()] if t.is_meta]
     if leftover:
         raise RuntimeError(f"tensors left unloaded after reading {path}: {leftover[:5]}")
-    return sam.to(device=device, dtype=torch.float32).eval()
+    return sam.to(device=resolve_device(device), dtype=torch.float32).eval()
 
 
 # -------------------------------------------------------------------------------------------------------- SegGPT
@@ -426,12 +457,13 @@ def load_sam(
 def load_seggpt(
     uri_or_dir: str | os.PathLike = DEFAULT_SEGGPT,
     *,
-    device: str = "cpu",
+    device: Any = "cpu",
     cache_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
     s3_client: Any = None,
 ):
-    """(``SegGptForImageSegmentation`` in eval mode on ``device``, ``SegGptImageProcessor``).
+    """(``SegGptForImageSegmentation`` in eval mode, fp32, on ``device`` (None / "auto": cuda if available),
+    ``SegGptImageProcessor``).
 
     uri_or_dir: a ``save_pretrained`` directory (model + ``preprocessor_config.json``), ``file://DIR``, an
         ``s3://bucket/prefix`` holding such a directory (mirrored into the cache), or a Hub id such as
@@ -473,4 +505,4 @@ def load_seggpt(
             )
     import torch
 
-    return model.to(device=device, dtype=torch.float32).eval(), processor
+    return model.to(device=resolve_device(device), dtype=torch.float32).eval(), processor

@@ -4,20 +4,28 @@ Lower quality than SegGPT + SAM, and meant as such: it needs no checkpoint and n
 (coarse -> multi-prompt refinement -> crops -> multiscale -> TTA -> fuse) runs anywhere.
 
 ``ColourTextureSegmenter`` (CoarseSegmenter)
-    Learns *what* to segment from the prompt pairs with a per-pixel classifier, and predicts at a bounded working
-    resolution (long side ``input_size``, default 512, like SegGPT's 448 canvas), upsampling its *probabilities*
-    bilinearly to the image size. Features, all computed at the working resolution:
+    Learns *what* to segment from the prompt pairs with a per-pixel classifier, and predicts at a fixed working
+    resolution (long side exactly ``input_size``, default 512, in the role of SegGPT's 448 canvas: larger images are
+    shrunk with INTER_AREA, smaller ones enlarged with INTER_LINEAR), resizing its *probabilities* back to the image
+    size (bilinear when enlarging). Features, all computed at the working resolution:
 
     - colour: the pixel's bin in a joint quantised CIE Lab histogram (``l_bins`` x ``ab_bins`` x ``ab_bins``), turned
-      into the log-likelihood ratio ``log P(bin | fg) - log P(bin | bg)`` with Laplace smoothing ``alpha``;
+      into the log-likelihood ratio ``log p_fg(bin) - log p_bg(bin)``. ``d_fg``, ``d_bg`` are the prompts' colour
+      densities (bin counts smoothed with a [1, 2, 1] / 4 kernel along each Lab axis, so nearby colours share
+      evidence, divided by the class's pixel count); each is mixed with a uniform floor over the K bins (additive,
+      Laplace-style smoothing): ``p_fg = (1 - fg_floor) d_fg + fg_floor / K`` and ``p_bg = (1 - bg_floor) d_bg +
+      bg_floor / K``. The floors are asymmetric on purpose: the prompts define the object, while a target's
+      background may show colours no prompt did, so a colour never seen scores ``log(fg_floor / bg_floor)``
+      (-3.9 by default): background;
     - texture: local mean and standard deviation of the luminance in square windows of each ``texture_scales`` side,
       and the box-smoothed Sobel gradient magnitude.
 
     A small L2-regularised logistic regression (Newton / IRLS, classes weighted to equal total weight so the prompts'
     object fraction does not bias the target) combines the colour log-ratio with the standardised texture features.
     Training pixels are a deterministic subsample (``max_samples`` per class, ``seed``); their colour log-ratio is
-    computed leave-one-out so the colour term is not over-trusted. Prompt masks are resized to the working resolution
-    by area averaging; pixels with a resized value in (0.25, 0.75) (mixed boundary pixels) are not used for training.
+    computed leave-one-out so the colour term is not over-trusted. Prompt images go through the same working
+    resolution; their masks are resized as float maps (area averaging when shrinking) and pixels with a resized value
+    in (0.25, 0.75) (mixed boundary pixels) are not used for training.
     With ``num_classes > 1`` prompt masks are class-index maps (0 = background, 1..C) and each class gets its own
     one-vs-rest classifier.
 
@@ -102,7 +110,9 @@ class ColourTextureConfig:
     input_size: int = 512
     l_bins: int = 8
     ab_bins: int = 16
-    alpha: float = 1.0
+    fg_floor: float = 0.01
+    bg_floor: float = 0.5
+    smooth_colours: bool = True
     texture_scales: tuple[int, ...] = (5, 11)
     max_samples: int = 20_000
     l2: float = 1e-2
@@ -113,8 +123,8 @@ class ColourTextureConfig:
             raise ValueError(f"input_size must be >= 16 px, got {self.input_size=}")
         if not (1 <= self.l_bins <= 64 and 1 <= self.ab_bins <= 64):
             raise ValueError(f"l_bins and ab_bins must lie in [1, 64], got {self.l_bins=}, {self.ab_bins=}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha (Laplace smoothing) must be > 0, got {self.alpha=}")
+        if not (0 < self.fg_floor < 1 and 0 < self.bg_floor < 1):
+            raise ValueError(f"fg_floor and bg_floor must lie in (0, 1), got {self.fg_floor=}, {self.bg_floor=}")
         if not self.texture_scales or any(s < 3 or s % 2 == 0 for s in self.texture_scales):
             raise ValueError(f"texture_scales must be odd window sides >= 3, got {self.texture_scales=}")
         if self.max_samples < 10:
@@ -179,6 +189,21 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, sw: np.ndarray, *, l2: float, it
     return w
 
 
+def _smooth_bins(hist: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(K,) bin counts -> (K,) counts blurred by [1, 2, 1] / 4 along each of the three Lab axes (zero outside)."""
+    a = hist.reshape(shape)
+    for axis in range(3):
+        pad = [(0, 0)] * 3
+        pad[axis] = (1, 1)
+        p = np.pad(a, pad)
+        lo = [slice(None)] * 3
+        mid = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], mid[axis], hi[axis] = slice(0, -2), slice(1, -1), slice(2, None)
+        a = 0.25 * p[tuple(lo)] + 0.5 * p[tuple(mid)] + 0.25 * p[tuple(hi)]
+    return a.ravel()
+
+
 def fit_colour_texture(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: ColourTextureConfig
                        ) -> ColourTextureModel:
     """Fit one classifier. samples: per working-resolution prompt image a tuple (colour index (H, W) int64,
@@ -191,10 +216,15 @@ def fit_colour_texture(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarra
     if n_fg == 0 or n_bg == 0:
         raise ValueError(f"the prompts give {n_fg} clean foreground and {n_bg} clean background pixels at the "
                          f"working resolution; both are needed: give a prompt whose mask has both, or raise input_size")
+    shape = (cfg.l_bins, cfg.ab_bins, cfg.ab_bins)
     h_fg = np.bincount(idx[y == 1], minlength=k).astype(np.float64)
     h_bg = np.bincount(idx[y == 0], minlength=k).astype(np.float64)
-    a = cfg.alpha
-    log_ratio = (np.log((h_fg + a) / (n_fg + a * k)) - np.log((h_bg + a) / (n_bg + a * k))).astype(np.float32)
+    own = 1.0  # what one pixel adds to its own (smoothed) bin
+    if cfg.smooth_colours:
+        h_fg, h_bg = _smooth_bins(h_fg, shape), _smooth_bins(h_bg, shape)
+        own = 0.5**3
+    ef, eb = cfg.fg_floor, cfg.bg_floor
+    log_ratio = (np.log((1 - ef) * h_fg / n_fg + ef / k) - np.log((1 - eb) * h_bg / n_bg + eb / k)).astype(np.float32)
 
     rng = np.random.default_rng(cfg.seed)
     pick = []
@@ -208,8 +238,9 @@ def fit_colour_texture(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarra
     # leave-one-out: a training pixel's own count must not vouch for its colour
     own_fg = ys == 1
     f, b = own_fg.astype(np.float64), (~own_fg).astype(np.float64)
-    loo = (np.log((h_fg[cs] - f + a) / (n_fg - f + a * k))
-           - np.log((h_bg[cs] - b + a) / (n_bg - b + a * k)))
+    d_fg = np.maximum(h_fg[cs] - own * f, 0.0) / np.maximum(n_fg - f, 1.0)
+    d_bg = np.maximum(h_bg[cs] - own * b, 0.0) / np.maximum(n_bg - b, 1.0)
+    loo = np.log((1 - ef) * d_fg + ef / k) - np.log((1 - eb) * d_bg + eb / k)
     mean, std = ts.mean(axis=0), ts.std(axis=0) + 1e-6
     x = np.column_stack([np.ones(len(sel)), loo, (ts - mean) / std])
     sw = np.where(own_fg, 0.5 / own_fg.sum(), 0.5 / (~own_fg).sum()) * len(sel)

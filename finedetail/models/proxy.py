@@ -1,14 +1,15 @@
 """Resolution-limited proxy models for benchmarks and tests (pure: numpy + OpenCV). Never a user default.
 
-The proxies answer *what* is foreground with a colour key (``finedetail.synthetic.object_key``: 1 on the synthetic
-scenes' object colour, 0 on their background) but they *see* the image only the way the real model does: at the
-real model's input resolution, through its patch / output grid. They are deterministic and CPU-cheap, so the
-method's resolution story (DESIGN steps 4-6) can be tested and benchmarked without weights:
+The proxies answer *what* is foreground with a colour key (``key_of``: ``finedetail.synthetic.object_key`` on
+one-class scenes, 1 on the synthetic scenes' object colour and 0 on their background; ``class_key_maps`` for the
+classes of two-class scenes) but they *see* the image only the way the real model does: at the real model's input
+resolution, through its patch / output grid. They are deterministic and CPU-cheap, so the method's resolution
+story (DESIGN steps 4-6) can be tested and benchmarked without weights:
 
 ``ProxySegGPT`` (CoarseSegmenter, ``input_size=448``)
     1. resize the image so its long side is 448 (``cv2.INTER_AREA`` down, ``cv2.INTER_LINEAR`` up; aspect kept,
        no padding);
-    2. key = ``object_key(resized)``, i.e. the key of what the model sees, not a resized key;
+    2. key = ``class_key_maps(resized, num_classes)``, i.e. the key of what the model sees, not a resized key;
     3. average-pool the key on the 16-px patch grid (28 x 28 patches on a square image; a partial patch at the
        bottom/right edge is the mean over its valid pixels);
     4. patch probability ``p = clip((mean - 0.25) / 0.5, 0, 1)``, so ``p >= 0.5`` exactly when at least half of a
@@ -20,12 +21,15 @@ method's resolution story (DESIGN steps 4-6) can be tested and benchmarked witho
 
 ``ProxySAM`` (PromptedRefiner, ``input_size=1024``)
     ``encode``: resize the long side to 1024 like SAM's ``ResizeLongestSide`` (``INTER_AREA`` when shrinking,
-    ``INTER_LINEAR`` when growing: SAM upsamples small images too), key the resized image, zero-pad bottom/right to
-    1024 x 1024, and keep two pooled key maps: ``patches`` (64 x 64, 16-px mean, SAM's embedding grid; kept for
-    inspection) and ``fine`` (256 x 256, 4-px mean, SAM's low-res mask grid: the decoder's output resolution).
+    ``INTER_LINEAR`` when growing: SAM upsamples small images too), key the resized image (``key_of``: any object,
+    whatever its class; the prompt says which one), zero-pad bottom/right to 1024 x 1024, and keep two pooled key
+    maps: ``patches`` (64 x 64, 16-px mean, SAM's embedding grid; kept for inspection) and ``fine`` (256 x 256,
+    4-px mean, SAM's low-res mask grid: the decoder's output resolution).
     ``refine``: each prompt is decided on the 256 x 256 grid (one cell = 4 x 4 px of the 1024 frame):
 
-    - candidate cells: ``fine >= FINE_THRESHOLD`` (0.375, i.e. at least 6 of a cell's 16 pixels are object);
+    - candidate cells: ``fine >= FINE_THRESHOLD`` (0.34: with an exact 0/1 key, at least 6 of a cell's 16 pixels
+      are object; the slack below 6/16 = 0.375 keeps 2x-upscaled lines, whose bilinear blend with the background
+      lowers their key to ~0.85 on the synthetic scenes);
     - region: the prompt box expanded by ``box_expand`` (10 %) of its width/height on each side, in whole cells
       (cells the expanded box touches), united with the mask input dilated by ``mask_dilate`` (2) cells;
     - result = (candidate AND region) OR mask input (``logits > 0``; no mask input when ``logits`` is None);
@@ -36,9 +40,10 @@ method's resolution story (DESIGN steps 4-6) can be tested and benchmarked witho
       bilinearly (``INTER_LINEAR``) to the image size, exactly SAM's postprocessing chain. The map is a decision,
       not a calibrated probability: its only softness comes from the bilinear upsampling.
 
-    Why the threshold is 0.375: a 1-px line in a 1024-px image fills 1 of a cell's 4 columns (pooled key 0.25) and is
+    Why the threshold is 0.34: a 1-px line in a 1024-px image fills 1 of a cell's 4 columns (pooled key 0.25) and is
     lost at 1x. Upscaled 2x (bilinear) the line is 2 px wide and, starting on an even column, both columns fall in
-    one cell of a 1024 tile (pooled 0.5 >= 0.375): kept. Handed whole, the 2048-px image is shrunk back to 1024 by
+    one cell of a 1024 tile whose origin is a multiple of 4 (pooled 0.5, ~0.42 with blended synthetic colours;
+    >= 0.34): kept. Handed whole, the 2048-px image is shrunk back to 1024 by
     the model (INTER_AREA) and the line is 1 px again: lost, the same as 1x. A crop zoomed 4x makes it 4 px: kept.
     Because the decision is made per grid cell, a 2-px line straddling a cell border (0.25 + 0.25) is lost on one
     grid and kept on a grid shifted by 1-2 px: circular-shift TTA recovers what a given grid loses.
@@ -52,6 +57,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from finedetail.synthetic import class_keys
 from finedetail.types import ComponentPrompt, PromptPair, check_image
 
 __all__ = [
@@ -62,19 +68,25 @@ __all__ = [
     "ProxySAMConfig",
     "ProxySAMEmbedding",
     "ProxySegGPT",
+    "cells_to_image",
+    "class_key_maps",
     "key_of",
+    "long_side_size",
     "pool_mean",
+    "proxy_sam_encode",
+    "proxy_seggpt_maps",
     "resize_longest",
-    "segment_cells",
     "seggpt_patch_prob",
+    "segment_cells",
 ]
 
 #: side of SAM's / SegGPT's ViT patch in model-input pixels
 PATCH = 16
 #: side of one cell of SAM's 256 x 256 low-res mask output in 1024-frame pixels
 FINE_CELL = 4
-#: a low-res cell is object iff its mean key >= this (between 1/4: a 1-px line, and 2/4: a 2-px line)
-FINE_THRESHOLD = 0.375
+#: a low-res cell is object iff its mean key >= this (above 5/16: a 1-px line has at most ~4-5 px in a cell; below
+#: 6/16 and well below 2/4 = a 2-px line, which upscaling blends down to ~0.42)
+FINE_THRESHOLD = 0.34
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,13 +94,20 @@ FINE_THRESHOLD = 0.375
 
 
 def key_of(image: np.ndarray) -> np.ndarray:
-    """The synthetic scenes' colour key of ``image`` (H, W, 3) uint8 -> (H, W) float32 in [0, 1], 1 = object."""
-    try:
-        from finedetail.synthetic import object_key
-    except ImportError:  # TEMP until synthetic.py lands
-        a = image.astype(np.float32)
-        return np.clip((a[..., 0] - np.maximum(a[..., 1], a[..., 2]) - 40.0) / 80.0, 0.0, 1.0)
-    return np.asarray(object_key(image), np.float32)
+    """Any-object colour key of ``image`` (H, W, 3) uint8 -> (H, W) float32 in [0, 1]: the max of
+    ``finedetail.synthetic.class_keys`` (red and blue keys). On one-class scenes the blue key is 0 everywhere, so this
+    is exactly ``synthetic.object_key``: 1 on object pixels, 0 on background."""
+    return class_key_maps(image, 1)[0]
+
+
+def class_key_maps(image: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (num_classes, H, W) float32 keys. ``num_classes == 2``: ``synthetic.class_keys`` (class 1 =
+    red = thin parts, class 2 = blue = blob parts of two-class scenes). Otherwise every channel is the any-object key
+    (max of both keys): the proxies tell classes apart only where the synthetic scenes colour them apart."""
+    keys = class_keys(image)
+    if num_classes == 2:
+        return keys
+    return np.repeat(keys.max(axis=0)[None], num_classes, axis=0)
 
 
 def long_side_size(hw: tuple[int, int], long_side: int) -> tuple[int, int]:
@@ -145,8 +164,9 @@ class ProxySegGPT:
     """Resolution-limited stand-in for SegGPT (CoarseSegmenter); rules in the module docstring.
 
     ``set_prompts`` only records ``num_classes``: the proxy knows the object from its colour key, not from the
-    examples. It has one key, so with ``num_classes > 1`` every class channel is that same map (this exercises the
-    multi-class plumbing, not class separation). ``predict`` counts one encoder pass per image.
+    examples. Class channels come from ``class_key_maps``: with ``num_classes == 2`` the two-class synthetic scenes'
+    red (1) and blue (2) keys, otherwise the any-object key repeated (multi-class plumbing, not class separation).
+    ``predict`` counts one encoder pass per image.
     """
 
     name = "proxy-seggpt"
@@ -158,6 +178,7 @@ class ProxySegGPT:
         self._ready = False
 
     def set_prompts(self, prompts: Sequence[PromptPair], *, num_classes: int = 1) -> None:
+        """Record ``num_classes`` (the prompts themselves are not looked at; at least one is required, like SegGPT)."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes=}")
         if len(prompts) == 0:
@@ -172,19 +193,20 @@ class ProxySegGPT:
         out = []
         for image in images:
             check_image(image)
-            prob = proxy_seggpt_map(image)
+            out.append(proxy_seggpt_maps(image, self.num_classes))
             self.encoder_passes += 1
-            out.append(np.repeat(prob[None], self.num_classes, axis=0))
         return out
 
 
-def proxy_seggpt_map(image: np.ndarray) -> np.ndarray:
-    """ProxySegGPT on one image (H, W, 3) uint8 -> (H, W) float32 in [0, 1], image frame."""
+def proxy_seggpt_maps(image: np.ndarray, num_classes: int = 1) -> np.ndarray:
+    """ProxySegGPT on one image (H, W, 3) uint8 -> (num_classes, H, W) float32 in [0, 1], image frame."""
     hw = image.shape[:2]
     small = resize_longest(image, ProxySegGPT.input_size)
-    patches = seggpt_patch_prob(pool_mean(key_of(small), PATCH))
-    canvas = _upsample(patches, small.shape[:2])
-    return np.clip(_upsample(canvas, hw), 0.0, 1.0)
+    out = np.empty((num_classes, *hw), np.float32)
+    for c, key in enumerate(class_key_maps(small, num_classes)):
+        patches = seggpt_patch_prob(pool_mean(key, PATCH))
+        out[c] = np.clip(_upsample(_upsample(patches, small.shape[:2]), hw), 0.0, 1.0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,12 +217,15 @@ def proxy_seggpt_map(image: np.ndarray) -> np.ndarray:
 class ProxySAMConfig:
     """Knobs of ProxySAM's decoder rule (module docstring). ``threshold``: a low-res cell is object iff its mean key
     >= threshold. ``box_expand``: fraction of the box's width/height added on each side. ``mask_dilate``: cells the
-    mask input is dilated by to widen the region. ``neg_radius``: cells (Chebyshev) a negative point clears."""
+    mask input is dilated by to widen the region. ``neg_radius``: cells (Chebyshev) a negative point clears.
+    ``use_box=False`` ignores the prompt box (like SAM called without one): the region is then the dilated mask input
+    alone, and without a mask input only positive points can select anything."""
 
     threshold: float = FINE_THRESHOLD
     box_expand: float = 0.1
     mask_dilate: int = 2
     neg_radius: int = 0
+    use_box: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -248,13 +273,14 @@ def _cell_index(xy: np.ndarray, scale_xy: tuple[float, float], n: int) -> tuple[
     return min(max(r, 0), n - 1), min(max(c, 0), n - 1)
 
 
-def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[float, float],
-                  cfg: ProxySAMConfig = ProxySAMConfig()) -> np.ndarray:
-    """ProxySAM's decoder rule for one prompt on the low-res grid.
+def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[float, float], *,
+                  config: ProxySAMConfig | None = None) -> np.ndarray:
+    """ProxySAM's decoder rule for one prompt on the low-res grid (module docstring).
 
-    fine: (n, n) float32 pooled key (n = 256); scale_xy: (sx, sy) from the image frame to the 1024 frame.
-    Returns (n, n) bool, the cells decided object.
+    fine: (n, n) float32 pooled key (n = 256, ``ProxySAMEmbedding.fine``); prompt: in the image frame; scale_xy:
+    (sx, sy) from the image frame to the 1024 frame. Returns (n, n) bool, the cells decided object.
     """
+    cfg = config or ProxySAMConfig()
     n = fine.shape[0]
     candidate = fine >= cfg.threshold
     region = np.zeros_like(candidate)
@@ -265,7 +291,8 @@ def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[flo
     r0 = int(np.floor((y0 - ey) * sy / FINE_CELL))
     c1 = int(np.ceil((x1 + ex) * sx / FINE_CELL))
     r1 = int(np.ceil((y1 + ey) * sy / FINE_CELL))
-    region[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+    if cfg.use_box:
+        region[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
     mask_in = np.zeros_like(candidate)
     if prompt.logits is not None:
         if prompt.logits.shape != (n, n):
@@ -337,6 +364,6 @@ class ProxySAM:
             if prompt.mask.shape != (h, w):
                 raise ValueError(f"prompt {i}: mask is {prompt.mask.shape} but the encoded image is {(h, w)}; "
                                  f"prompts must be in the frame of the image passed to encode")
-            cells = segment_cells(embedding.fine, prompt, scale_xy, self.config)
+            cells = segment_cells(embedding.fine, prompt, scale_xy, config=self.config)
             out[i] = cells_to_image(cells, embedding, input_size=self.input_size)
         return out

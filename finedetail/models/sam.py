@@ -1,0 +1,305 @@
+"""SAM (segment-anything) as a ``PromptedRefiner``: one encoder pass per image, all components in batched decoder calls.
+
+Frames. The library's continuous frame puts pixel (r, c) on [c, c+1) x [r, r+1) with its centre at (c+0.5, r+0.5).
+SAM resizes the image so its long side is 1024 (``ResizeLongestSide``; the "input frame", size ``input_hw``), pads
+bottom/right to 1024 x 1024, and its prompt encoder adds 0.5 to every coordinate it receives ("shift to centre of
+pixel"), i.e. it takes pixel-INDEX coordinates in the input frame. The conversions below are exact in that frame:
+
+- points: ``p_in = p * (input_w / w, input_h / h)`` (continuous, input frame), passed as ``p_in - 0.5``, so SAM's
+  own +0.5 lands the point at exactly ``p_in``. (``SamPredictor`` scales index coordinates instead, which places a
+  point ``0.5 * (scale - 1)`` px off in the input frame; the difference matters for zoomed crops.)
+- boxes: ``b_in = b * scale`` is the continuous box (outer pixel edges, ``(cmin, rmin, cmax+1, rmax+1)`` for a
+  tight mask box). SAM's boxes are inclusive pixel-index boxes, as ``segment_anything.utils.amg.batched_mask_to_box``
+  makes them (``(cmin, rmin, cmax, rmax)``), so we pass ``b_in - (0, 0, 1, 1)`` (the max corner never goes below the
+  min corner), and after SAM's +0.5 the corners sit on the centres of the extreme pixels.
+- mask input: ``ComponentPrompt.logits`` is already (256, 256) in SAM's padded 1024 frame
+  (``prompts.mask_to_sam_logits``).
+- outputs: the chosen low-res logits go through ``Sam.postprocess_masks`` (upsample to 1024, crop the padding,
+  resize to (h, w), all bilinear) and a sigmoid: (N, H, W) float32 probabilities in the image frame.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from finedetail.models.checkpoints import resolve_device, resolve_dtype
+from finedetail.types import ComponentPrompt, check_image
+
+__all__ = [
+    "MULTIMASK_MODES",
+    "SamEmbedding",
+    "SamRefiner",
+    "coarse_low_res",
+    "pad_points",
+    "resolve_device",
+    "resolve_dtype",
+    "select_multimask",
+    "to_sam_boxes",
+    "to_sam_points",
+]
+
+MULTIMASK_MODES = ("coarse", "iou", "single")
+
+
+def to_sam_points(points: np.ndarray, hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """(N, 2) xy continuous image frame -> (N, 2) float64 pixel-index coordinates in SAM's input frame (see module
+    docstring): ``p * (input_w / w, input_h / h) - 0.5``."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    scale = np.array([input_hw[1] / hw[1], input_hw[0] / hw[0]])
+    return pts * scale - 0.5
+
+
+def to_sam_boxes(boxes: np.ndarray, hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """(N, 4) XYXY continuous image frame -> (N, 4) float64 inclusive pixel-index boxes in SAM's input frame:
+    ``b * scale - (0, 0, 1, 1)``, with the max corner clamped to at least the min corner (a box thinner than one
+    input pixel collapses to a line instead of inverting)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scale = np.array([input_hw[1] / hw[1], input_hw[0] / hw[0]] * 2)
+    out = b * scale
+    out[:, 2:] = np.maximum(out[:, 2:] - 1.0, out[:, :2])
+    return out
+
+
+def pad_points(points: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged per-component points -> ((N, P, 2) float64, (N, P) int64) with P = the longest list; missing rows are
+    (0, 0) with label -1, SAM's "not a point" (its prompt encoder replaces their embedding by ``not_a_point_embed``)."""
+    n = len(points)
+    p = max((len(x) for x in points), default=0)
+    coords = np.zeros((n, p, 2), np.float64)
+    labs = np.full((n, p), -1, np.int64)
+    for i, (pt, lb) in enumerate(zip(points, labels)):
+        coords[i, : len(pt)] = pt
+        labs[i, : len(lb)] = lb
+    return coords, labs
+
+
+def coarse_low_res(mask: np.ndarray, input_hw: tuple[int, int], *, image_size: int = 1024, low_res: int = 256
+                   ) -> np.ndarray:
+    """A component's (H, W) bool mask in the frame of SAM's low-res outputs: resized to ``input_hw`` (bilinear),
+    zero-padded to ``image_size``, area-averaged to ``low_res`` and thresholded at 0.5 -> (low_res, low_res) bool."""
+    h_in, w_in = input_hw
+    m = cv2.resize(mask.astype(np.float32), (w_in, h_in), interpolation=cv2.INTER_LINEAR)
+    canvas = np.zeros((image_size, image_size), np.float32)
+    canvas[:h_in, :w_in] = m
+    return cv2.resize(canvas, (low_res, low_res), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+def select_multimask(low_res_logits: np.ndarray, iou_pred: np.ndarray, *, mode: str,
+                     coarse: np.ndarray | None = None) -> np.ndarray:
+    """Which of SAM's K candidate masks to keep per component -> (N,) int64 indices.
+
+    low_res_logits: (N, K, h, w) float; iou_pred: (N, K) float (SAM's predicted IoU).
+    mode "iou": highest predicted IoU. mode "coarse": highest IoU between ``logits > 0`` and ``coarse`` ((N, h, w)
+    bool, same low-res frame), ties broken by predicted IoU. mode "single": K must be 1, returns zeros.
+    """
+    n, k = iou_pred.shape
+    if mode == "single" or k == 1:
+        return np.zeros(n, np.int64)
+    if mode == "iou":
+        return np.argmax(iou_pred, axis=1)
+    if mode != "coarse":
+        raise ValueError(f"mode must be one of {MULTIMASK_MODES}, got {mode!r}")
+    if coarse is None:
+        raise ValueError("mode 'coarse' needs the coarse masks (N, h, w) bool")
+    pred = low_res_logits > 0
+    c = coarse[:, None]
+    inter = np.logical_and(pred, c).sum(axis=(2, 3))
+    union = np.logical_or(pred, c).sum(axis=(2, 3))
+    overlap = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    best = overlap == overlap.max(axis=1, keepdims=True)
+    return np.argmax(np.where(best, iou_pred, -np.inf), axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class SamEmbedding:
+    """One image encoded by a ``SamRefiner``.
+
+    features: (1, C, 64, 64) float32 tensor on the refiner's device (C = 256 for the official models).
+    hw: (h, w) of the image that was encoded; input_hw: its size after ResizeLongestSide (long side 1024).
+    """
+
+    features: torch.Tensor
+    hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    owner: object = field(repr=False)
+
+
+class SamRefiner:
+    """``PromptedRefiner`` backed by a ``segment_anything`` ``Sam`` (any size: tiny test models or vit_b/l/h).
+
+    multimask: "coarse" (default) asks SAM for its 3 candidates and keeps the one that best overlaps the component's
+        coarse mask (IoU in SAM's 256x256 low-res frame, see ``coarse_low_res``); "iou" keeps SAM's highest predicted
+        IoU; "single" asks for one mask (``multimask_output=False``).
+    encode_batch: images per encoder forward. decode_batch: components per decoder call.
+    use_box / use_points / use_mask_input: which parts of each ``ComponentPrompt`` reach SAM. A component whose
+        ``logits`` is None goes through a separate decoder call without mask input (SAM's "no mask" embedding).
+    device: None = cuda if available else cpu. dtype: None = bfloat16 autocast for the encoder on CUDA, float32 on
+        CPU; the decoder always runs in float32 (it is cheap and its logits feed thresholds).
+    """
+
+    name = "sam"
+
+    def __init__(
+        self,
+        sam: Any,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        multimask: str = "coarse",
+        encode_batch: int = 4,
+        decode_batch: int = 64,
+        use_box: bool = True,
+        use_points: bool = True,
+        use_mask_input: bool = True,
+    ) -> None:
+        if multimask not in MULTIMASK_MODES:
+            raise ValueError(f"multimask must be one of {MULTIMASK_MODES}, got {multimask=}")
+        if encode_batch < 1 or decode_batch < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {encode_batch=} {decode_batch=}")
+        if not (use_box or use_points or use_mask_input):
+            raise ValueError("at least one of use_box, use_points, use_mask_input must be True; SAM needs a prompt")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.sam = sam.to(self.device).eval()
+        self.multimask = multimask
+        self.encode_batch = int(encode_batch)
+        self.decode_batch = int(decode_batch)
+        self.use_box = use_box
+        self.use_points = use_points
+        self.use_mask_input = use_mask_input
+        self.input_size = int(sam.image_encoder.img_size)
+        self.low_res = int(sam.prompt_encoder.mask_input_size[0])
+        self.transform = ResizeLongestSide(self.input_size)
+        self.encoder_passes = 0
+        self._token = object()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        uri: str | os.PathLike | None,
+        *,
+        model_type: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        sha256: str | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> "SamRefiner":
+        """Load weights with ``checkpoints.load_sam`` (architecture inferred unless ``model_type``) and wrap them."""
+        from finedetail.models.checkpoints import load_sam
+
+        dev = resolve_device(device)
+        sam = load_sam(uri, model_type=model_type, device=str(dev), cache_dir=cache_dir, sha256=sha256)
+        return cls(sam, device=dev, **kwargs)
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def encode(self, images: Sequence[np.ndarray]) -> list[SamEmbedding]:
+        """(H, W, 3) uint8 RGB images -> one ``SamEmbedding`` each; ``encoder_passes += len(images)``.
+
+        Each image is resized exactly as ``SamPredictor.set_image`` does (``ResizeLongestSide.apply_image``), then
+        normalised and zero-padded to 1024 x 1024 by ``Sam.preprocess``; up to ``encode_batch`` images share one
+        encoder forward.
+        """
+        out: list[SamEmbedding] = []
+        for start in range(0, len(images), self.encode_batch):
+            chunk = images[start : start + self.encode_batch]
+            batch, sizes = [], []
+            for image in chunk:
+                check_image(image)
+                resized = self.transform.apply_image(np.ascontiguousarray(image))
+                x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
+                batch.append(self.sam.preprocess(x))
+                sizes.append((tuple(image.shape[:2]), tuple(resized.shape[:2])))
+            with torch.inference_mode(), self._autocast():
+                feats = self.sam.image_encoder(torch.stack(batch)).float()
+            self.encoder_passes += len(chunk)
+            for i, (hw, input_hw) in enumerate(sizes):
+                out.append(SamEmbedding(features=feats[i : i + 1], hw=hw, input_hw=input_hw, owner=self._token))
+        return out
+
+    def _check_embedding(self, embedding: Any) -> SamEmbedding:
+        if not isinstance(embedding, SamEmbedding) or embedding.owner is not self._token:
+            got = (type(embedding).__name__ if not isinstance(embedding, SamEmbedding)
+                   else "a SamEmbedding of another SamRefiner")
+            raise RuntimeError(
+                f"refine needs an embedding made by this SamRefiner's encode(), got {got}; call "
+                "refiner.encode([image]) on the same refiner and pass its result"
+            )
+        return embedding
+
+    def refine(self, embedding: Any, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
+        """All component prompts of one image -> (N, H, W) float32 probabilities (sigmoid of SAM's logits), image frame.
+
+        Components are decoded together in chunks of ``decode_batch`` (points padded with label -1 to equal length);
+        N == 0 returns (0, H, W) without touching the model.
+        """
+        emb = self._check_embedding(embedding)
+        h, w = emb.hw
+        if len(prompts) == 0:
+            return np.zeros((0, h, w), np.float32)
+        for i, p in enumerate(prompts):
+            if p.mask.shape != (h, w):
+                raise ValueError(f"prompt {i}: mask is {p.mask.shape} but the encoded image is {(h, w)}; prompts must "
+                                 "be in the frame of the image passed to encode()")
+            if self.use_mask_input and p.logits is not None and p.logits.shape[-2:] != (self.low_res, self.low_res):
+                raise ValueError(f"prompt {i}: logits must be ({self.low_res}, {self.low_res}), got {p.logits.shape}; "
+                                 "make them with finedetail.prompts.mask_to_sam_logits")
+        out = np.empty((len(prompts), h, w), np.float32)
+        if self.use_mask_input:
+            groups = [[i for i, p in enumerate(prompts) if p.logits is not None],
+                      [i for i, p in enumerate(prompts) if p.logits is None]]
+        else:
+            groups = [list(range(len(prompts)))]
+        for group in groups:
+            for start in range(0, len(group), self.decode_batch):
+                idx = group[start : start + self.decode_batch]
+                out[idx] = self._decode(emb, [prompts[i] for i in idx])
+        return out
+
+    def _decode(self, emb: SamEmbedding, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
+        dev = self.device
+        points = boxes = masks = None
+        if self.use_points and any(len(p.points) for p in prompts):
+            coords, labels = pad_points([to_sam_points(p.points, emb.hw, emb.input_hw) for p in prompts],
+                                        [np.asarray(p.labels) for p in prompts])
+            points = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
+                      torch.as_tensor(labels, dtype=torch.int, device=dev))
+        if self.use_box:
+            b = to_sam_boxes(np.stack([p.box for p in prompts]), emb.hw, emb.input_hw)
+            boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
+        if self.use_mask_input and prompts[0].logits is not None:
+            m = np.stack([np.asarray(p.logits, np.float32).reshape(self.low_res, self.low_res) for p in prompts])
+            masks = torch.as_tensor(m[:, None], device=dev)
+        if points is None and boxes is None and masks is None:
+            raise ValueError(
+                "a component has no prompt SAM can use (no points, box disabled, no logits); enable use_box or "
+                "give every component points or logits"
+            )
+        multimask = self.multimask != "single"
+        with torch.inference_mode():
+            sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            coarse = None
+            if multimask and self.multimask == "coarse":
+                coarse = np.stack([coarse_low_res(p.mask, emb.input_hw, image_size=self.input_size,
+                                                  low_res=low_res.shape[-1]) for p in prompts])
+            choice = select_multimask(low_res.float().cpu().numpy(), iou.float().cpu().numpy(),
+                                      mode=self.multimask, coarse=coarse)
+            pick = torch.as_tensor(choice, device=low_res.device)
+            chosen = low_res[torch.arange(len(prompts), device=low_res.device), pick][:, None]
+            full = self.sam.postprocess_masks(chosen.float(), emb.input_hw, emb.hw)
+            return torch.sigmoid(full[:, 0]).cpu().numpy().astype(np.float32, copy=False)

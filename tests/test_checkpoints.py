@@ -1,0 +1,304 @@
+"""Checkpoint resolution (local, file://, HTTP, S3), verification, caching and loading, with tiny models only."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finedetail.models.checkpoints import (
+    SAM_SHA256,
+    SAM_URLS,
+    CheckpointUnavailableError,
+    cache_path_for,
+    default_cache_dir,
+    infer_sam_arch,
+    load_sam,
+    load_seggpt,
+    resolve_checkpoint,
+)
+from finedetail.models.sam import SamRefiner
+from finedetail.models.tiny import SAM_ARCHS, SamArch, build_sam, build_tiny_sam, save_tiny_sam, save_tiny_seggpt
+from finedetail.types import ComponentPrompt
+
+TINY_KW = dict(global_attn_indexes=(1,))  # one global block, so inference has both block kinds to tell apart
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("sam") / "sam_tiny.pth", seed=0, **TINY_KW)
+
+
+# ------------------------------------------------------------------------------------------ architecture inference
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_full_size_architectures_are_inferred_from_shapes(name):
+    with torch.device("meta"):  # shapes only: no 375 MB - 2.5 GB of random weights
+        sam = build_sam(SAM_ARCHS[name], seed=None)
+    shapes = {k: tuple(v.shape) for k, v in sam.state_dict().items()}
+    assert infer_sam_arch(shapes) == SAM_ARCHS[name]
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        SamArch(64, 2, 2, (1,), prompt_embed_dim=32, decoder_mlp_dim=64, iou_head_hidden_dim=32),
+        SamArch(48, 3, 4, (0, 2), prompt_embed_dim=64, decoder_mlp_dim=96, iou_head_hidden_dim=16, window_size=8,
+                mlp_ratio=2.0, mask_in_chans=8, decoder_depth=1, iou_head_depth=2),
+        SamArch(32, 1, 1, (), prompt_embed_dim=16, image_size=512, decoder_mlp_dim=32, iou_head_hidden_dim=16),
+    ],
+)
+def test_small_architectures_round_trip_through_inference(arch):
+    with torch.device("meta"):
+        sam = build_sam(arch, seed=None)
+    assert infer_sam_arch({k: v.shape for k, v in sam.state_dict().items()}) == arch
+
+
+def test_inference_rejects_a_non_sam_state_dict():
+    with pytest.raises(ValueError, match="not a segment-anything state dict"):
+        infer_sam_arch({"encoder.weight": (3, 3)})
+
+
+# ---------------------------------------------------------------------------------------------- local SAM loading
+
+
+def test_tiny_sam_round_trips_through_load_sam(tiny_pth):
+    loaded = load_sam(tiny_pth)
+    reference = build_tiny_sam(seed=0, **TINY_KW).state_dict()
+    got = loaded.state_dict()
+    assert got.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(got[k], reference[k]), k
+    assert [b.window_size for b in loaded.image_encoder.blocks] == [14, 0]
+    assert not loaded.training
+    # and it works end to end
+    refiner = SamRefiner(loaded, device="cpu")
+    emb = refiner.encode([np.zeros((40, 60, 3), np.uint8)])[0]
+    mask = np.zeros((40, 60), bool)
+    mask[5:20, 10:30] = True
+    out = refiner.refine(emb, [ComponentPrompt(mask=mask, box=np.array([10.0, 5.0, 30.0, 20.0]))])
+    assert out.shape == (1, 40, 60) and np.isfinite(out).all()
+
+
+def test_file_uri_and_sha_of_a_local_file(tiny_pth):
+    digest = sha(tiny_pth.read_bytes())
+    assert resolve_checkpoint(f"file://{tiny_pth}", sha256=digest) == tiny_pth
+    with pytest.raises(ValueError, match=f"expected sha256 {'0' * 64}, got {digest}"):
+        resolve_checkpoint(tiny_pth, sha256="0" * 64)
+    assert tiny_pth.exists()  # a user's own file is never deleted
+
+
+def test_missing_local_file():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_checkpoint("/nonexistent/sam.pth")
+
+
+def test_wrong_model_type_says_how_to_fix(tiny_pth):
+    with pytest.raises(ValueError, match="omit model_type"):
+        load_sam(tiny_pth, model_type="vit_b")
+    with pytest.raises(ValueError, match="model_type must be one of"):
+        load_sam(tiny_pth, model_type="vit_x")
+
+
+def test_official_urls_and_digests_are_paired():
+    assert set(SAM_URLS) == set(SAM_SHA256) == set(SAM_ARCHS)
+    for name, url in SAM_URLS.items():
+        assert url.startswith("https://dl.fbaipublicfiles.com/segment_anything/sam_" + name)
+        assert len(SAM_SHA256[name]) == 64 and int(SAM_SHA256[name], 16) >= 0
+
+
+def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FINEDETAIL_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("FINEDETAIL_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "finedetail"
+
+
+def test_cache_paths_are_readable_and_safe(tmp_path):
+    assert cache_path_for("s3://b/models/sam.pth", cache_dir=tmp_path) == tmp_path / "s3/b/models/sam.pth"
+    got = cache_path_for("http://127.0.0.1:8000/a/sam.pth", cache_dir=tmp_path)
+    assert got == tmp_path / "http/127.0.0.1_8000/a/sam.pth"
+    with pytest.raises(ValueError, match=r"'\.\.'"):
+        cache_path_for("https://host/../etc/passwd", cache_dir=tmp_path)
+
+
+# -------------------------------------------------------------------------------------------------------- HTTP
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A directory served over HTTP on 127.0.0.1 by a thread; yields (root dir, base URL, request log)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = type("Handler", (_Handler,), {"requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}", handler.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_http_download_verified_and_cached(http_root, tmp_path, tiny_pth):
+    root, base, requests = http_root
+    data = tiny_pth.read_bytes()
+    (root / "w").mkdir()
+    (root / "w" / "sam.pth").write_bytes(data)
+    cache = tmp_path / "cache"
+    url = f"{base}/w/sam.pth"
+    path = resolve_checkpoint(url, cache_dir=cache, sha256=sha(data))
+    assert path == cache_path_for(url, cache_dir=cache) and path.read_bytes() == data
+    assert files_under(cache) == [path]  # no temp files left
+    assert resolve_checkpoint(url, cache_dir=cache, sha256=sha(data)) == path
+    assert len(requests) == 1  # the second call was a cache hit
+    # a corrupted cached copy is detected and fetched again
+    path.write_bytes(b"garbage")
+    assert resolve_checkpoint(url, cache_dir=cache, sha256=sha(data)).read_bytes() == data
+    assert len(requests) == 2
+    # and load_sam goes through the same path
+    assert isinstance(load_sam(url, cache_dir=cache), torch.nn.Module)
+
+
+def test_http_checksum_mismatch_leaves_the_cache_clean(http_root, tmp_path):
+    root, base, _ = http_root
+    (root / "x.pth").write_bytes(b"not the weights")
+    cache = tmp_path / "cache"
+    wrong = "ab" * 32
+    with pytest.raises(ValueError) as info:
+        resolve_checkpoint(f"{base}/x.pth", cache_dir=cache, sha256=wrong)
+    msg = str(info.value)
+    assert f"expected sha256 {wrong}" in msg and f"got {sha(b'not the weights')}" in msg
+    assert files_under(cache) == []
+
+
+def test_http_404_is_reported(http_root, tmp_path):
+    _, base, requests = http_root
+    with pytest.raises(CheckpointUnavailableError, match="HTTP 404"):
+        resolve_checkpoint(f"{base}/missing.pth", cache_dir=tmp_path / "cache")
+    assert len(requests) == 1  # client errors are not retried
+    assert files_under(tmp_path / "cache") == []
+
+
+def test_unreachable_url_says_how_to_work_offline(tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/sam_vit_b_01ec64.pth"
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointUnavailableError) as info:
+        resolve_checkpoint(url, cache_dir=cache)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot reach {url} (")
+    assert "--sam-checkpoint PATH" in msg and str(cache_path_for(url, cache_dir=cache)) in msg
+    assert files_under(cache) == []
+
+
+def test_pre_seeded_cache_needs_no_network(tmp_path, tiny_pth):
+    url = "https://dl.fbaipublicfiles.com/segment_anything/not_really.pth"
+    target = cache_path_for(url, cache_dir=tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(tiny_pth.read_bytes())
+    assert resolve_checkpoint(url, cache_dir=tmp_path, sha256=sha(tiny_pth.read_bytes())) == target
+
+
+# ---------------------------------------------------------------------------------------------------------- S3
+
+
+def test_s3_download_verified_cached_and_loaded(s3_env, tmp_path, tiny_pth, monkeypatch):
+    bucket = s3_env.make_bucket("ckpt-sam")
+    data = tiny_pth.read_bytes()
+    s3_env.client().put_object(Bucket=bucket, Key="models/sam_tiny.pth", Body=data)
+    cache = tmp_path / "cache"
+    uri = f"s3://{bucket}/models/sam_tiny.pth"
+    # the S3-specific endpoint variable wins over the generic one
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    path = resolve_checkpoint(uri, cache_dir=cache, sha256=sha(data))
+    assert path == cache / "s3" / bucket / "models/sam_tiny.pth" and path.read_bytes() == data
+    assert files_under(cache) == [path]
+    sam = load_sam(uri, cache_dir=cache)
+    assert torch.equal(sam.state_dict()["image_encoder.pos_embed"],
+                       torch.load(tiny_pth, weights_only=True)["image_encoder.pos_embed"])
+
+
+def test_s3_checksum_mismatch_and_missing_key(s3_env, tmp_path):
+    bucket = s3_env.make_bucket("ckpt-bad")
+    s3_env.client().put_object(Bucket=bucket, Key="x.pth", Body=b"abc")
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match=f"got {sha(b'abc')}"):
+        resolve_checkpoint(f"s3://{bucket}/x.pth", cache_dir=cache, sha256="0" * 64)
+    assert files_under(cache) == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_checkpoint(f"s3://{bucket}/nope.pth", cache_dir=cache)
+    assert files_under(cache) == []
+
+
+def test_s3_seggpt_directory(s3_env, tmp_path):
+    local = save_tiny_seggpt(tmp_path / "tiny_seggpt", canvas=32)
+    bucket = s3_env.make_bucket("ckpt-seggpt")
+    client = s3_env.client()
+    for f in files_under(local):
+        client.upload_file(str(f), bucket, f"seggpt/{f.relative_to(local)}")
+    model, processor = load_seggpt(f"s3://{bucket}/seggpt", cache_dir=tmp_path / "cache")
+    assert model.config.image_size == [64, 32] or tuple(model.config.image_size) == (64, 32)
+    assert processor.size["height"] == 32
+    assert (tmp_path / "cache" / "s3" / bucket / "seggpt" / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------ SegGPT
+
+
+def test_tiny_seggpt_saved_and_loaded_from_a_directory(tmp_path):
+    from finedetail.models.tiny import build_tiny_seggpt
+
+    directory = save_tiny_seggpt(tmp_path / "seggpt", canvas=32, seed=3)
+    assert {p.name for p in directory.iterdir()} >= {"config.json", "preprocessor_config.json"}
+    for uri in (directory, f"file://{directory}"):
+        model, processor = load_seggpt(uri)
+        reference, _ = build_tiny_seggpt(canvas=32, seed=3)
+        ref = reference.state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+        assert processor.size["height"] == processor.size["width"] == 32
+        assert not model.training
+
+
+def test_missing_seggpt_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        load_seggpt(tmp_path / "nope")
+
+
+def test_offline_hub_id_says_how_to_pre_seed(tmp_path):
+    with pytest.raises(CheckpointUnavailableError) as info:
+        load_seggpt("finedetail-test/no-such-model", cache_dir=tmp_path, offline=True)
+    msg = str(info.value)
+    assert "--seggpt DIR" in msg
+    assert f"hf download finedetail-test/no-such-model --cache-dir {tmp_path / 'huggingface'}" in msg

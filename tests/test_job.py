@@ -1,0 +1,156 @@
+"""The Ray Data job end to end on a real local Ray: tiny real-architecture models, corrupt inputs, resume,
+fractional GPU scheduling on a declared fake GPU."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobkit import CORRUPT, check_outputs, read_manifest_rows, write_inputs, write_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(**values):
+    from job.config import job_config_from_dict
+
+    return job_config_from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    keys = write_inputs(root / "in")
+    write_prompts(root / "prompts")
+    return root, keys
+
+
+def test_whole_job_with_tiny_models_and_corrupt_inputs(ray_local, tiny_weights, data, tmp_path):
+    from job.run import run_job
+
+    root, keys = data
+    out = tmp_path / "out"
+    cfg = _cfg(input=str(root / "in"), prompts=str(root / "prompts"), output=str(out), backend="seggpt-sam",
+               sam_checkpoint=tiny_weights["sam"], seggpt_checkpoint=tiny_weights["seggpt"], device="cpu",
+               scales=[1.0, 2.0], tta=["identity", "hflip"], resources={"gpu": "on"})
+    buf = io.StringIO()
+    summary = run_job(cfg, out=buf)
+    good = [k for k in keys if k not in CORRUPT]
+    assert summary["ok"] == len(good) and summary["errors"] == len(CORRUPT), buf.getvalue()
+    check_outputs(out, good, root / "in")
+    rows = {r["key"]: r for r in read_manifest_rows(out)}
+    assert sorted(rows) == keys  # every input accounted for, exactly once
+    for key in CORRUPT:
+        assert rows[key]["status"] == "error"
+        assert rows[key]["error"], key
+        assert not (out / "masks" / (os.path.splitext(key)[0] + ".png")).exists()
+    for key in good:
+        r = rows[key]
+        assert r["status"] == "ok" and r["error"] == ""
+        # 1 coarse view pass per TTA view (identity, hflip) + refiner: 2 scales + hflip + crops
+        assert r["coarse_passes"] == 2
+        assert r["refiner_passes"] >= 3
+        assert r["encoder_passes"] == r["coarse_passes"] + r["refiner_passes"]
+        assert r["config_hash"] == cfg.config_hash
+        assert r["seconds_refine"] > 0 and r["seconds_fuse"] > 0
+    assert "error broken/empty.png" in buf.getvalue()
+
+
+def test_fractional_gpus_sum_to_at_most_one():
+    from job.run import plan_resources
+
+    cfg = _cfg(input="in", prompts="p", output="out", scales=[1.0, 2.0, 0.5], tta=["identity", "hflip", "rot90"])
+    plan = plan_resources(cfg, {"CPU": 2.0, "GPU": 1.0})
+    assert plan.use_gpu
+    assert plan.gpu_sum(n_variants=5, coarse=True, crop=True) <= 1.0 + 1e-9
+    cpu_plan = plan_resources(cfg, {"CPU": 2.0})
+    assert not cpu_plan.use_gpu
+    # one read task + the fuse pool + one actor of each of the 7 model pools fit in 2 CPUs: no deadlock
+    assert cpu_plan.io_cpus + cpu_plan.fuse_cpus + 7 * cpu_plan.model_cpus <= 2.0 + 1e-9
+
+
+def test_resume_skips_done_inputs(ray_local, data, tmp_path):
+    from job.run import run_job
+
+    root, keys = data
+    out = tmp_path / "out"
+    base = dict(input=str(root / "in"), prompts=str(root / "prompts"), output=str(out), backend="proxy",
+                scales=[1.0], tta=["identity"])
+    first = run_job(_cfg(limit=4, **base), out=io.StringIO())
+    assert first["images"] == 4
+    before = {r["key"] for r in read_manifest_rows(out)}
+    second = run_job(_cfg(**base), out=io.StringIO())
+    assert second["images"] == len(keys) - len({k for k in before if k not in CORRUPT})
+    rows = read_manifest_rows(out)
+    ok_keys = [r["key"] for r in rows if r["status"] == "ok"]
+    assert len(ok_keys) == len(set(ok_keys))  # nothing done twice
+    assert {r["key"] for r in rows} == set(keys)
+    third = run_job(_cfg(**base), out=io.StringIO())
+    assert third["images"] == len(CORRUPT)  # only the error rows are tried again
+    # a different config is a different job: everything runs again
+    fourth = run_job(_cfg(**{**base, "tta": ["identity", "hflip"]}), out=io.StringIO())
+    assert fourth["images"] == len(keys)
+
+
+def test_killed_driver_then_rerun_writes_each_input_once(data, tmp_path):
+    root, keys = data
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "job", "run", "--input", str(root / "in"), "--prompts", str(root / "prompts"),
+           "--output", str(out), "--backend", "proxy", "--scales", "1", "--tta", "identity", "--batch-size", "1",
+           "--set", "resources.read_batch=1"]
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / "manifest").glob("*.parquet"))) >= 2:
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:
+        os.killpg(proc.pid, 9)
+    proc.wait()
+    first = {r["key"] for r in read_manifest_rows(out)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = read_manifest_rows(out)
+    assert {r["key"] for r in rows} == set(keys)
+    ok = [r["key"] for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(set(ok)), "an input was written twice"
+    assert first <= {r["key"] for r in rows}
+    # no partial files anywhere under the output
+    assert not [p for p in out.rglob("*") if p.is_file() and (".tmp" in p.name or p.name.startswith("."))]
+
+
+def test_coarse_masks_made_elsewhere(ray_local, data, tmp_path):
+    """--coarse replaces the coarse model: no coarse encoder passes, masks follow the given coarse masks."""
+    import numpy as np
+
+    from finedetail import synthetic
+    from finedetail.codecs import encode_png
+    from job.run import run_job
+
+    root, keys = data
+    coarse = tmp_path / "coarse"
+    good = [k for k in keys if k not in CORRUPT]
+    for k in good:
+        from PIL import Image
+
+        with Image.open(root / "in" / k) as im:
+            w, h = im.size
+        m = np.zeros((h, w), np.uint8)
+        m[h // 4: h // 2, w // 4: w // 2] = 255
+        p = coarse / (os.path.splitext(k)[0] + ".png")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(encode_png(m))
+    out = tmp_path / "out"
+    summary = run_job(_cfg(input=str(root / "in"), coarse=str(coarse), output=str(out), backend="proxy",
+                           scales=[1.0], tta=["identity"]), out=io.StringIO())
+    assert summary["ok"] == len(good)
+    rows = {r["key"]: r for r in read_manifest_rows(out)}
+    assert all(rows[k]["coarse_passes"] == 0 for k in good)
