@@ -29,6 +29,7 @@ from finedetail import crops, ensemble as ens, prompts as pr, tiling
 from finedetail.config import PipelineConfig
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
 from finedetail.postprocess import postprocess
+from finedetail.selective import object_needs_crop, variants_agree, window_has_detail
 from finedetail.transforms import Compose, Scale, parse_tta
 from finedetail.types import ComponentPrompt, check_image
 
@@ -42,6 +43,8 @@ __all__ = [
     "refine_crops",
     "refine_variants",
     "refine_variants_batch",
+    "reference_for",
+    "skip_variant",
     "tta_views",
     "run_image",
     "variant_transform",
@@ -84,8 +87,9 @@ class Stats:
 
 
 def variants(cfg: PipelineConfig) -> list[Variant]:
-    """Scale variants (identity view) then non-identity TTA views at 1x, in config order."""
-    out = [Variant(f"scale{s:g}", s, "identity") for s in cfg.scales]
+    """Scale variants (identity view, ascending scale, so a lower scale's result exists when a higher one runs)
+    then non-identity TTA views at 1x in config order."""
+    out = [Variant(f"scale{s:g}", s, "identity") for s in sorted(cfg.scales)]
     out += [Variant(t, 1.0, t) for t in cfg.tta if t != "identity"]
     return out
 
@@ -100,7 +104,12 @@ def variant_transform(variant: Variant, hw: tuple[int, int]):
 
 
 def tta_views(cfg: PipelineConfig) -> list[str]:
-    """Distinct TTA view names the coarse stage runs, identity first (the order of the coarse column)."""
+    """Distinct TTA view names the coarse stage runs, identity first (the order of the coarse column).
+
+    With selective compute only the identity view: TTA views may be skipped later, so their refiner stage maps the
+    identity coarse map into its view instead of spending a coarse pass up front."""
+    if cfg.selective.enabled:
+        return ["identity"]
     names = ["identity"] + [v.tta for v in variants(cfg) if v.tta != "identity"]
     return list(dict.fromkeys(names))
 
@@ -175,7 +184,8 @@ def _windows(hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig)
 
 
 def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[str, np.ndarray] | np.ndarray],
-                          refiner: PromptedRefiner, cfg: PipelineConfig, *, only: Sequence[str] | None = None
+                          refiner: PromptedRefiner, cfg: PipelineConfig, *, only: Sequence[str] | None = None,
+                          reference: Sequence[np.ndarray | None] | None = None
                           ) -> tuple[list[dict[str, np.ndarray]], list[Stats]]:
     """The refiner half of the hybrid for the variants (all named in ``only``, default all) of several images.
 
@@ -185,6 +195,9 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
     batch size); each window's components of one class go through one ``refine`` call against that encoding.
     A transformed image larger than the refiner's input is tiled into input-sized windows with
     ``cfg.tile_overlap`` and blended back (SAM would silently shrink it otherwise).
+    With selective compute on, ``reference`` (per image, a lower-scale result (C, H, W) in the original frame, or
+    None) lets a tiled variant skip the windows where the reference shows no fine detail: those windows take the
+    reference's values instead of an encoder pass.
     Returns per image: variant name -> (C, H, W) float32 in the ORIGINAL frame; and per image its Stats.
     """
     chosen = [v for v in variants(cfg) if only is None or v.name in only]
@@ -199,23 +212,37 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         hw = image.shape[:2]
         for v in chosen:
             tr = variant_transform(v, hw)
-            view_coarse = coarse[i][v.tta] if isinstance(coarse[i], dict) else coarse[i]
+            view_coarse = coarse[i] if not isinstance(coarse[i], dict) else coarse[i].get(v.tta, coarse[i]["identity"])
             img_t = tr.apply_image(image)
             coarse_t = np.stack([np.clip(tr.apply_image(c), 0.0, 1.0) for c in view_coarse]).astype(np.float32)
-            for win in _windows(img_t.shape[:2], refiner, cfg):
-                jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2]))
-                tiles.append(np.ascontiguousarray(img_t[win.slices]))
+            wins = _windows(img_t.shape[:2], refiner, cfg)
+            ref_t = None
+            if cfg.selective.enabled and len(wins) > 1 and reference is not None and reference[i] is not None:
+                ref_t = np.stack([np.clip(tr.apply_image(c), 0.0, 1.0) for c in reference[i]]).astype(np.float32)
+            for win in wins:
+                fixed = None
+                if ref_t is not None:
+                    ref_win = ref_t[(slice(None), *win.slices)]
+                    if not window_has_detail(ref_win, min_frac=cfg.selective.detail_frac):
+                        fixed = ref_win  # nothing fine here at the lower scale: no encoder pass
+                jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2], fixed))
+                if fixed is None:
+                    tiles.append(np.ascontiguousarray(img_t[win.slices]))
     before = refiner.encoder_passes
-    embeddings = refiner.encode(tiles) if tiles else []
+    embeddings = iter(refiner.encode(tiles) if tiles else [])
     passes = refiner.encoder_passes - before
     results: list[dict[str, Any]] = [{} for _ in images]
-    for (i, v, tr, win, coarse_t, hw_t), emb in zip(jobs, embeddings):
+    for i, v, tr, win, coarse_t, hw_t, fixed in jobs:
         st = all_stats[i]
-        st.tiles += 1
-        st.refiner_passes += passes // max(1, len(tiles))
-        window_map = _refine_window(refiner, emb, coarse_t[(slice(None), *win.slices)], cfg, st)
+        if fixed is None:
+            st.tiles += 1
+            st.refiner_passes += passes // max(1, len(tiles))
+            window_map = _refine_window(refiner, next(embeddings), coarse_t[(slice(None), *win.slices)], cfg, st)
+        else:
+            window_map = fixed
         if v.name not in results[i]:
-            results[i][v.name] = (tr, [tiling.Stitcher(hw_t, overlap=cfg.tile_overlap) for _ in range(coarse_t.shape[0])])
+            stitchers = [tiling.Stitcher(hw_t, overlap=cfg.tile_overlap) for _ in range(coarse_t.shape[0])]
+            results[i][v.name] = (tr, stitchers)
         for c, stitcher in enumerate(results[i][v.name][1]):
             stitcher.add(win, window_map[c])
     outs = []
@@ -231,11 +258,25 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
 
 
 def refine_variants(image: np.ndarray, coarse: dict[str, np.ndarray] | np.ndarray, refiner: PromptedRefiner,
-                    cfg: PipelineConfig, *, only: Sequence[str] | None = None
+                    cfg: PipelineConfig, *, only: Sequence[str] | None = None, reference: np.ndarray | None = None
                     ) -> tuple[dict[str, np.ndarray], Stats]:
-    """``refine_variants_batch`` for one image: the unit a Ray variant stage calls per row."""
-    outs, stats = refine_variants_batch([image], [coarse], refiner, cfg, only=only)
+    """``refine_variants_batch`` for one image: the whole hybrid on one image's variants."""
+    outs, stats = refine_variants_batch([image], [coarse], refiner, cfg, only=only, reference=[reference])
     return outs[0], stats[0]
+
+
+def skip_variant(variant: Variant, done: dict[str, np.ndarray], cfg: PipelineConfig) -> bool:
+    """Selective compute: a TTA view is skipped once the variants already run (``done``: name -> (C, H, W)) agree."""
+    sel = cfg.selective
+    return sel.enabled and variant.tta != "identity" and variants_agree(list(done.values()), min_iou=sel.agree_iou)
+
+
+def reference_for(variant: Variant, done: dict[str, np.ndarray], cfg: PipelineConfig) -> np.ndarray | None:
+    """Selective compute: the result a >1x variant compares its tiles with (the largest done scale <= 1)."""
+    if not cfg.selective.enabled or variant.scale <= 1.0:
+        return None
+    lower = [v for v in variants(cfg) if v.tta == "identity" and v.scale <= 1.0 and v.name in done]
+    return done[max(lower, key=lambda v: v.scale).name] if lower else None
 
 
 def provisional(maps: Sequence[np.ndarray], cfg: PipelineConfig) -> np.ndarray:
@@ -253,6 +294,10 @@ def _crop_windows(prob: np.ndarray, hw: tuple[int, int], refiner: PromptedRefine
     comps.sort(key=lambda m: -int(m.sum()))
     out: list[tuple[tiling.Window, float]] = []
     for mask in comps:
+        sel = cfg.selective
+        if sel.enabled and not object_needs_crop(prob, mask, uncertain_frac=sel.uncertain_frac,
+                                                 detail_ratio=sel.detail_ratio):
+            continue
         win = crops.object_window(pr.tight_box(mask), hw, pad_frac=cc.pad_frac, min_pad=cc.min_pad)
         zoom = crops.zoom_for(win, target_long=refiner.input_size, max_zoom=cc.max_zoom)
         parts = [(win, zoom)]
@@ -345,9 +390,18 @@ def run_image(image: np.ndarray, coarse_model: CoarseSegmenter | None, refiner: 
     else:
         views = coarse.astype(np.float32)
     maps: dict[str, np.ndarray] = {"coarse": views["identity"] if isinstance(views, dict) else views}
-    if cfg.refine.enabled:
-        vmaps, vstats = refine_variants(image, views, refiner, cfg)
+    if cfg.refine.enabled and not cfg.selective.enabled:
+        vmaps, vstats = refine_variants(image, views, refiner, cfg)  # every window in one encode call
         stats = stats.merge(vstats)
+    elif cfg.refine.enabled:  # one variant at a time, each deciding from what is done
+        vmaps = {}
+        for v in variants(cfg):
+            if skip_variant(v, vmaps, cfg):
+                continue
+            one, vstats = refine_variants(image, views, refiner, cfg, only=[v.name],
+                                          reference=reference_for(v, vmaps, cfg))
+            vmaps.update(one)
+            stats = stats.merge(vstats)
     else:
         vmaps = {v.name: (views[v.tta] if isinstance(views, dict) else views) for v in variants(cfg)}
     maps.update(vmaps)

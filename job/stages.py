@@ -160,20 +160,47 @@ class VariantStage(_ModelStage):
 
         _set_threads(cfg)
         self.cfg, self.variant = cfg, variant
-        self.refiner = build_refiner(cfg)
+        self.refiner = build_refiner(cfg) if cfg.pipeline.refine.enabled else None
 
     def _work(self, rows):
-        images = [unpack(r["image"]) for r in rows]
-        coarse = [_coarse_views(r, self.cfg) for r in rows]
-        maps, stats = fp.refine_variants_batch(images, coarse, self.refiner, self.cfg.pipeline, only=[self.variant])
-        for r, m, s in zip(rows, maps, stats):
+        variant = next(v for v in fp.variants(self.cfg.pipeline) if v.name == self.variant)
+        if self.refiner is None:  # refinement off: the variant's map is its view's coarse map
+            for r in rows:
+                views = _coarse_views(r, self.cfg)
+                r[f"map_{self.variant}"] = pack(to_u8(views.get(variant.tta, views["identity"])))
+            return
+        todo, refs = [], []
+        for r in rows:
+            done = _done_variant_maps(r, self.cfg)
+            if fp.skip_variant(variant, done, self.cfg.pipeline):
+                r[f"map_{self.variant}"] = b""  # selective compute: the views already run agree
+                continue
+            todo.append(r)
+            refs.append(fp.reference_for(variant, done, self.cfg.pipeline))
+        if not todo:
+            return
+        images = [unpack(r["image"]) for r in todo]
+        coarse = [_coarse_views(r, self.cfg) for r in todo]
+        maps, stats = fp.refine_variants_batch(images, coarse, self.refiner, self.cfg.pipeline,
+                                               only=[self.variant], reference=refs)
+        for r, m, s in zip(todo, maps, stats):
             r[f"map_{self.variant}"] = pack(to_u8(m[self.variant]))
             r["passes_refiner"] += s.refiner_passes
             r["components"] += s.components
 
 
+def _done_variant_maps(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
+    """Variant maps already in the row (earlier stages), by variant name; skipped variants are absent."""
+    out = {}
+    for v in fp.variants(cfg.pipeline):
+        packed = row.get(f"map_{v.name}", b"")
+        if packed is not None and len(packed):
+            out[v.name] = from_u8(unpack(packed))
+    return out
+
+
 def _variant_maps(row: dict[str, Any], cfg: JobConfig) -> list[np.ndarray]:
-    return [from_u8(unpack(row[f"map_{v.name}"])) for v in fp.variants(cfg.pipeline)]
+    return list(_done_variant_maps(row, cfg).values())
 
 
 class CropStage(_ModelStage):

@@ -522,3 +522,11 @@ def test_dense_crf_real():
     assert out.shape == truth.shape and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
     assert ((out >= 0.5) == truth).mean() > 0.9
+
+
+def test_empty_images_pass_through():
+    image = np.zeros((0, 5, 3), np.uint8)
+    soft = np.zeros((0, 5), np.float32)
+    assert guided_filter(image, soft, radius=2, eps=1e-3).shape == (0, 5)
+    prob, mask = postprocess(soft, image)
+    assert prob.shape == mask.shape == (0, 5)

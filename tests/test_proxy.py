@@ -16,6 +16,7 @@ from finedetail.models.proxy import (
     ProxySAMConfig,
     ProxySAMEmbedding,
     ProxySegGPT,
+    ProxySegGPTConfig,
     key_of,
     pool_mean,
     resize_longest,
@@ -85,6 +86,11 @@ def test_seggpt_patch_rule(mean, prob):
     assert seggpt_patch_prob(np.array([mean]))[0] == pytest.approx(prob)
 
 
+@pytest.mark.parametrize("mean, prob", [(0.0625, 0.0), (0.125, 0.5), (0.1875, 1.0)])
+def test_seggpt_patch_rule_lower_level(mean, prob):
+    assert seggpt_patch_prob(np.array([mean]), level=0.125)[0] == pytest.approx(prob)
+
+
 @pytest.mark.parametrize("hw, out", [
     ((2048, 1024), (1024, 512)),
     ((100, 300), (341, 1024)),
@@ -99,6 +105,8 @@ def test_config_rejects_bad_values():
         ProxySAMConfig(threshold=0.0)
     with pytest.raises(ValueError, match="box_expand"):
         ProxySAMConfig(box_expand=-0.1)
+    with pytest.raises(ValueError, match="level"):
+        ProxySegGPTConfig(level=0.0)
 
 
 # ------------------------------------------------------------------------------------------------ protocol

@@ -35,8 +35,11 @@ Lower quality than SegGPT + SAM, and meant as such: it needs no checkpoint and n
     of interest = the box expanded by ``margin = max(min_margin, box_margin * long side of the box)`` on each side,
     plus a ``ring`` of px around it. Seeds, later rules overriding earlier ones:
 
-    1. the ring outside the expanded box: definite background (GrabCut's background samples);
-    2. inside the expanded box: probable background;
+    1. the ring outside the expanded box, and inside it every pixel farther than ``band = max(min_band, band_frac *
+       sqrt(coarse area))`` px from the coarse mask and the positive points: definite background (GrabCut's
+       background samples; the band keeps GrabCut's smoothness term from filling the gaps of a large sparse
+       component, e.g. a wire network, and bounds the work);
+    2. inside the expanded box, within the band: probable background;
     3. the component's coarse mask (resized to the working resolution, area value >= 0.25) inside the expanded box:
        probable foreground;
     4. positive points: definite foreground disks of ``point_radius`` px, clipped to the expanded box (foreground
@@ -337,6 +340,8 @@ class GrabCutConfig:
     iterations: int = 3
     box_margin: float = 0.15
     min_margin: int = 8
+    band_frac: float = 0.15
+    min_band: int = 8
     ring: int = 16
     point_radius: int = 2
     min_samples: int = 16
@@ -350,6 +355,8 @@ class GrabCutConfig:
         if self.box_margin < 0 or self.min_margin < 0 or self.point_radius < 0:
             raise ValueError(f"box_margin, min_margin and point_radius must be >= 0, got {self.box_margin=}, "
                              f"{self.min_margin=}, {self.point_radius=}")
+        if self.band_frac < 0 or self.min_band < 1:
+            raise ValueError(f"band_frac must be >= 0 and min_band >= 1 px, got {self.band_frac=}, {self.min_band=}")
         if self.ring < 1:
             raise ValueError(f"ring must be >= 1 px (GrabCut needs definite background), got {self.ring=}")
         if self.min_samples < 1:
@@ -393,21 +400,27 @@ def grabcut_component(image: np.ndarray, mask: np.ndarray, box: np.ndarray, poin
     rx1, ry1 = min(w, bx1 + cfg.ring), min(h, by1 + cfg.ring)
     seeds = np.full((ry1 - ry0, rx1 - rx0), cv2.GC_BGD, np.uint8)
     inner = (slice(by0 - ry0, by1 - ry0), slice(bx0 - rx0, bx1 - rx0))
-    seeds[inner] = cv2.GC_PR_BGD
-    roi_mask = mask[ry0:ry1, rx0:rx1]
-    in_box = np.zeros_like(roi_mask)
+    in_box = np.zeros(seeds.shape, bool)
     in_box[inner] = True
-    seeds[roi_mask & in_box] = cv2.GC_PR_FGD
-    r = cfg.point_radius
-    for (x, y), lab in zip(np.asarray(points, np.float64), np.asarray(labels)):
-        centre = (int(np.floor(x)) - rx0, int(np.floor(y)) - ry0)
-        disk = np.zeros_like(seeds)
-        cv2.circle(disk, centre, r, 1, thickness=-1)
+    roi_mask = mask[ry0:ry1, rx0:rx1] & in_box
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    labs = np.asarray(labels).reshape(-1)
+    centres = [(int(np.floor(x)) - rx0, int(np.floor(y)) - ry0) for x, y in pts]
+    positive = np.zeros(seeds.shape, np.uint8)
+    for c, lab in zip(centres, labs):
         if lab == 1:
-            seeds[(disk > 0) & in_box] = cv2.GC_FGD
-    for (x, y), lab in zip(np.asarray(points, np.float64), np.asarray(labels)):
+            cv2.circle(positive, c, cfg.point_radius, 1, thickness=-1)
+    positive = (positive > 0) & in_box
+    source = roi_mask | positive
+    band = max(float(cfg.min_band), cfg.band_frac * float(np.sqrt(np.count_nonzero(mask))))
+    if source.any():
+        dist = cv2.distanceTransform((~source).astype(np.uint8), cv2.DIST_L2, 3)
+        seeds[in_box & (dist <= band)] = cv2.GC_PR_BGD
+    seeds[roi_mask] = cv2.GC_PR_FGD
+    seeds[positive] = cv2.GC_FGD
+    for c, lab in zip(centres, labs):
         if lab == 0:
-            cv2.circle(seeds, (int(np.floor(x)) - rx0, int(np.floor(y)) - ry0), r, int(cv2.GC_BGD), thickness=-1)
+            cv2.circle(seeds, c, cfg.point_radius, int(cv2.GC_BGD), thickness=-1)
     fg = np.count_nonzero((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD))
     if fg < cfg.min_samples or seeds.size - fg < cfg.min_samples:
         return None

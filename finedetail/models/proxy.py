@@ -12,12 +12,14 @@ story (DESIGN steps 4-6) can be tested and benchmarked without weights:
     2. key = ``class_key_maps(resized, num_classes)``, i.e. the key of what the model sees, not a resized key;
     3. average-pool the key on the 16-px patch grid (28 x 28 patches on a square image; a partial patch at the
        bottom/right edge is the mean over its valid pixels);
-    4. patch probability ``p = clip((mean - 0.25) / 0.5, 0, 1)``, so ``p >= 0.5`` exactly when at least half of a
-       patch is object;
+    4. patch probability ``p = clip((mean - level / 2) / level, 0, 1)`` with ``level = 0.5`` by default, i.e.
+       ``clip((mean - 0.25) / 0.5, 0, 1)``: ``p >= 0.5`` exactly when at least half of a patch is object (so blob
+       boundaries land where they are). A lower ``ProxySegGPTConfig.level`` lets narrower parts through (and
+       dilates blobs), for ablations;
     5. the patch map is upsampled bilinearly to the 448-side canvas (the model's output resolution) and then
        bilinearly to the input image size.
     A 16-px patch at 448 spans ``16 * long / 448`` input pixels (36.6 px at 1024): blobs survive, 1-3 px structures
-    never fill half a patch and vanish.
+    never fill half a patch and vanish (and so do 3-6 px poles: at 1024 they fill at most ~1/6 of a patch).
 
 ``ProxySAM`` (PromptedRefiner, ``input_size=1024``)
     ``encode``: resize the long side to 1024 like SAM's ``ResizeLongestSide`` (``INTER_AREA`` when shrinking,
@@ -68,6 +70,7 @@ __all__ = [
     "ProxySAMConfig",
     "ProxySAMEmbedding",
     "ProxySegGPT",
+    "ProxySegGPTConfig",
     "cells_to_image",
     "class_key_maps",
     "key_of",
@@ -144,9 +147,10 @@ def pool_mean(a: np.ndarray, cell: int) -> np.ndarray:
     return (total / count).astype(np.float32)
 
 
-def seggpt_patch_prob(patch_mean: np.ndarray) -> np.ndarray:
-    """ProxySegGPT's patch rule: ``clip((mean - 0.25) / 0.5, 0, 1)`` float32 (>= 0.5 iff mean >= 0.5)."""
-    return np.clip((np.asarray(patch_mean, np.float32) - 0.25) / 0.5, 0.0, 1.0).astype(np.float32)
+def seggpt_patch_prob(patch_mean: np.ndarray, *, level: float = 0.5) -> np.ndarray:
+    """ProxySegGPT's patch rule: ``clip((mean - level / 2) / level, 0, 1)`` float32 (>= 0.5 iff mean >= level)."""
+    m = np.asarray(patch_mean, np.float64)
+    return np.clip((m - level / 2) / level, 0.0, 1.0).astype(np.float32)
 
 
 def _upsample(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -158,6 +162,17 @@ def _upsample(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------------
 # ProxySegGPT
+
+
+@dataclass(frozen=True)
+class ProxySegGPTConfig:
+    """``level``: the patch mean key at which ProxySegGPT's probability is 0.5 (module docstring, step 4)."""
+
+    level: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.level <= 1.0:
+            raise ValueError(f"level must lie in (0, 1], got {self.level=}")
 
 
 class ProxySegGPT:
@@ -172,7 +187,8 @@ class ProxySegGPT:
     name = "proxy-seggpt"
     input_size = 448
 
-    def __init__(self) -> None:
+    def __init__(self, *, config: ProxySegGPTConfig | None = None) -> None:
+        self.config = config or ProxySegGPTConfig()
         self.num_classes = 1
         self.encoder_passes = 0
         self._ready = False
@@ -193,18 +209,18 @@ class ProxySegGPT:
         out = []
         for image in images:
             check_image(image)
-            out.append(proxy_seggpt_maps(image, self.num_classes))
+            out.append(proxy_seggpt_maps(image, self.num_classes, level=self.config.level))
             self.encoder_passes += 1
         return out
 
 
-def proxy_seggpt_maps(image: np.ndarray, num_classes: int = 1) -> np.ndarray:
+def proxy_seggpt_maps(image: np.ndarray, num_classes: int = 1, *, level: float = 0.5) -> np.ndarray:
     """ProxySegGPT on one image (H, W, 3) uint8 -> (num_classes, H, W) float32 in [0, 1], image frame."""
     hw = image.shape[:2]
     small = resize_longest(image, ProxySegGPT.input_size)
     out = np.empty((num_classes, *hw), np.float32)
     for c, key in enumerate(class_key_maps(small, num_classes)):
-        patches = seggpt_patch_prob(pool_mean(key, PATCH))
+        patches = seggpt_patch_prob(pool_mean(key, PATCH), level=level)
         out[c] = np.clip(_upsample(_upsample(patches, small.shape[:2]), hw), 0.0, 1.0)
     return out
 

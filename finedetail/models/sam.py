@@ -123,6 +123,7 @@ class SamEmbedding:
 
     features: (1, C, 64, 64) float32 tensor on the refiner's device (C = 256 for the official models).
     hw: (h, w) of the image that was encoded; input_hw: its size after ResizeLongestSide (long side 1024).
+    owner: the ``Sam`` module that encoded it; any ``SamRefiner`` wrapping that same module may decode it.
     """
 
     features: torch.Tensor
@@ -178,7 +179,6 @@ class SamRefiner:
         self.low_res = int(sam.prompt_encoder.mask_input_size[0])
         self.transform = ResizeLongestSide(self.input_size)
         self.encoder_passes = 0
-        self._token = object()
 
     @classmethod
     def from_checkpoint(
@@ -222,16 +222,16 @@ class SamRefiner:
                 feats = self.sam.image_encoder(torch.stack(batch)).float()
             self.encoder_passes += len(chunk)
             for i, (hw, input_hw) in enumerate(sizes):
-                out.append(SamEmbedding(features=feats[i : i + 1], hw=hw, input_hw=input_hw, owner=self._token))
+                out.append(SamEmbedding(features=feats[i : i + 1], hw=hw, input_hw=input_hw, owner=self.sam))
         return out
 
     def _check_embedding(self, embedding: Any) -> SamEmbedding:
-        if not isinstance(embedding, SamEmbedding) or embedding.owner is not self._token:
+        if not isinstance(embedding, SamEmbedding) or embedding.owner is not self.sam:
             got = (type(embedding).__name__ if not isinstance(embedding, SamEmbedding)
-                   else "a SamEmbedding of another SamRefiner")
+                   else "a SamEmbedding of another SAM model")
             raise RuntimeError(
-                f"refine needs an embedding made by this SamRefiner's encode(), got {got}; call "
-                "refiner.encode([image]) on the same refiner and pass its result"
+                f"refine needs an embedding made by encode() of a refiner wrapping this SAM model, got {got}; call "
+                "refiner.encode([image]) on this refiner and pass its result"
             )
         return embedding
 

@@ -33,12 +33,12 @@ from finedetail.postprocess import (
 __all__ = ["main", "make_inputs", "run"]
 
 
-def _ensemble_fn() -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def _ensemble_fn(rule: str) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     try:
         from finedetail.ensemble import ensemble
     except ImportError:  # the ensemble module is not there yet: a mean is the cheapest stand-in
-        return (lambda maps: maps.mean(axis=0, dtype=np.float32)), "mean (finedetail.ensemble missing)"
-    return (lambda maps: ensemble(maps, rule="majority")), "majority"
+        return (lambda maps: maps.mean(axis=0, dtype=np.float32)), "local mean (finedetail.ensemble missing)"
+    return (lambda maps: ensemble(maps, rule=rule)), rule
 
 
 def make_inputs(size: int, n_maps: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,24 +67,34 @@ def make_inputs(size: int, n_maps: int, *, seed: int = 0) -> tuple[np.ndarray, n
     return image, maps
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
+def _best(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Best wall time (s) of each fn over ``repeat`` rounds; rounds interleave the fns so that load from other
+    processes hits all of them alike."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
 def run(
-    *, size: int, n_maps: int, radius: int, eps: float, repeat: int, subsample: int | None = None
+    *,
+    size: int,
+    n_maps: int,
+    radius: int,
+    eps: float,
+    repeat: int,
+    subsample: int | None = None,
+    rule: str = "majority",
 ) -> dict[str, float | int | str]:
     """Run the benchmark; returns the numbers ``main`` prints (times in ms, throughputs in MPx/s)."""
     image, maps = make_inputs(size, n_maps)
     cfg = PostprocessConfig(radius=radius, eps=eps)
     if subsample is not None:
         cfg = PostprocessConfig(**{**cfg.__dict__, "subsample": subsample})
-    ens, rule = _ensemble_fn()
+    ens, rule = _ensemble_fn(rule)
     mpx = size * size / 1e6
     one = np.ascontiguousarray(maps[0])
 
@@ -93,13 +103,21 @@ def run(
 
     soft = ens(maps)
     prob, _ = postprocess(soft, image, cfg)
-    t_ours = _best(fuse, repeat)
-    t_cv = _best(lambda: cv2.ximgproc.guidedFilter(image, one, radius, eps * 255.0**2), repeat)
-    t_ens = _best(lambda: ens(maps), repeat)
-    t_gf = _best(lambda: fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample), repeat)
     mask = prob >= cfg.threshold
-    t_morph = _best(lambda: _morphology(mask, cfg), repeat)
-    t_exact = _best(lambda: guided_filter(image, one, radius=radius, eps=eps), repeat)
+    t = _best(
+        {
+            "ours": fuse,
+            "opencv": lambda: cv2.ximgproc.guidedFilter(image, one, radius, eps * 255.0**2),
+            "ensemble": lambda: ens(maps),
+            "guided": lambda: fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample),
+            "morphology": lambda: _morphology(mask, cfg),
+            "exact": lambda: guided_filter(image, one, radius=radius, eps=eps),
+        },
+        repeat,
+    )
+    t_ours, t_cv, t_ens, t_gf, t_morph, t_exact = (
+        t[k] for k in ("ours", "opencv", "ensemble", "guided", "morphology", "exact")
+    )
     exact = guided_filter(image, soft, radius=radius, eps=eps)
     ours = fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample)
     return {
@@ -133,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eps", type=float, default=1e-3, help="guided filter eps, [0, 1]-guide units")
     parser.add_argument("--subsample", type=int, default=None, help="guided filter subsample (default: config's)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs, best one counts (default 3)")
+    parser.add_argument("--rule", default="majority", help="ensemble rule (default majority)")
     parser.add_argument("--threads", type=int, default=None, help="cv2.setNumThreads for both sides")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
@@ -141,7 +160,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads is not None:
         cv2.setNumThreads(args.threads)
     res = run(
-        size=args.size, n_maps=args.maps, radius=args.radius, eps=args.eps, repeat=args.repeat, subsample=args.subsample
+        size=args.size,
+        n_maps=args.maps,
+        radius=args.radius,
+        eps=args.eps,
+        repeat=args.repeat,
+        subsample=args.subsample,
+        rule=args.rule,
     )
     if args.json:
         print(json.dumps(res))
