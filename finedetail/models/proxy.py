@@ -38,9 +38,11 @@ story (DESIGN steps 4-6) can be tested and benchmarked without weights:
     - each positive point adds every 8-connected candidate component touching the 3 x 3 cells around it, also
       outside the region (like SAM, a point selects the whole object it lands on);
     - each negative point clears the cells within ``neg_radius`` cells (Chebyshev; default 0 = its own cell), last;
-    - the 0/1 low-res map is upsampled bilinearly to 1024 x 1024, the valid (unpadded) part is cropped and resized
-      bilinearly (``INTER_LINEAR``) to the image size, exactly SAM's postprocessing chain. The map is a decision,
-      not a calibrated probability: its only softness comes from the bilinear upsampling.
+    - output: the decision becomes low-res logits ``+logit`` / ``-logit`` (``logit = 8``), which go through SAM's
+      postprocessing chain: bilinear upsampling to 1024 x 1024, crop of the valid (unpadded) part, bilinear
+      (``INTER_LINEAR``) resize to the image size, then a sigmoid. ``>= 0.5`` is exactly where the bilinearly
+      interpolated decision is >= 1/2; like SAM's masks the map is confident (> 0.9) except within ~1 cell of an
+      edge, so one-cell-wide structures are confident too. It is a decision, not a calibrated probability.
 
     Why the threshold is 0.34: a 1-px line in a 1024-px image fills 1 of a cell's 4 columns (pooled key 0.25) and is
     lost at 1x. Upscaled 2x (bilinear) the line is 2 px wide and, starting on an even column, both columns fall in
@@ -234,6 +236,7 @@ class ProxySAMConfig:
     """Knobs of ProxySAM's decoder rule (module docstring). ``threshold``: a low-res cell is object iff its mean key
     >= threshold. ``box_expand``: fraction of the box's width/height added on each side. ``mask_dilate``: cells the
     mask input is dilated by to widen the region. ``neg_radius``: cells (Chebyshev) a negative point clears.
+    ``logit``: magnitude of the low-res logits (sharpness of the output map).
     ``use_box=False`` ignores the prompt box (like SAM called without one): the region is then the dilated mask input
     alone, and without a mask input only positive points can select anything."""
 
@@ -241,6 +244,7 @@ class ProxySAMConfig:
     box_expand: float = 0.1
     mask_dilate: int = 2
     neg_radius: int = 0
+    logit: float = 8.0
     use_box: bool = True
 
     def __post_init__(self) -> None:
@@ -248,6 +252,8 @@ class ProxySAMConfig:
             raise ValueError(f"threshold must lie in (0, 1], got {self.threshold=}")
         if self.box_expand < 0:
             raise ValueError(f"box_expand must be >= 0, got {self.box_expand=}")
+        if not self.logit > 0:
+            raise ValueError(f"logit must be > 0, got {self.logit=}")
         if self.mask_dilate < 0 or self.neg_radius < 0:
             raise ValueError(
                 f"mask_dilate and neg_radius must be >= 0 cells, got {self.mask_dilate=}, {self.neg_radius=}")
@@ -337,12 +343,15 @@ def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[flo
     return out
 
 
-def cells_to_image(cells: np.ndarray, emb: ProxySAMEmbedding, *, input_size: int = 1024) -> np.ndarray:
-    """Low-res (n, n) decision -> (H, W) float32 in the image frame via SAM's chain: bilinear to the padded
-    ``input_size`` frame, crop the valid part, bilinear to the image size."""
-    full = _upsample(cells.astype(np.float32), (input_size, input_size))
+def cells_to_image(cells: np.ndarray, emb: ProxySAMEmbedding, *, input_size: int = 1024, logit: float = 8.0
+                   ) -> np.ndarray:
+    """Low-res (n, n) bool decision -> (H, W) float32 in [0, 1], image frame, via SAM's chain: logits ``±logit``,
+    bilinear to the padded ``input_size`` frame, crop the valid part, bilinear to the image size, sigmoid."""
+    low = np.where(cells, np.float32(logit), np.float32(-logit))
+    full = _upsample(low, (input_size, input_size))
     rh, rw = emb.resized_hw
-    return np.clip(_upsample(np.ascontiguousarray(full[:rh, :rw]), emb.hw), 0.0, 1.0)
+    z = _upsample(np.ascontiguousarray(full[:rh, :rw]), emb.hw)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
 class ProxySAM:
@@ -381,5 +390,5 @@ class ProxySAM:
                 raise ValueError(f"prompt {i}: mask is {prompt.mask.shape} but the encoded image is {(h, w)}; "
                                  f"prompts must be in the frame of the image passed to encode")
             cells = segment_cells(embedding.fine, prompt, scale_xy, config=self.config)
-            out[i] = cells_to_image(cells, embedding, input_size=self.input_size)
+            out[i] = cells_to_image(cells, embedding, input_size=self.input_size, logit=self.config.logit)
         return out
