@@ -82,6 +82,19 @@ class JobConfig:
     classes: tuple[str, ...] = ("object",)
     preset: str | None = None
     max_tries: int = 3
+    #: write instances/<key>.json per image (COCO-style) and, at the end, one dataset-level COCO file
+    coco: bool = False
+    #: rasters with more pixels than this are split into windows that flow through the stages as rows
+    window_pixels: int = 16_000_000
+    window: int = 2048
+    window_overlap: int = 256
+    #: 1-based band indices mapped to R, G, B for multi-band rasters (None: first three, or grey replicated)
+    bands: tuple[int, ...] | None = None
+    #: percentile stretch (low, high) applied to non-8-bit rasters
+    stretch: tuple[float, float] = (2.0, 98.0)
+    #: optional vector output of the mask for GIS users: "geojson" or "gpkg"
+    vector: str | None = None
+    vector_tolerance: float = 1.0
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     resources: Resources = field(default_factory=Resources)
 
@@ -104,6 +117,17 @@ class JobConfig:
             raise ValueError(f"sam_model_type must be vit_h, vit_l or vit_b, got {self.sam_model_type=}")
         if not self.classes:
             raise ValueError("classes must name at least one class")
+        if self.window < 64 or not (0 <= self.window_overlap < self.window // 2):
+            raise ValueError(f"need window >= 64 and 0 <= window_overlap < window/2, got {self.window=}, "
+                             f"{self.window_overlap=}")
+        if self.window_pixels < self.window * self.window:
+            raise ValueError(f"window_pixels must be >= window², got {self.window_pixels=}, {self.window=}")
+        if self.vector not in (None, "geojson", "gpkg"):
+            raise ValueError(f"vector must be geojson, gpkg or null, got {self.vector=}")
+        if self.bands is not None and (len(self.bands) != 3 or min(self.bands) < 1):
+            raise ValueError(f"bands must be three 1-based band indices for R, G, B, got {self.bands=}")
+        if not (0 <= self.stretch[0] < self.stretch[1] <= 100):
+            raise ValueError(f"stretch must be percentiles 0 <= low < high <= 100, got {self.stretch=}")
 
     @property
     def config_hash(self) -> str:
@@ -150,6 +174,9 @@ def job_config_from_dict(values: Mapping[str, Any]) -> JobConfig:
         raise ValueError(f"unknown config key 'resources.{bad[0]}'; valid keys here: {sorted(res_names)}")
     if "classes" in values and isinstance(values["classes"], (list, tuple)):
         values["classes"] = tuple(str(c) for c in values["classes"])
+    for key in ("bands", "stretch"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
     return JobConfig(pipeline=config_from_dict(pipeline_values), resources=Resources(**res_values), **values)
 
 

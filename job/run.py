@@ -159,21 +159,35 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
-    print(f"finedetail: {len(keys)} inputs, {len(keys) - len([k for k in keys if k not in done])} already done "
-          f"(config {cfg.config_hash}), {len(todo)} to run", file=out, flush=True)
+    windowed: list[str] = []
+    if any(k.lower().endswith((".tif", ".tiff")) for k in todo):
+        from job.geo import split_windowed  # rasters too large for one row go through windows
+
+        todo, windowed = split_windowed(cfg, todo)
+    print(f"finedetail: {len(keys)} inputs, {len(done)} already done (config {cfg.config_hash}), "
+          f"{len(todo)} to run", file=out, flush=True)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    if todo:
+    if todo or windowed:
         _ensure_ray(address)
         plan = plan_resources(cfg, ray.cluster_resources())
+    if todo:
         ds = build_dataset(cfg, todo, plan)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             n = len(batch["key"])
             rows.extend({k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
                         for i in range(n))
+    if windowed:
+        from job.geo import run_windowed
+
+        rows.extend(run_windowed(cfg, windowed, plan))
+    if cfg.coco:
+        from job.coco import write_dataset_coco
+
+        write_dataset_coco(cfg)
     elapsed = time.perf_counter() - t0
     summary = jm.summarize(rows)
-    summary.update(skipped=len(keys) - len(todo) if cfg.limit is None else len(done), seconds=round(elapsed, 2),
+    summary.update(skipped=len(done), seconds=round(elapsed, 2),
                    images_per_s=round(len(rows) / elapsed, 3) if rows and elapsed > 0 else 0.0,
                    config_hash=cfg.config_hash, output=cfg.output)
     print(

@@ -2,13 +2,15 @@
 
 Times, best of ``--repeat``, on one synthetic ``size x size`` RGB image and ``--maps`` probability maps:
 
-- ours:   the whole fuse step for one class = ``finedetail.ensemble.ensemble(maps, rule="majority")`` +
+- ours:   the whole fuse step for one class = ``finedetail.ensemble.ensemble(maps, rule=--rule)`` (majority) +
           ``finedetail.postprocess.postprocess`` (guided filter with the image as colour guide + threshold +
           morphology) with ``PostprocessConfig``'s defaults except ``--radius``/``--eps``/``--subsample``;
 - opencv: ``cv2.ximgproc.guidedFilter`` alone, same image, one map, same radius and eps (scaled by 255**2
           because OpenCV applies eps to the uint8 guide's own 0..255 values).
 
-Also reports each part of ours and our exact filter alone. Throughput is image megapixels per second.
+Also reports each part of ours and our exact filter alone. Throughput is image megapixels per second. Rounds
+interleave all timed steps so load from other processes hits them alike; ``--threads N`` sets
+``cv2.setNumThreads`` (OpenCV's filter is multi-threaded, ours mostly single-threaded numpy).
 Usage: ``python -m job.bench postprocess --size 2048 --maps 8 --json`` (or call ``main(argv)``).
 """
 
@@ -109,14 +111,15 @@ def run(
             "ours": fuse,
             "opencv": lambda: cv2.ximgproc.guidedFilter(image, one, radius, eps * 255.0**2),
             "ensemble": lambda: ens(maps),
+            "post": lambda: postprocess(soft, image, cfg),
             "guided": lambda: fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample),
             "morphology": lambda: _morphology(mask, cfg),
             "exact": lambda: guided_filter(image, one, radius=radius, eps=eps),
         },
         repeat,
     )
-    t_ours, t_cv, t_ens, t_gf, t_morph, t_exact = (
-        t[k] for k in ("ours", "opencv", "ensemble", "guided", "morphology", "exact")
+    t_ours, t_cv, t_ens, t_post, t_gf, t_morph, t_exact = (
+        t[k] for k in ("ours", "opencv", "ensemble", "post", "guided", "morphology", "exact")
     )
     exact = guided_filter(image, soft, radius=radius, eps=eps)
     ours = fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample)
@@ -126,6 +129,8 @@ def run(
         "ours_ms": 1e3 * t_ours,
         "opencv_ms": 1e3 * t_cv,
         "ensemble_ms": 1e3 * t_ens,
+        "postprocess_ms": 1e3 * t_post,
+        "postprocess_mpx_s": mpx / t_post,
         "guided_ms": 1e3 * t_gf,
         "morphology_ms": 1e3 * t_morph,
         "exact_guided_ms": 1e3 * t_exact,
@@ -178,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [
         ("ours: whole fuse step", res["ours_ms"], res["ours_mpx_s"]),
         ("  ensemble", res["ensemble_ms"], None),
-        ("  guided filter", res["guided_ms"], None),
-        ("  morphology", res["morphology_ms"], None),
+        ("  postprocess() = the rest", res["postprocess_ms"], res["postprocess_mpx_s"]),
+        ("    guided filter", res["guided_ms"], None),
+        ("    morphology", res["morphology_ms"], None),
         ("ours: exact guided filter alone", res["exact_guided_ms"], res["exact_guided_mpx_s"]),
         ("opencv: ximgproc.guidedFilter alone", res["opencv_ms"], res["opencv_mpx_s"]),
     ]
