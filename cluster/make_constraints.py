@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "cluster" / "constraints.txt"
 #: extras of the project that the image installs; the Dockerfile's install target must name exactly these
 EXTRAS = ("crf",)
-#: never pinned: installers and the project itself
-SKIP = {"pip", "setuptools", "wheel", "finedetail"}
+#: never pinned: the installer tools and the project itself (setuptools is pinned: torch needs it at run time)
+SKIP = {"pip", "wheel", "finedetail"}
 
 
 def canon(name: str) -> str:

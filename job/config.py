@@ -95,6 +95,8 @@ class JobConfig:
     #: optional vector output of the mask for GIS users: "geojson" or "gpkg"
     vector: str | None = None
     vector_tolerance: float = 1.0
+    #: keyword options for the backend's models, e.g. {"refiner_input_size": 512} for the classical backend
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     resources: Resources = field(default_factory=Resources)
 
@@ -133,11 +135,13 @@ class JobConfig:
     def config_hash(self) -> str:
         """What decides an output's pixels: the method's config, the backend and its weights, the coarse source."""
         return config_hash(self.pipeline, self.backend, self.sam_checkpoint, self.sam_model_type,
-                           self.seggpt_checkpoint, self.coarse, self.prompts, list(self.classes))
+                           self.seggpt_checkpoint, self.coarse, self.prompts, list(self.classes),
+                           dict(self.backend_options))
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("pipeline", "resources")}
         d["classes"] = list(self.classes)
+        d["backend_options"] = dict(self.backend_options)
         d.update(config_to_dict(self.pipeline))
         d["resources"] = dataclasses.asdict(self.resources)
         return d

