@@ -33,16 +33,18 @@ _PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
 class Resources:
     """Where each stage runs and how big its actor pool may grow.
 
-    ``*_gpus`` are fractions of one GPU per actor (several pools can share a GPU: keep the fractions of the pools
-    that share one summing to <= 1). ``gpu``: "on" asks for GPUs (the autoscaler adds GPU nodes), "off" runs the model
-    stages on CPU, "auto" asks for GPUs only if the cluster has some when the job starts. ``max_actors`` bounds each
+    ``*_gpus`` are fractions of one GPU per actor. Left unset (None), every model pool gets 1 / (number of model
+    pools), so one actor of each pool fits on one GPU together; set explicitly, they are used as given (keep the
+    fractions of pools that must share one GPU summing to <= 1). ``gpu``: "on" asks for GPUs (the autoscaler adds GPU
+    nodes), "off" runs the model stages on CPU, "auto" asks for GPUs only if the cluster has some when the job starts
+    (on an autoscaling cluster whose GPU workers start at zero, pass "on"). ``max_actors`` bounds each
     model pool (``ActorPoolStrategy(min_size=1, max_size=max_actors)``), ``fuse_actors`` the CPU fuse pool.
     """
 
     gpu: str = "auto"
-    coarse_gpus: float = 0.25
-    variant_gpus: float = 0.25
-    crop_gpus: float = 0.25
+    coarse_gpus: float | None = None
+    variant_gpus: float | None = None
+    crop_gpus: float | None = None
     max_actors: int = 4
     fuse_actors: int = 2
     model_cpus: float | None = None
@@ -55,7 +57,7 @@ class Resources:
             raise ValueError(f"resources.gpu must be one of {GPU_MODES}, got {self.gpu=}")
         for name in ("coarse_gpus", "variant_gpus", "crop_gpus"):
             v = getattr(self, name)
-            if not (0 < v <= 1):
+            if v is not None and not (0 < v <= 1):
                 raise ValueError(f"resources.{name} is a fraction of one GPU in (0, 1], got {name}={v}")
         for name in ("max_actors", "fuse_actors", "batch_size", "encode_batch", "read_batch"):
             if getattr(self, name) < 1:

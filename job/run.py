@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +23,20 @@ from job.config import JobConfig
 
 log = logging.getLogger("finedetail.job")
 
-__all__ = ["Plan", "plan_resources", "run_job"]
+__all__ = ["JobFailed", "JobRefused", "Plan", "plan_resources", "run_job"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class JobFailed(RuntimeError):
+    """The job stopped part-way because storage failed for good (e.g. the output bucket vanished or turned
+    read-only): the message is the storage error's. Rows finished before it are in the manifest with their files;
+    nothing unfinished is; re-running the same command resumes."""
+
+
+class JobRefused(ValueError):
+    """The job was refused before any work started (bad prompts, unwritable output, ...); nothing was written.
+    The message names the problem; the command line prints it and exits with status 2."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,12 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     r = cfg.resources
     gpus, cpus = cluster.get("GPU", 0.0), max(1.0, cluster.get("CPU", 1.0))
     use_gpu = r.gpu == "on" or (r.gpu == "auto" and gpus > 0)
+    if r.gpu == "auto" and not use_gpu:
+        log.warning("no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU "
+                    "workers start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
     n_model = len(fp.variants(cfg.pipeline)) + (cfg.coarse is None) + bool(cfg.pipeline.crop.enabled)
     share = 1.0 / n_model
-    fit = lambda v: min(v, share)  # noqa: E731 - one-liner used thrice
+    fit = lambda v: share if v is None else v  # noqa: E731 - explicit fractions are used as given
     io_cpus = fuse_cpus = min(1.0, cpus / 4)
     # one actor of every model pool, the fuse pool and a read task must fit in the CPUs the cluster has now
     fair = math.floor(1000 * (cpus - io_cpus - fuse_cpus) / n_model) / 1000
@@ -69,8 +85,10 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors)
 
 
-def list_inputs(cfg: JobConfig) -> list[str]:
-    keys = jio.list_files(jio.open_storage(cfg.input)[0], "", extensions=IMAGE_EXTS)
+def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str]:
+    """Input keys, sorted. Names that could write outside ``--output`` (``..``, absolute, control characters,
+    bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it."""
+    keys = jio.list_files(jio.open_storage(cfg.input)[0], "", extensions=IMAGE_EXTS, refused=refused)
     seen: dict[str, str] = {}
     for k in keys:
         stem = os.path.splitext(k)[0]
@@ -81,47 +99,66 @@ def list_inputs(cfg: JobConfig) -> list[str]:
     return keys
 
 
+def _test_env() -> dict[str, Any]:
+    """The stages' test hooks (``job.stages._test_crash``) reach the workers through their runtime_env; empty
+    (no runtime_env at all) unless a test set them in the driver's environment."""
+    from job.stages import TEST_ENV_VARS
+
+    hooks = {k: os.environ[k] for k in TEST_ENV_VARS if os.environ.get(k)}
+    return {"runtime_env": {"env_vars": hooks}} if hooks else {}
+
+
 def _pool(plan: Plan, *, gpus: float) -> dict[str, Any]:
     from ray.data import ActorPoolStrategy
 
     args: dict[str, Any] = {
         "compute": ActorPoolStrategy(min_size=1, max_size=plan.max_actors),
         "num_cpus": plan.model_cpus,
-        # a dead actor (preempted node, OOM) is restarted and its batch retried, a bounded number of times
-        "max_restarts": 3,
-        "max_task_retries": 3,
+        # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
+        # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few
+        # unrelated deaths. What bounds an input that kills every worker is the stages' attempt accounting
+        # (job.stages.AttemptLog, JobConfig.max_tries), which turns it into an error row.
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        **_test_env(),
     }
     if plan.use_gpu:
         args["num_gpus"] = gpus
     return args
 
 
-def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan):
-    """The lazy Ray dataset of manifest rows (nothing runs until it is consumed)."""
+def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any = None):
+    """The lazy Ray dataset of manifest rows (nothing runs until it is consumed).
+
+    ``attempts``: the run's `job.stages.AttemptLog` (bounds the tries of inputs that kill workers); None = none.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
     from job import stages
 
     pc = cfg.pipeline
+    track = {"attempts": attempts}
     bs = cfg.resources.batch_size
     nblocks = max(1, min(len(keys), -(-len(keys) // cfg.resources.read_batch)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
-                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(pc))}, batch_format="numpy")
+                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(pc)), **track}, batch_format="numpy",
+                        **_test_env())
     if cfg.coarse is None:
-        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=bs,
+        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
                             batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
     for v in fp.variants(pc):
-        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name},
+        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
                             batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
     if pc.crop.enabled:
-        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=bs,
+        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
                             batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
-    ds = ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=bs, batch_format="numpy",
-                        compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors), num_cpus=plan.fuse_cpus)
+    ds = ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors),
+                        num_cpus=plan.fuse_cpus, max_restarts=-1, max_task_retries=-1, **_test_env())
     ds = ds.map_batches(stages.write_outputs, batch_size=bs, num_cpus=plan.io_cpus, batch_format="numpy",
-                        fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash})
+                        fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track}, **_test_env())
     return ds
 
 
@@ -138,12 +175,68 @@ def _ensure_ray(address: str | None) -> None:
 
 
 def validate_up_front(cfg: JobConfig) -> None:
-    """Everything that can be refused before any work starts: prompts readable and consistent, output writable."""
+    """Everything that can be refused before any work starts: prompts readable and consistent, output writable.
+    Raises `JobRefused` (a ValueError) naming the problem; Ray is not started."""
     from job.models import load_prompts
 
-    if cfg.prompts is not None and cfg.coarse is None:
-        load_prompts(cfg.prompts, num_classes=len(cfg.classes))
-    jio.check_writable(cfg.output)
+    try:
+        if cfg.prompts is not None and cfg.coarse is None:
+            load_prompts(cfg.prompts, num_classes=len(cfg.classes))
+    except (ValueError, jio.StorageError) as exc:
+        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {jio.redact(exc)}") from exc
+    try:
+        jio.check_writable(cfg.output)
+    except (ValueError, jio.StorageError) as exc:
+        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {jio.redact(exc)}") from exc
+
+
+def _storage_error_in(exc: BaseException) -> str | None:
+    """The message of the `job.io.StorageError` behind an exception Ray re-raised on the driver, or None.
+
+    Ray wraps a task's exception (``RayTaskError(UserCodeException)``) and the original's ``__cause__`` does not
+    survive the trip, so after looking for the object itself this reads the traceback text Ray carries."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, jio.StorageError):
+            return jio.redact(e)
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    for line in reversed(str(exc).splitlines()):
+        m = re.match(r"\s*job\.io\.(?:StorageError|ObjectNotFoundError): (.+)$", line)
+        if m:
+            return jio.redact(m.group(1))
+    return None
+
+
+def _remove_leftovers(storage: jio.Storage) -> None:
+    """What a killed earlier run may have left in the output: temp files of interrupted writes (never visible as
+    outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). One job per output at a time:
+    a job running concurrently on the same output would lose its in-flight temp files."""
+    from job.stages import ATTEMPTS_PREFIX
+
+    jio.remove_temp_files(storage)
+    for key in jio.list_files(storage, ATTEMPTS_PREFIX, extensions=None):
+        jio.delete(storage, f"{ATTEMPTS_PREFIX}/{key}")
+
+
+def _refused_rows(names: list[str], cfg: JobConfig) -> list[dict[str, Any]]:
+    """Manifest error rows for input names the job will not touch (they could write outside ``--output``). The key
+    is the name with control characters, backslashes and undecodable bytes escaped, so it is printable, storable,
+    and never equal to a real (safe) key."""
+    rows = []
+    for name in names:
+        try:
+            jio.safe_key(name)
+            why = "refused"
+        except ValueError as exc:
+            why = str(exc)
+        rows.append({"key": name.encode("unicode_escape", "backslashreplace").decode("ascii"), "status": "error",
+                     "error": f"unsafe input name, not read: {why}", "attempts": 0, "config_hash": cfg.config_hash,
+                     "finished_at": time.time(), "encoder_passes": 0, "coarse_passes": 0, "refiner_passes": 0})
+    return rows
 
 
 def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> dict[str, Any]:
@@ -151,10 +244,12 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     import ray
 
     validate_up_front(cfg)
-    keys = list_inputs(cfg)
-    if not keys:
-        raise ValueError(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
+    refused: list[str] = []
+    keys = list_inputs(cfg, refused=refused)
+    if not keys and not refused:
+        raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
+    _remove_leftovers(out_storage)
     done = jm.done_keys(out_storage, cfg.config_hash)
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:
@@ -167,16 +262,32 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     print(f"finedetail: {len(keys)} inputs, {len(done)} already done (config {cfg.config_hash}), "
           f"{len(todo)} to run", file=out, flush=True)
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = _refused_rows(refused, cfg)
+    if rows:
+        jm.write_part(out_storage, rows)
     if todo or windowed:
         _ensure_ray(address)
         plan = plan_resources(cfg, ray.cluster_resources())
     if todo:
-        ds = build_dataset(cfg, todo, plan)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            n = len(batch["key"])
-            rows.extend({k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
-                        for i in range(n))
+        from job.stages import AttemptLog
+
+        attempts = AttemptLog(output=cfg.output, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
+                              max_tries=cfg.max_tries)
+        ds = build_dataset(cfg, todo, plan, attempts=attempts)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                n = len(batch["key"])
+                rows.extend({k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+                            for i in range(n))
+        except Exception as exc:
+            storage_error = _storage_error_in(exc)
+            if storage_error is None:
+                raise
+            ok = sum(r["status"] == "ok" for r in rows)
+            raise JobFailed(f"job failed after {ok} of {len(todo)} images: {storage_error}; the {ok} finished "
+                            "are in the manifest with their files, nothing else is. Fix the storage and re-run "
+                            "the same command to resume") from exc
+        attempts.clear()
     if windowed:
         from job.geo import run_windowed
 
