@@ -27,6 +27,10 @@ PURE = [
     "finedetail.models.classical",
     "finedetail.models.proxy",
     "finedetail.decode",
+    "finedetail.models.checkpoints",
+    "finedetail.selective",
+    "finedetail.instances",
+    "finedetail.geo",
 ]
 
 

@@ -1,2 +1,41 @@
-"""Model backends behind one protocol (``base``). Heavy modules (torch, transformers, segment_anything) are imported
-lazily by ``build_models`` so that ``import finedetail.models`` stays light."""
+"""Model backends behind one protocol (``base``).
+
+Heavy modules (torch, transformers, segment_anything) load only when one of their names is first used, so that
+``import finedetail.models`` stays light::
+
+    from finedetail.models import SamRefiner, SegGptSegmenter   # imports torch here, not before
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from finedetail.models.base import CoarseSegmenter, Embedding, PromptedRefiner
+
+_LAZY = {
+    "SamRefiner": "finedetail.models.sam",
+    "SegGptSegmenter": "finedetail.models.seggpt",
+    "load_sam": "finedetail.models.checkpoints",
+    "load_seggpt": "finedetail.models.checkpoints",
+    "resolve_checkpoint": "finedetail.models.checkpoints",
+    "SAM_URLS": "finedetail.models.checkpoints",
+    "DEFAULT_SEGGPT": "finedetail.models.checkpoints",
+    "CheckpointUnavailableError": "finedetail.models.checkpoints",
+    "build_tiny_sam": "finedetail.models.tiny",
+    "save_tiny_sam": "finedetail.models.tiny",
+    "build_tiny_seggpt": "finedetail.models.tiny",
+    "save_tiny_seggpt": "finedetail.models.tiny",
+    "ColourTextureSegmenter": "finedetail.models.classical",
+    "GrabCutRefiner": "finedetail.models.classical",
+    "ProxySegGPT": "finedetail.models.proxy",
+    "ProxySAM": "finedetail.models.proxy",
+}
+
+__all__ = ["CoarseSegmenter", "Embedding", "PromptedRefiner", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'finedetail.models' has no attribute {name!r}")
