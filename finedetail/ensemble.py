@@ -13,10 +13,18 @@ edge-aware filtering can run on it before thresholding. The decisions ("votes" a
 
 The mean is computed in float64, accumulated in map order: ``sum_i(w_i * m_i) / sum_i(w_i)``. The shifted soft
 values are nudged by at most one float32 ulp around 0.5 where rounding would otherwise flip a decision.
+
+Implementation: every rule runs over row blocks of ``_BLOCK_PIXELS`` pixels so that all of a block's
+temporaries stay in cache and each input pixel is read from memory once (input checks included). The k-th
+largest value comes from a selection network: a sorting network with every comparator whose outputs cannot reach
+the wanted rank removed, evaluated with ``np.minimum`` / ``np.maximum`` on whole blocks. Results do not depend on
+the block size: every step is elementwise and the same float operations run in the same order as on whole maps.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
 from typing import Sequence
 
 import numpy as np
@@ -35,22 +43,23 @@ RULES = ("union", "majority", "mean", "majority_or_confident")
 
 _BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0.0))
 
+# Pixels per row block (at least one row). The k-th largest of 8 maps keeps ~12 block buffers live and makes ~30
+# numpy calls per block: smaller blocks pay the per-call overhead, larger ones fall out of cache. 2**14..2**16 were
+# within noise of each other on 8 x 2048^2 maps (2-core EPYC, 512 KiB L2 per core); results never depend on it.
+_BLOCK_PIXELS = 1 << 15
+
 Maps = np.ndarray | Sequence[np.ndarray]
 
 
 def union(maps: Maps) -> np.ndarray:
     """Per-pixel max of the maps: foreground iff any map is ``>= 0.5``. -> (H, W) float32."""
-    ms = _as_maps(maps)
-    out = ms[0].copy()
-    for m in ms[1:]:
-        np.maximum(out, m, out=out)
-    return out
+    return _union(_as_maps(maps))
 
 
 def majority(maps: Maps, *, k: int) -> np.ndarray:
     """Per-pixel k-th largest value: foreground iff at least ``k`` of the N maps are ``>= 0.5``. 1 <= k <= N."""
     ms = _as_maps(maps)
-    return _kth_largest(ms, _check_k(k, len(ms)))
+    return _majority(ms, _check_k(k, len(ms)))
 
 
 def weighted_mean(maps: Maps, *, weights: Sequence[float] | None = None) -> np.ndarray:
@@ -59,15 +68,14 @@ def weighted_mean(maps: Maps, *, weights: Sequence[float] | None = None) -> np.n
     ``weights``: N non-negative numbers with a positive sum (default: all 1).
     """
     ms = _as_maps(maps)
-    return np.clip(_mean64(ms, weights), 0.0, 1.0).astype(np.float32)
+    return _mean(ms, _check_weights(weights, len(ms)), tau=None)
 
 
 def mean_threshold(maps: Maps, *, tau: float = 0.5, weights: Sequence[float] | None = None) -> np.ndarray:
     """Foreground iff the weighted mean is ``>= tau`` (0 < tau <= 1). Soft map ``clip(mean - tau + 0.5, 0, 1)``."""
     _check_unit("tau", tau)
     ms = _as_maps(maps)
-    mean = _mean64(ms, weights)
-    return _shifted(mean, tau)
+    return _mean(ms, _check_weights(weights, len(ms)), tau=tau)
 
 
 def majority_or_confident(maps: Maps, *, k: int, tau_high: float = 0.9) -> np.ndarray:
@@ -78,9 +86,7 @@ def majority_or_confident(maps: Maps, *, k: int, tau_high: float = 0.9) -> np.nd
     """
     _check_unit("tau_high", tau_high)
     ms = _as_maps(maps)
-    kth = _kth_largest(ms, _check_k(k, len(ms)))
-    confident = _shifted(union(ms).astype(np.float64), tau_high)
-    return np.maximum(kth, confident)
+    return _majority_or_confident(ms, _check_k(k, len(ms)), tau_high)
 
 
 def ensemble(
@@ -101,17 +107,28 @@ def ensemble(
         raise ValueError(f"weights are only used by rule='mean', got {rule=} with weights; drop them or use 'mean'")
     ms = _as_maps(maps)
     if rule == "union":
-        return union(ms)
+        return _union(ms)
     if rule == "mean":
-        return mean_threshold(ms, tau=tau, weights=weights)
+        _check_unit("tau", tau)
+        return _mean(ms, _check_weights(weights, len(ms)), tau=tau)
     kk = len(ms) // 2 + 1 if k is None else k
     if rule == "majority":
-        return majority(ms, k=kk)
-    return majority_or_confident(ms, k=kk, tau_high=tau_high)
+        return _majority(ms, _check_k(kk, len(ms)))
+    _check_unit("tau_high", tau_high)
+    return _majority_or_confident(ms, _check_k(kk, len(ms)), tau_high)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# input: checked up front for shape and dtype; values are checked block by block while the rules read them
 
 
 def _as_maps(maps: Maps) -> list[np.ndarray]:
-    """-> list of N >= 1 (H, W) float32 arrays (views where the input already is float32)."""
+    """-> list of N >= 1 (H, W) arrays of one shape, dtype float32, float64, uint8 or bool (views, not converted).
+
+    Values are not checked here but block by block while a rule reads them (``_blocks``, ``_select``), so errors
+    about the knobs (k, tau, weights) come first. Where a shape or dtype error comes after a map with values
+    outside [0, 1], the value error is raised (maps are reported in order).
+    """
     if isinstance(maps, np.ndarray):
         if maps.ndim != 3:
             raise ValueError(f"maps must be (N, H, W) or a sequence of (H, W) maps, got an array of shape {maps.shape}")
@@ -120,66 +137,357 @@ def _as_maps(maps: Maps) -> list[np.ndarray]:
         items = list(maps)
     if not items:
         raise ValueError("maps is empty; ensembling needs at least one (H, W) map")
-    out = []
+    out: list[np.ndarray] = []
     shape = None
     for i, m in enumerate(items):
         m = np.asarray(m)
+        error: Exception | None = None
         if m.ndim != 2:
-            raise ValueError(f"map {i} must be (H, W), got shape {m.shape}; pass one map per class")
-        if shape is None:
-            shape = m.shape
-        elif m.shape != shape:
-            raise ValueError(
+            error = ValueError(f"map {i} must be (H, W), got shape {m.shape}; pass one map per class")
+        elif shape is not None and m.shape != shape:
+            error = ValueError(
                 f"all maps must share one (H, W) frame, map 0 is {shape} but map {i} is {m.shape}; "
                 f"map variants back to the original frame first"
             )
-        if m.dtype == np.uint8:
-            m = m.astype(np.float32) / np.float32(255.0)
-        elif m.dtype == bool:
-            m = m.astype(np.float32)
-        elif m.dtype in (np.float32, np.float64):
-            m = m.astype(np.float32, copy=False)
-            lo, hi = (float(m.min()), float(m.max())) if m.size else (0.0, 0.0)
-            if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
-                raise ValueError(f"map {i} must be in [0, 1], got values in [{lo}, {hi}]; convert uint8 with from_u8")
-        else:
-            raise TypeError(f"map {i} must be float32 in [0, 1] or uint8 0..255, got {m.dtype}")
+        elif not (m.dtype == np.uint8 or m.dtype == bool or m.dtype in (np.float32, np.float64)):
+            error = TypeError(f"map {i} must be float32 in [0, 1] or uint8 0..255, got {m.dtype}")
+        if error is not None:
+            _check_values(out)
+            raise error
+        shape = m.shape
         out.append(m)
     return out
 
 
-def _kth_largest(ms: list[np.ndarray], k: int) -> np.ndarray:
-    n = len(ms)
-    if k == 1:
-        return union(ms)
-    stack = np.stack(ms)
-    # ascending partition: index n - k holds the k-th largest
-    return np.partition(stack, n - k, axis=0)[n - k]
+def _check_values(ms: list[np.ndarray]) -> None:
+    """Raise for the first float map (in list order) with a value outside [0, 1] or NaN, judged in float32."""
+    for i, m in enumerate(ms):
+        if m.dtype in (np.float32, np.float64) and m.size:
+            m = m.astype(np.float32, copy=False)
+            lo, hi = float(m.min()), float(m.max())
+            if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
+                raise ValueError(f"map {i} must be in [0, 1], got values in [{lo}, {hi}]; convert uint8 with from_u8")
 
 
-def _mean64(ms: list[np.ndarray], weights: Sequence[float] | None) -> np.ndarray:
+def _block_rows(w: int) -> int:
+    return max(1, _BLOCK_PIXELS // max(w, 1))
+
+
+def _has_floats(ms: list[np.ndarray]) -> bool:
+    return any(m.dtype in (np.float32, np.float64) for m in ms)
+
+
+def _blocks(ms: list[np.ndarray], *, check: bool = True) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """Yield ``(y0, y1, blocks)``: rows [y0, y1) of every map as (y1 - y0, W) float32 arrays (views of float32
+    maps, else converted into reused buffers, so valid until the next step). ``check``: raise (``_check_values``)
+    unless every block lies in [0, 1]; a caller that passes False must call ``_check_block`` itself."""
+    h, w = ms[0].shape
+    rows = _block_rows(w)
+    convert = [m.dtype != np.float32 for m in ms]
+    bufs = [np.empty((rows, w), np.float32) if c else None for c in convert]
+    check = check and w > 0 and _has_floats(ms)
+    stack = _as_stack(ms) if check else None
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        out = []
+        for m, c, buf in zip(ms, convert, bufs):
+            part = m[y0:y1]
+            if c:  # uint8 / 255 in float32, float64 rounded to float32 like astype, bool to 0 / 1
+                dst = buf[: y1 - y0]
+                if part.dtype == np.uint8:
+                    np.divide(part, np.float32(255.0), out=dst, dtype=np.float32)
+                else:
+                    np.copyto(dst, part, casting="unsafe")
+                part = dst
+            out.append(part)
+        if check:
+            _check_block(ms, _lowest(out, stack, y0, y1), _highest(out, stack, y0, y1))
+        yield y0, y1, out
+
+
+def _lowest(blocks: list[np.ndarray], stack: np.ndarray | None, y0: int, y1: int) -> float:
+    """Smallest value of a block over all maps (NaN if any is NaN); converted maps lie in [0, 1] and don't matter."""
+    if stack is not None:
+        return stack[:, y0:y1].min()
+    return np.min([b.min() for b in blocks])  # np.min, unlike min(), keeps a NaN
+
+
+def _highest(blocks: list[np.ndarray], stack: np.ndarray | None, y0: int, y1: int) -> float:
+    if stack is not None:
+        return stack[:, y0:y1].max()
+    return np.max([b.max() for b in blocks])
+
+
+def _check_block(ms: list[np.ndarray], lo: float, hi: float) -> None:
+    if not (0.0 <= lo and hi <= 1.0):  # NaN compares False
+        _check_values(ms)  # reports the first bad map over its whole extent
+
+
+def _as_stack(ms: list[np.ndarray]) -> np.ndarray | None:
+    """A read-only (N, H, W) view over float32 maps that are equally spaced in one buffer (``list(stack)`` is),
+    so that a block is checked with one reduction instead of one per map; None otherwise."""
+    if len(ms) < 2 or any(m.dtype != np.float32 for m in ms):
+        return None
+    first = ms[0]
+    ptrs = [m.__array_interface__["data"][0] for m in ms]
+    step = ptrs[1] - ptrs[0]
+    if any(m.shape != first.shape or m.strides != first.strides for m in ms) or any(
+        p - ptrs[0] != i * step for i, p in enumerate(ptrs)
+    ):
+        return None
+    # Element (i, y, x) of the view is at ptrs[0] + i * step + y * sy + x * sx: exactly ms[i][y, x].
+    return np.lib.stride_tricks.as_strided(first, (len(ms), *first.shape), (step, *first.strides), writeable=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# selection networks
+
+
+@functools.lru_cache(maxsize=128)
+def _program(n: int, positions: tuple[int, ...]) -> tuple[tuple[tuple[bool, int, int, int], ...], tuple[int, ...], int]:
+    """A straight-line program putting ascending ranks ``positions`` (0 = smallest) of n values into place.
+
+    Returns ``(ops, results, n_work)``. Slots 0..n-1 hold the inputs (never written), n..n+n_work-1 are work
+    buffers, and n + n_work + j is output j's destination. ``ops`` are ``(is_max, a, b, out)`` meaning
+    ``out = max(a, b)`` or ``min(a, b)``; ``results[j]`` is the slot that holds output j afterwards (its
+    destination, or an input slot when no comparator touches that wire).
+    """
+    net = min((_pruned(c, positions) for c in _candidates(n, positions)), key=lambda p: sum(x[2] + x[3] for x in p))
+    slot = list(range(n))  # wire -> slot holding its current value
+    free: list[int] = []
+    n_work = 0
+    ops: list[list] = []
+    last_op: dict[int, int] = {}
+
+    def fresh() -> int:
+        nonlocal n_work
+        if free:
+            return free.pop()
+        n_work += 1
+        return n + n_work - 1
+
+    for a, b, need_lo, need_hi in net:
+        sa, sb = slot[a], slot[b]
+        owned = [s for s in (sa, sb) if s >= n]  # work slots: dead after this comparator, reusable
+        if need_lo and need_hi:
+            lo = fresh()  # min cannot overwrite a or b: max still reads both
+            ops.append([False, sa, sb, lo])
+            last_op[a] = len(ops) - 1
+            hi = owned.pop(0) if owned else fresh()
+            ops.append([True, sa, sb, hi])
+            last_op[b] = len(ops) - 1
+            slot[a], slot[b] = lo, hi
+        else:
+            dst = owned.pop(0) if owned else fresh()
+            ops.append([need_hi, sa, sb, dst])
+            wire = b if need_hi else a
+            last_op[wire] = len(ops) - 1
+            slot[wire] = dst
+        free.extend(owned)
+    results = []
+    for j, p in enumerate(positions):
+        if p in last_op:  # the comparator that finishes this wire writes straight into the destination
+            ops[last_op[p]][3] = n + n_work + j
+            results.append(n + n_work + j)
+        else:
+            results.append(slot[p])
+    return tuple((bool(f), a, b, o) for f, a, b, o in ops), tuple(results), n_work
+
+
+def _candidates(n: int, positions: tuple[int, ...]) -> list[list[tuple[int, int]]]:
+    """Comparator networks (pairs (i, j), i < j: min to i, max to j) that put the ranks ``positions`` in place:
+    Batcher's merge-exchange sort, and insertion into m kept slots from whichever end is nearer to all ranks."""
+    nets = [_batcher(n)]
+    top = n - min(positions)  # keep the `top` largest
+    bottom = max(positions) + 1  # or the `bottom` smallest
+    nets.append(_slots(n, top))
+    nets.append([(n - 1 - j, n - 1 - i) for i, j in _slots(n, bottom)])
+    return nets
+
+
+def _batcher(n: int) -> list[tuple[int, int]]:
+    """Batcher's merge-exchange sorting network for any n (Knuth, TAOCP vol. 3, 5.2.2 Algorithm M)."""
+    net: list[tuple[int, int]] = []
+    if n < 2:
+        return net
+    t = (n - 1).bit_length()
+    p = 1 << (t - 1)
+    while p > 0:
+        q, r, d = 1 << (t - 1), 0, p
+        while True:
+            net.extend((i, i + d) for i in range(n - d) if i & p == r)
+            if q == p:
+                break
+            d, q, r = q - p, q >> 1, p
+        p >>= 1
+    return net
+
+
+def _slots(n: int, m: int) -> list[tuple[int, int]]:
+    """Network leaving the m largest of n values sorted ascending on wires n-m..n-1: sort the last m wires, then
+    let each other wire enter at the bottom slot (keeping the larger) and bubble up."""
+    s = list(range(n - m, n))
+    net = [(s[i], s[j]) for i, j in _batcher(m)]
+    for x in range(n - m - 1, -1, -1):
+        net.append((x, s[0]))
+        net.extend((s[i], s[i + 1]) for i in range(m - 1))
+    return net
+
+
+def _pruned(net: list[tuple[int, int]], positions: tuple[int, ...]) -> list[tuple[int, int, bool, bool]]:
+    """Keep the comparators some wanted output depends on, with which of their outputs (min, max) are needed."""
+    live = set(positions)
+    kept = []
+    for a, b in reversed(net):
+        need_lo, need_hi = a in live, b in live
+        if need_lo or need_hi:
+            kept.append((a, b, need_lo, need_hi))
+            live.update((a, b))
+    return kept[::-1]
+
+
+def _select(
+    ms: list[np.ndarray],
+    ranks: tuple[int, ...],
+    finish: Callable[[int, int, list[np.ndarray]], None] | None = None,
+) -> list[np.ndarray]:
+    """Per-pixel ``ranks`` (r = r-th largest, distinct) of the maps -> one (H, W) float32 per rank.
+
+    ``finish(y0, y1, outs)``, if given, runs on each block's outputs right after they are computed (while they
+    are in cache) and may rewrite them in place.
+    """
     n = len(ms)
+    h, w = ms[0].shape
+    want = tuple(n - r for r in ranks)
+    check = w > 0 and _has_floats(ms)
+    extremes = _check_plan(n, want) if check else ()
+    positions = want + extremes
+    ops, results, n_work = _program(n, positions)
+    rows = _block_rows(w)
+    outs = [np.empty((h, w), np.float32) for _ in want]
+    scratch = [np.empty((rows, w), np.float32) for _ in extremes]
+    work = [np.empty((rows, w), np.float32) for _ in range(n_work)]
+    stack = _as_stack(ms) if check else None
+    minimum, maximum = np.minimum, np.maximum
+    for y0, y1, blocks in _blocks(ms, check=False):
+        k = y1 - y0
+        dests = [*(o[y0:y1] for o in outs), *(b[:k] for b in scratch)]
+        slots = [*blocks, *(b[:k] for b in work), *dests]
+        for is_max, a, b, o in ops:
+            (maximum if is_max else minimum)(slots[a], slots[b], out=slots[o])
+        for j, s in enumerate(results):
+            if s < n:  # an input passed through untouched (n == 1)
+                np.copyto(dests[j], slots[s])
+        if check:
+            got = dict(zip(positions, dests))
+            lo = got[0].min() if 0 in got else _lowest(blocks, stack, y0, y1)
+            hi = got[n - 1].max() if n - 1 in got else _highest(blocks, stack, y0, y1)
+            _check_block(ms, lo, hi)
+        if finish is not None:
+            finish(y0, y1, dests[: len(want)])
+    return outs
+
+
+@functools.lru_cache(maxsize=128)
+def _check_plan(n: int, want: tuple[int, ...]) -> tuple[int, ...]:
+    """Which of the min (position 0) and max (n - 1) to add to the network for checking the inputs: those that
+    cost fewer block passes as extra comparator outputs (~3 passes per op) than as a reduction over all n maps."""
+    options = [(), (0,), (n - 1,), (0, n - 1)]
+    options = [tuple(p for p in o if p not in want) for o in options]
+
+    def cost(extra: tuple[int, ...]) -> int:
+        have = set(want) | set(extra)
+        return 3 * len(_program(n, want + extra)[0]) + n * ((0 not in have) + (n - 1 not in have))
+
+    return min(dict.fromkeys(options), key=cost)
+
+
+def _union(ms: list[np.ndarray]) -> np.ndarray:
+    return _select(ms, (1,))[0]
+
+
+def _majority(ms: list[np.ndarray], k: int) -> np.ndarray:
+    return _select(ms, (k,))[0]
+
+
+def _majority_or_confident(ms: list[np.ndarray], k: int, tau_high: float) -> np.ndarray:
+    rows, w = _block_rows(ms[0].shape[1]), ms[0].shape[1]
+    v64 = np.empty((rows, w), np.float64)
+    conf = np.empty((rows, w), np.float32)
+    dec = np.empty((rows, w), bool)
+
+    def finish(y0: int, y1: int, outs: list[np.ndarray]) -> None:
+        kth, top = outs[0], outs[-1]
+        m = y1 - y0
+        np.copyto(v64[:m], top)
+        _shift_into(v64[:m], tau_high, conf[:m], dec[:m])
+        np.maximum(kth, conf[:m], out=kth)
+
+    outs = _select(ms, (k,) if k == 1 else (k, 1), finish)
+    return outs[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mean
+
+
+def _check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     if weights is None:
-        w = np.ones(n, np.float64)
-    else:
-        w = np.asarray(weights, np.float64)
-        if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError(
-                f"weights must be {n} finite non-negative numbers with a positive sum (one per map), got {weights=}"
-            )
-    acc = np.zeros(ms[0].shape, np.float64)
-    for wi, m in zip(w, ms):
-        acc += wi * m.astype(np.float64)
-    acc /= w.sum()
-    return acc
+        return np.ones(n, np.float64)
+    w = np.asarray(weights, np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"weights must be {n} finite non-negative numbers with a positive sum (one per map), got {weights=}"
+        )
+    return w
 
 
-def _shifted(values: np.ndarray, tau: float) -> np.ndarray:
-    """float64 values -> float32 clip(values - tau + 0.5, 0, 1) with ``>= 0.5`` exactly ``values >= tau``."""
-    decision = values >= tau
-    soft = np.clip(values - tau + 0.5, 0.0, 1.0).astype(np.float32)
-    soft = np.where(decision, np.maximum(soft, np.float32(0.5)), np.minimum(soft, _BELOW_HALF))
-    return soft.astype(np.float32, copy=False)
+def _mean(ms: list[np.ndarray], w: np.ndarray, *, tau: float | None) -> np.ndarray:
+    """float64 weighted mean -> clip to [0, 1] (tau None) or the shifted soft map of ``mean >= tau``."""
+    h, wd = ms[0].shape
+    rows = _block_rows(wd)
+    acc_buf = np.empty((rows, wd), np.float64)
+    tmp_buf = np.empty((rows, wd), np.float64)
+    dec_buf = np.empty((rows, wd), bool)
+    total = w.sum()
+    out = np.empty((h, wd), np.float32)
+    for y0, y1, blocks in _blocks(ms):
+        k = y1 - y0
+        acc, tmp = acc_buf[:k], tmp_buf[:k]
+        # Same float64 operations, in the same order, as acc = 0; acc += w_i * m_i; acc /= sum(w).
+        # (1.0 * x == x exactly; the leading 0.0 + turns a -0.0 into +0.0 like the accumulator would.)
+        for i, (wi, m) in enumerate(zip(w, blocks)):
+            if i == 0:
+                if wi == 1.0:
+                    np.add(m, 0.0, out=acc, dtype=np.float64)
+                else:
+                    np.multiply(m, wi, out=acc, dtype=np.float64)
+                    acc += 0.0
+            elif wi == 1.0:
+                np.add(acc, m, out=acc)
+            else:
+                np.multiply(m, wi, out=tmp, dtype=np.float64)
+                acc += tmp
+        acc /= total
+        if tau is None:
+            np.clip(acc, 0.0, 1.0, out=acc)
+            np.copyto(out[y0:y1], acc, casting="unsafe")
+        else:
+            _shift_into(acc, tau, out[y0:y1], dec_buf[:k])
+    return out
+
+
+def _shift_into(values: np.ndarray, tau: float, out: np.ndarray, decision: np.ndarray) -> None:
+    """float64 values (overwritten) -> ``out`` float32 = clip(values - tau + 0.5, 0, 1), nudged by at most one ulp
+    so that ``out >= 0.5`` is exactly ``values >= tau``. ``decision``: bool scratch of the same shape."""
+    np.greater_equal(values, tau, out=decision)
+    np.subtract(values, tau, out=values)
+    values += 0.5
+    np.clip(values, 0.0, 1.0, out=values)
+    np.copyto(out, values, casting="unsafe")
+    np.maximum(out, np.float32(0.5), out=out, where=decision)
+    np.logical_not(decision, out=decision)
+    np.minimum(out, _BELOW_HALF, out=out, where=decision)
 
 
 def _check_k(k: int, n: int) -> int:

@@ -1,14 +1,23 @@
 """Domain presets: documented bundles of the method's knobs (pure). A preset is only config: explicit options in the
-YAML file or on the command line override it.
+YAML file or on the command line override it (``job.config.job_config_from_dict`` merges section by section, so
+``--set post.radius=8`` changes the radius and keeps the preset's other ``post`` keys).
+
+Every key is a ``PipelineConfig`` key (``scales``, ``tta``) or a key of one of its sections (``crop`` ->
+``CropConfig``, ``post`` -> ``PostprocessConfig``, ``ensemble`` -> ``EnsembleConfig``); ``tests/test_presets.py``
+builds each preset into a ``JobConfig``.
 
 - ``wildlife``: fur, whiskers, feathers. Leans on crop refinement (animals are a few objects with detailed outlines)
-  and guided filtering with a colour guide; flips are safe for animals, rotations are not (gravity).
+  and guided filtering with a colour guide; flips are safe for animals, rotations are not (gravity). Opening by
+  reconstruction stays on: strands and whiskers hang on a body, free-standing thin bits are debris.
 - ``satellite``: roads, rivers, field edges. Leans on multiscale with 2x tiles (structures 1-3 px wide across the
   whole scene), rotation-invariant TTA, island removal kept small; crops matter less (objects are scene-wide).
+  No opening: a 1-2 px road or track is often a component of its own, and opening by reconstruction removes every
+  component without a 3x3 core (islands are still removed by area).
 - ``medical``: vessels, membranes. Multiscale + flips, a small guided-filter radius (edges are low contrast), hole
-  filling off (lumens are real holes).
+  filling off (lumens are real holes), no opening (vessel fragments thinner than 3 px stand free).
 - ``technical``: wires, poles, cracks. 2x tiles and a circular shift TTA (1-px wires straddle patch boundaries), a
-  majority-or-confident ensemble that keeps any high-confidence thin hit.
+  majority-or-confident ensemble that keeps any high-confidence thin hit, no opening (a wire or a crack is a
+  free-standing 1-px component).
 """
 
 from __future__ import annotations
@@ -30,21 +39,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scales": [1.0, 2.0],
         "tta": ["identity", "rot90", "shift:8,8"],
         "crop": {"enabled": False},
-        "post": {"guided": True, "radius": 2, "eps": 1e-2, "close_size": 1, "hole_area": 16, "island_area": 8},
+        "post": {"guided": True, "radius": 2, "eps": 1e-2, "close_size": 1, "hole_area": 16, "island_area": 8,
+                 "opening": "none"},
         "ensemble": {"rule": "majority_or_confident", "tau_high": 0.85},
     },
     "medical": {
         "scales": [1.0, 2.0],
         "tta": ["identity", "hflip", "vflip"],
         "crop": {"enabled": True, "min_zoom": 2.0},
-        "post": {"guided": True, "radius": 2, "eps": 1e-3, "close_size": 1, "hole_area": 0, "island_area": 8},
+        "post": {"guided": True, "radius": 2, "eps": 1e-3, "close_size": 1, "hole_area": 0, "island_area": 8,
+                 "opening": "none"},
         "ensemble": {"rule": "mean", "tau": 0.5},
     },
     "technical": {
         "scales": [1.0, 2.0],
         "tta": ["identity", "shift:8,8"],
         "crop": {"enabled": True, "min_zoom": 2.0},
-        "post": {"guided": True, "radius": 2, "eps": 1e-3, "close_size": 1, "hole_area": 32, "island_area": 8},
+        "post": {"guided": True, "radius": 2, "eps": 1e-3, "close_size": 1, "hole_area": 32, "island_area": 8,
+                 "opening": "none"},
         "ensemble": {"rule": "majority_or_confident", "tau_high": 0.8},
     },
 }

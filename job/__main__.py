@@ -36,6 +36,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     io.add_argument("--output", help="where masks/, probs/, rle/, overlays/ and manifest/ go (folder or s3://)")
     io.add_argument("--limit", type=int, help="process at most N inputs (trial runs)")
     io.add_argument("--classes", type=_names, help="class names in mask-index order, e.g. road,water (default: object)")
+    io.add_argument("--coco", action="store_const", const=True, default=None,
+                    help="write instances/<key>.json per image and a dataset-level coco.json")
     io.add_argument("--no-overlays", dest="overlays", action="store_const", const=False, help="skip overlays/")
     io.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this (decompression bombs)")
     m = p.add_argument_group("models")
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FLAG_KEYS = {
     "input": "input", "prompts": "prompts", "coarse": "coarse", "output": "output", "limit": "limit",
-    "classes": "classes", "overlays": "overlays", "max_pixels": "max_pixels", "backend": "backend",
+    "classes": "classes", "overlays": "overlays", "coco": "coco", "max_pixels": "max_pixels", "backend": "backend",
     "sam_checkpoint": "sam_checkpoint", "sam_model_type": "sam_model_type", "sam_sha256": "sam_sha256",
     "seggpt_checkpoint": "seggpt_checkpoint", "device": "device", "preset": "preset", "scales": "scales",
     "tta": "tta", "ensemble": "ensemble.rule", "gpu": "resources.gpu", "coarse_gpus": "resources.coarse_gpus",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import finedetail.ensemble as ens_mod
 from finedetail.ensemble import RULES, ensemble, majority, majority_or_confident, mean_threshold, union, weighted_mean
 
 A = np.array([[1.0, 0.6, 0.0], [0.2, 0.5, 0.0], [0.95, 0.0, 0.4]], np.float32)
@@ -165,3 +169,157 @@ def test_rounding_near_threshold_never_flips_the_decision(eps):
     # 0.3 is no vote, so only the confidence term decides
     soft = majority_or_confident(np.full((2, 2, 2), 0.3, np.float32), k=2, tau_high=tau)
     np.testing.assert_array_equal(soft >= 0.5, float(np.float32(0.3)) >= tau)
+
+
+# --- the blocked implementation: selection networks, row blocks, input checks in the pass ----------------------
+# Tiny blocks (down to one row) make small inputs span several blocks, with a shorter last one.
+
+
+@contextlib.contextmanager
+def block_pixels(px: int):
+    saved = ens_mod._BLOCK_PIXELS
+    ens_mod._BLOCK_PIXELS = px
+    try:
+        yield
+    finally:
+        ens_mod._BLOCK_PIXELS = saved
+
+
+def all_binary_columns(n: int) -> np.ndarray:
+    """(n, 1, 2**n) float32: column j holds the bits of j, every 0/1 input of n maps once."""
+    bits = np.array(list(itertools.product([0.0, 1.0], repeat=n)), np.float32).T
+    return bits[:, None, :]
+
+
+@pytest.mark.parametrize("n", range(1, 11))
+def test_selection_networks_on_every_binary_input(n):
+    # The 0-1 principle: a comparator network that selects rank k on every 0/1 input selects it on every input.
+    maps = all_binary_columns(n)
+    ref = np.sort(maps, axis=0)
+    for k in range(1, n + 1):
+        np.testing.assert_array_equal(majority(maps, k=k), ref[n - k], err_msg=f"{n=} {k=}")
+        soft = majority_or_confident(maps, k=k, tau_high=1.0)
+        np.testing.assert_array_equal(soft, np.maximum(ref[n - k], np.where(ref[-1] >= 1.0, 0.5, 0.0)))
+    np.testing.assert_array_equal(union(maps), ref[-1])
+
+
+_kth_values = st.one_of(
+    st.sampled_from([0.0, 0.5, 1.0, float(np.nextafter(np.float32(0.5), 0))]), st.floats(0, 1, width=32)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    maps=st.tuples(st.integers(1, 9), st.integers(1, 5), st.integers(1, 6)).flatmap(
+        lambda s: arrays(np.float32, s, elements=_kth_values)
+    ),
+    data=st.data(),
+    px=st.sampled_from([1, 3, 7, 1 << 15]),
+)
+def test_kth_largest_equals_sort_reference(maps, data, px):
+    n = len(maps)
+    k = data.draw(st.integers(1, n), label="k")
+    ref = np.sort(maps, axis=0)[n - k]
+    with block_pixels(px):
+        for form in (maps, list(maps), [m.copy() for m in maps]):
+            np.testing.assert_array_equal(majority(form, k=k), ref)
+            np.testing.assert_array_equal(union(form), maps.max(axis=0))
+
+
+def _shifted_reference(values: np.ndarray, tau: float) -> np.ndarray:
+    """The documented soft map, on whole arrays: float64 clip(values - tau + 0.5, 0, 1), nudged around 0.5."""
+    soft = np.clip(values - tau + 0.5, 0.0, 1.0).astype(np.float32)
+    below = np.nextafter(np.float32(0.5), np.float32(0.0))
+    return np.where(values >= tau, np.maximum(soft, np.float32(0.5)), np.minimum(soft, below))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    maps=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 5)).flatmap(
+        lambda s: arrays(np.float32, s, elements=_values)
+    ),
+    data=st.data(),
+    tau=st.one_of(st.sampled_from([0.5, 0.3, float(np.float32(0.3)) + 1e-9]), st.floats(0.01, 1.0)),
+    px=st.sampled_from([1, 4, 1 << 15]),
+)
+def test_soft_values_equal_whole_array_reference_bit_for_bit(maps, data, tau, px):
+    n = len(maps)
+    k = data.draw(st.integers(1, n), label="k")
+    weights = data.draw(st.none() | st.lists(st.floats(0, 4), min_size=n, max_size=n).filter(lambda w: sum(w) > 0))
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    acc = np.zeros(maps.shape[1:], np.float64)
+    for wi, m in zip(w, maps):
+        acc += wi * m.astype(np.float64)
+    acc /= w.sum()
+    kth = np.sort(maps, axis=0)[n - k]
+    with block_pixels(px):
+        np.testing.assert_array_equal(weighted_mean(maps, weights=weights), np.clip(acc, 0, 1).astype(np.float32))
+        np.testing.assert_array_equal(mean_threshold(maps, tau=tau, weights=weights), _shifted_reference(acc, tau))
+        np.testing.assert_array_equal(
+            majority_or_confident(maps, k=k, tau_high=tau),
+            np.maximum(kth, _shifted_reference(maps.max(axis=0).astype(np.float64), tau)),
+        )
+
+
+@pytest.mark.parametrize("px", [1, 5, 1 << 15])
+def test_converted_inputs_equal_their_float32_conversion(px):
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (4, 5, 7), dtype=np.uint8)
+    f64 = rng.random((4, 5, 7))
+    as_f32 = [u8[0].astype(np.float32) / np.float32(255), f64[1].astype(np.float32), (u8[2] > 127).astype(np.float32)]
+    mixed = [u8[0], f64[1], u8[2] > 127]
+    with block_pixels(px):
+        for rule in RULES:
+            np.testing.assert_array_equal(ensemble(mixed, rule=rule), ensemble(as_f32, rule=rule), err_msg=rule)
+
+
+@pytest.mark.parametrize(
+    "as_input",
+    [
+        lambda ms: ms[::-1].copy()[::-1],  # negative stride between maps
+        lambda ms: list(np.repeat(ms, 2, axis=2)[:, :, ::2]),  # strided rows
+        lambda ms: [ms[0], ms[2].copy(), ms[1]],  # not equally spaced
+        lambda ms: [ms[1], ms[1], ms[1]],  # the same map thrice
+    ],
+    ids=["reversed", "strided", "scattered", "repeated"],
+)
+def test_map_layouts_give_the_same_result(as_input):
+    maps = np.stack(MAPS)
+    given_maps = as_input(maps)
+    expected = [np.ascontiguousarray(m) for m in given_maps]
+    with block_pixels(3):
+        for rule in RULES:
+            np.testing.assert_array_equal(ensemble(given_maps, rule=rule), ensemble(expected, rule=rule))
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("bad", [np.nan, 1.5, -0.25])
+@pytest.mark.parametrize("stacked", [True, False], ids=["array", "list"])
+def test_bad_value_in_a_later_block_is_found(rule, bad, stacked):
+    maps = np.full((4, 6, 5), 0.25, np.float32)
+    maps[2, -1, -1] = bad  # last row: only the last block sees it
+    lo, hi = (np.nan, np.nan) if np.isnan(bad) else (min(bad, 0.25), max(bad, 0.25))
+    with block_pixels(5), pytest.raises(ValueError, match=rf"map 2 must be in \[0, 1\], got values in \[{lo}, {hi}\]"):
+        ensemble(maps if stacked else [m.copy() for m in maps], rule=rule)
+
+
+def test_first_bad_map_is_reported():
+    maps = [np.full((4, 3), 0.5, np.float32) for _ in range(3)]
+    maps[2][0, 0] = 2.0  # seen in the first block
+    maps[1][-1, 0] = -1.0  # seen only in the last one
+    with block_pixels(3):
+        with pytest.raises(ValueError, match="map 1 must be in"):
+            majority(maps, k=2)
+        # a bad value before a shape error is reported first, as maps are read in order
+        with pytest.raises(ValueError, match="map 1 must be in"):
+            majority([*maps[:2], np.zeros((5, 3), np.float32)], k=2)
+        with pytest.raises(ValueError, match="share one"):
+            majority([maps[0], np.zeros((5, 3), np.float32), maps[1]], k=2)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0, 0)])
+def test_empty_maps(shape):
+    maps = np.zeros((3, *shape), np.float32)
+    for rule in RULES:
+        soft = ensemble(maps, rule=rule)
+        assert soft.shape == shape and soft.dtype == np.float32

@@ -14,6 +14,8 @@ COMMANDS = {
     "throughput": "job.bench.throughput",
     "overhead": "job.bench.overhead",
     "encoder": "job.bench.encoder",
+    "quality_classes": "job.bench.quality_classes",
+    "load": "job.bench.load",
 }
 
 

@@ -5,12 +5,15 @@ Times, best of ``--repeat``, on one synthetic ``size x size`` RGB image and ``--
 - ours:   the whole fuse step for one class = ``finedetail.ensemble.ensemble(maps, rule=--rule)`` (majority) +
           ``finedetail.postprocess.postprocess`` (guided filter with the image as colour guide + threshold +
           morphology) with ``PostprocessConfig``'s defaults except ``--radius``/``--eps``/``--subsample``;
-- opencv: ``cv2.ximgproc.guidedFilter`` alone, same image, one map, same radius and eps (scaled by 255**2
-          because OpenCV applies eps to the uint8 guide's own 0..255 values).
+- opencv: ``cv2.ximgproc.guidedFilter`` alone, same image, on the same soft map our guided filter gets, same
+          radius and eps (scaled by 255**2 because OpenCV applies eps to the uint8 guide's own 0..255 values).
 
-Also reports each part of ours and our exact filter alone. Throughput is image megapixels per second. Rounds
-interleave all timed steps so load from other processes hits them alike; ``--threads N`` sets
-``cv2.setNumThreads`` (OpenCV's filter is multi-threaded, ours mostly single-threaded numpy).
+Also reports each part of ours and our exact filter alone. Throughput is image megapixels per second of wall
+time. Every step runs once untimed first (warm-up), then ``--repeat`` rounds interleave all timed steps so load
+from other processes hits them alike; the best round counts. ``*_cpu_ms`` is the best process CPU time (all
+threads summed), which load from other processes inflates far less than wall time; ``load_avg_1m`` says how busy
+the machine was. ``--threads N`` sets ``cv2.setNumThreads`` for both sides (OpenCV's filter is multi-threaded;
+ours is single-threaded numpy plus OpenCV calls).
 Usage: ``python -m job.bench postprocess --size 2048 --maps 8 --json`` (or call ``main(argv)``).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -69,16 +73,20 @@ def make_inputs(size: int, n_maps: int, *, seed: int = 0) -> tuple[np.ndarray, n
     return image, maps
 
 
-def _best(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Best wall time (s) of each fn over ``repeat`` rounds; rounds interleave the fns so that load from other
-    processes hits all of them alike."""
-    best = dict.fromkeys(fns, float("inf"))
+def _best(fns: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    """-> (best wall time, best process CPU time) in s of each fn over ``repeat`` rounds, after one untimed warm-up
+    call each; rounds interleave the fns so that load from other processes hits all of them alike."""
+    for fn in fns.values():
+        fn()
+    wall = dict.fromkeys(fns, float("inf"))
+    cpu = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            wall[name] = min(wall[name], time.perf_counter() - t0)
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+    return wall, cpu
 
 
 def run(
@@ -98,7 +106,6 @@ def run(
         cfg = PostprocessConfig(**{**cfg.__dict__, "subsample": subsample})
     ens, rule = _ensemble_fn(rule)
     mpx = size * size / 1e6
-    one = np.ascontiguousarray(maps[0])
 
     def fuse() -> None:
         postprocess(ens(maps), image, cfg)
@@ -106,15 +113,15 @@ def run(
     soft = ens(maps)
     prob, _ = postprocess(soft, image, cfg)
     mask = prob >= cfg.threshold
-    t = _best(
+    t, cpu = _best(
         {
             "ours": fuse,
-            "opencv": lambda: cv2.ximgproc.guidedFilter(image, one, radius, eps * 255.0**2),
+            "opencv": lambda: cv2.ximgproc.guidedFilter(image, soft, radius, eps * 255.0**2),
             "ensemble": lambda: ens(maps),
             "post": lambda: postprocess(soft, image, cfg),
             "guided": lambda: fast_guided_filter(image, soft, radius=radius, eps=eps, subsample=cfg.subsample),
             "morphology": lambda: _morphology(mask, cfg),
-            "exact": lambda: guided_filter(image, one, radius=radius, eps=eps),
+            "exact": lambda: guided_filter(image, soft, radius=radius, eps=eps),
         },
         repeat,
     )
@@ -128,6 +135,9 @@ def run(
         "opencv_mpx_s": mpx / t_cv,
         "ours_ms": 1e3 * t_ours,
         "opencv_ms": 1e3 * t_cv,
+        "ours_cpu_ms": 1e3 * cpu["ours"],
+        "opencv_cpu_ms": 1e3 * cpu["opencv"],
+        "ensemble_cpu_ms": 1e3 * cpu["ensemble"],
         "ensemble_ms": 1e3 * t_ens,
         "postprocess_ms": 1e3 * t_post,
         "postprocess_mpx_s": mpx / t_post,
@@ -144,6 +154,7 @@ def run(
         "repeat": repeat,
         "ensemble_rule": rule,
         "cv_threads": cv2.getNumThreads(),
+        "load_avg_1m": os.getloadavg()[0],
     }
 
 
@@ -155,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--radius", type=int, default=4, help="guided filter radius in px (default 4)")
     parser.add_argument("--eps", type=float, default=1e-3, help="guided filter eps, [0, 1]-guide units")
     parser.add_argument("--subsample", type=int, default=None, help="guided filter subsample (default: config's)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs, best one counts (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds, best one counts (default 5)")
     parser.add_argument("--rule", default="majority", help="ensemble rule (default majority)")
     parser.add_argument("--threads", type=int, default=None, help="cv2.setNumThreads for both sides")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -178,16 +189,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     print(
         f"fuse bench: {args.size}x{args.size}, {args.maps} maps, radius={args.radius} eps={args.eps} "
-        f"subsample={res['subsample']} ensemble={res['ensemble_rule']} cv threads={res['cv_threads']}"
+        f"subsample={res['subsample']} ensemble={res['ensemble_rule']} cv threads={res['cv_threads']} "
+        f"(load average {res['load_avg_1m']:.1f})"
     )
     rows = [
         ("ours: whole fuse step", res["ours_ms"], res["ours_mpx_s"]),
+        ("  (process CPU time)", res["ours_cpu_ms"], None),
         ("  ensemble", res["ensemble_ms"], None),
         ("  postprocess() = the rest", res["postprocess_ms"], res["postprocess_mpx_s"]),
         ("    guided filter", res["guided_ms"], None),
         ("    morphology", res["morphology_ms"], None),
         ("ours: exact guided filter alone", res["exact_guided_ms"], res["exact_guided_mpx_s"]),
         ("opencv: ximgproc.guidedFilter alone", res["opencv_ms"], res["opencv_mpx_s"]),
+        ("  (process CPU time)", res["opencv_cpu_ms"], None),
     ]
     print(f"{'step':38s} {'ms':>9s} {'MPx/s':>8s}")
     for name, ms, rate in rows:
