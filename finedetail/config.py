@@ -116,20 +116,49 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class SelectiveConfig:
-    """Selective compute (DESIGN step 9). When enabled: TTA variants stop once the ones already run agree
-    (pairwise IoU >= ``agree_iou``); 2x tiles run only where the 1x map has fine detail (``detail_frac`` of the tile's
-    pixels on the 1x boundary band); crops only for objects whose boundary is uncertain (fraction of uncertain pixels,
-    0.1 < p < 0.9, in the object's band >= ``uncertain_frac``) or detailed (perimeter^2 / area >= ``detail_ratio``)."""
+    """Selective compute (DESIGN step 9; rules in ``finedetail.selective``, tuned with ``python -m job.bench
+    quality``). "Detail" is the thin parts of a map's mask (mask minus its opening by a disc of radius
+    ``thin_radius``: parts at most 2 * thin_radius px wide); pixel counts are in the ORIGINAL image frame. When
+    enabled:
+
+    - the coarse stage runs the identity view only (a TTA view that runs maps the identity coarse map into its frame);
+    - a >1x scale variant that needs no tiling reuses the 1x result (the refiner resizes every untiled image to its
+      input: it would see the same pixels at the same magnification); a tiled one runs a window only where the 1x
+      result shows >= ``detail_px`` detail pixels AND the coarse map gives the window a prompt (a window without one
+      returns its coarse input); skipped windows take the 1x values;
+    - a TTA view is skipped when the variants already run agree (pairwise mask IoU >= ``agree_iou``), when the 1x
+      result shows fewer than ``detail_px`` detail pixels (nothing for a re-sampled view to fix), or, unless
+      ``tta_after_multiscale``, once a >1x variant has run (it re-sampled every detailed window at a higher
+      magnification than a 1x view can);
+    - crops only for objects whose outline is uncertain (share of 0.1 < p < 0.9 pixels in its band >=
+      ``uncertain_frac``) or detailed (perimeter^2 / area >= ``detail_ratio``); the crop windows holding the most
+      detail pixels of their object first, at most ``crops_per_input`` per refiner input's worth of image area per
+      class (ceil(crops_per_input * max(1, H * W / input**2)): 4 for an image up to 1024 x 1024, 16 for
+      2048 x 2048 with SAM) and never more than ``CropConfig.max_crops``.
+    """
 
     enabled: bool = False
-    agree_iou: float = 0.97
-    detail_frac: float = 0.002
+    agree_iou: float = 0.9
+    tta_after_multiscale: bool = False
+    detail_px: int = 64
+    thin_radius: int = 3
     uncertain_frac: float = 0.05
     detail_ratio: float = 60.0
+    crops_per_input: float = 4.0
 
     def __post_init__(self) -> None:
         if not (0.0 < self.agree_iou <= 1.0):
             raise ValueError(f"selective.agree_iou must lie in (0, 1], got {self.agree_iou=}")
+        if self.detail_px < 0:
+            raise ValueError(f"selective.detail_px must be >= 0 px, got {self.detail_px=}")
+        if self.thin_radius < 1:
+            raise ValueError(f"selective.thin_radius must be >= 1 px, got {self.thin_radius=}")
+        if not (0.0 <= self.uncertain_frac <= 1.0):
+            raise ValueError(f"selective.uncertain_frac must lie in [0, 1], got {self.uncertain_frac=}")
+        if self.detail_ratio < 0:
+            raise ValueError(f"selective.detail_ratio must be >= 0, got {self.detail_ratio=}")
+        if self.crops_per_input < 0:
+            raise ValueError(f"selective.crops_per_input must be >= 0, got {self.crops_per_input=}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ All maps are ``(C, H, W) float32`` in [0, 1], original image frame, C = number o
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -29,7 +30,8 @@ from finedetail import crops, ensemble as ens, prompts as pr, tiling
 from finedetail.config import PipelineConfig
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
 from finedetail.postprocess import postprocess
-from finedetail.selective import object_needs_crop, variants_agree, window_has_detail
+from finedetail.selective import (cover_windows, detail_map, has_prompts, object_needs_crop, variants_agree,
+                                  window_has_detail)
 from finedetail.transforms import Compose, Scale, parse_tta
 from finedetail.types import ComponentPrompt, check_image
 
@@ -183,6 +185,30 @@ def _windows(hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig)
     return tiling.tile_grid(hw, tile=refiner.input_size, overlap=cfg.tile_overlap)
 
 
+def _skipped_windows(ref_t: np.ndarray, coarse_t: np.ndarray, detail_t: np.ndarray, wins: list[tiling.Window],
+                     *, scale: float, cfg: PipelineConfig) -> list[np.ndarray | None]:
+    """Selective compute for the windows of a >1x variant (maps (C, H', W') and detail (H', W') bool in the
+    variant's frame): per window None when it needs an encoder pass, else the map it takes instead,
+    (C, win.h, win.w) float32, the reference's values (the best map at hand):
+
+    - the variant needs no tiling: the refiner resizes the whole upscaled image to its input, i.e. it would see the
+      pixels the reference's pass saw at the same magnification;
+    - a window the coarse map gives no prompt (its pass would return the coarse map: the refiner adds nothing) or
+      where the reference shows less than ``detail_px`` detail pixels (nothing fine to grow);
+    - of the rest, a window whose detail the other chosen windows already own (``selective.cover_windows``).
+    """
+    sel = cfg.selective
+    refs = [ref_t[(slice(None), *w.slices)] for w in wins]
+    if len(wins) == 1:
+        return refs
+    cand = [k for k, w in enumerate(wins)
+            if has_prompts(coarse_t[(slice(None), *w.slices)], min_area=cfg.refine.min_area)
+            and window_has_detail(refs[k], min_px=sel.detail_px, detail=detail_t[w.slices], px_scale=scale ** 2)]
+    chosen = {cand[k] for k in cover_windows(detail_t, [wins[k] for k in cand], min_px=sel.detail_px,
+                                             overlap=cfg.tile_overlap, px_scale=scale ** 2)}
+    return [None if k in chosen else refs[k] for k in range(len(wins))]
+
+
 def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[str, np.ndarray] | np.ndarray],
                           refiner: PromptedRefiner, cfg: PipelineConfig, *, only: Sequence[str] | None = None,
                           reference: Sequence[np.ndarray | None] | None = None
@@ -196,8 +222,9 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
     A transformed image larger than the refiner's input is tiled into input-sized windows with
     ``cfg.tile_overlap`` and blended back (SAM would silently shrink it otherwise).
     With selective compute on, ``reference`` (per image, a lower-scale result (C, H, W) in the original frame, or
-    None) lets a tiled variant skip the windows where the reference shows no fine detail: those windows take the
-    reference's values instead of an encoder pass.
+    None) lets a >1x variant skip windows (``_skipped_windows``: no tiling needed, no prompt or no fine detail in
+    the reference there, or detail other windows own); a skipped window takes the reference's values instead of an
+    encoder pass and blends at 1 % weight, so it only fills what no run window covers well.
     Returns per image: variant name -> (C, H, W) float32 in the ORIGINAL frame; and per image its Stats.
     """
     chosen = [v for v in variants(cfg) if only is None or v.name in only]
@@ -216,15 +243,16 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
             img_t = tr.apply_image(image)
             coarse_t = np.stack([np.clip(tr.apply_image(c), 0.0, 1.0) for c in view_coarse]).astype(np.float32)
             wins = _windows(img_t.shape[:2], refiner, cfg)
-            ref_t = None
-            if cfg.selective.enabled and len(wins) > 1 and reference is not None and reference[i] is not None:
+            ref_t = detail_t = None
+            sel = cfg.selective
+            if sel.enabled and v.scale > 1.0 and reference is not None and reference[i] is not None:
                 ref_t = np.stack([np.clip(tr.apply_image(c), 0.0, 1.0) for c in reference[i]]).astype(np.float32)
-            for win in wins:
-                fixed = None
-                if ref_t is not None:
-                    ref_win = ref_t[(slice(None), *win.slices)]
-                    if not window_has_detail(ref_win, min_frac=cfg.selective.detail_frac):
-                        fixed = ref_win  # nothing fine here at the lower scale: no encoder pass
+                detail = detail_map(reference[i], thin_radius=sel.thin_radius).astype(np.float32)
+                detail_t = tr.apply_image(detail) >= 0.5
+            skipped = [None] * len(wins)
+            if ref_t is not None:
+                skipped = _skipped_windows(ref_t, coarse_t, detail_t, wins, scale=v.scale, cfg=cfg)
+            for win, fixed in zip(wins, skipped):
                 jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2], fixed))
                 if fixed is None:
                     tiles.append(np.ascontiguousarray(img_t[win.slices]))
@@ -243,8 +271,11 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         if v.name not in results[i]:
             stitchers = [tiling.Stitcher(hw_t, overlap=cfg.tile_overlap) for _ in range(coarse_t.shape[0])]
             results[i][v.name] = (tr, stitchers)
+        # A skipped window's reference only fills what no run window covers well: at 1 % weight it loses to a run
+        # window wherever that window's blend ramp is above ~0.01 (all but its outermost few pixels).
+        weights = None if fixed is None else tiling.blend_weights(win, hw_t, overlap=cfg.tile_overlap) * 0.01
         for c, stitcher in enumerate(results[i][v.name][1]):
-            stitcher.add(win, window_map[c])
+            stitcher.add(win, window_map[c], weights=weights)
     outs = []
     elapsed = time.perf_counter() - t0
     for i, res in enumerate(results):
@@ -266,9 +297,18 @@ def refine_variants(image: np.ndarray, coarse: dict[str, np.ndarray] | np.ndarra
 
 
 def skip_variant(variant: Variant, done: dict[str, np.ndarray], cfg: PipelineConfig) -> bool:
-    """Selective compute: a TTA view is skipped once the variants already run (``done``: name -> (C, H, W)) agree."""
+    """Selective compute: skip a TTA view (``done``: variant name -> (C, H, W), the variants already run) when those
+    agree (pairwise mask IoU >= ``agree_iou``) or when the 1x result shows less than ``detail_px`` detail pixels
+    (``finedetail.selective.detail_map``): a re-sampled view of an image without fine detail has nothing to fix."""
     sel = cfg.selective
-    return sel.enabled and variant.tta != "identity" and variants_agree(list(done.values()), min_iou=sel.agree_iou)
+    if not sel.enabled or variant.tta == "identity":
+        return False
+    if variants_agree(list(done.values()), min_iou=sel.agree_iou):
+        return True
+    if not sel.tta_after_multiscale and any(v.scale > 1.0 and v.name in done for v in variants(cfg)):
+        return True
+    base = done.get(next((v.name for v in variants(cfg) if v.tta == "identity" and v.scale == 1.0), ""))
+    return base is not None and np.count_nonzero(detail_map(base, thin_radius=sel.thin_radius)) < sel.detail_px
 
 
 def reference_for(variant: Variant, done: dict[str, np.ndarray], cfg: PipelineConfig) -> np.ndarray | None:
@@ -289,12 +329,12 @@ def provisional(maps: Sequence[np.ndarray], cfg: PipelineConfig) -> np.ndarray:
 
 def _crop_windows(prob: np.ndarray, hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig
                   ) -> list[tuple[tiling.Window, float]]:
-    cc = cfg.crop
+    cc, sel = cfg.crop, cfg.selective
     comps, _ = pr.components(prob >= 0.5, min_area=cc.min_area)
     comps.sort(key=lambda m: -int(m.sum()))
-    out: list[tuple[tiling.Window, float]] = []
+    detail = detail_map(prob, thin_radius=sel.thin_radius) if sel.enabled else None
+    candidates: list[tuple[int, tiling.Window, float]] = []  # (detail pixels, window, zoom), largest objects first
     for mask in comps:
-        sel = cfg.selective
         if sel.enabled and not object_needs_crop(prob, mask, uncertain_frac=sel.uncertain_frac,
                                                  detail_ratio=sel.detail_ratio):
             continue
@@ -305,10 +345,15 @@ def _crop_windows(prob: np.ndarray, hw: tuple[int, int], refiner: PromptedRefine
             side = max(1, int(refiner.input_size / cc.min_zoom))
             parts = [(w, crops.zoom_for(w, target_long=refiner.input_size, max_zoom=cc.max_zoom))
                      for w in crops.split_window(win, max_side=side)]
-        out.extend(parts)
-        if len(out) >= cc.max_crops:
-            break
-    return out[: cc.max_crops]
+        for w, z in parts:
+            n = 0 if detail is None else int(np.count_nonzero(detail[w.slices] & mask[w.slices]))
+            candidates.append((n, w, z))
+    limit = cc.max_crops
+    if sel.enabled:  # the crops with the most of their object's detail first (stable: ties keep the size order)
+        candidates.sort(key=lambda c: -c[0])
+        area = max(1.0, hw[0] * hw[1] / refiner.input_size ** 2)
+        limit = min(limit, math.ceil(sel.crops_per_input * area - 1e-9))
+    return [(w, z) for _, w, z in candidates[:limit]]
 
 
 def refine_crops(image: np.ndarray, prov: np.ndarray, refiner: PromptedRefiner, cfg: PipelineConfig

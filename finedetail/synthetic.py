@@ -5,7 +5,8 @@ Everything is drawn with ``cv2.LINE_8`` and no antialiasing, so the ground-truth
 
 KINDS:
 - ``"fur"``: an animal body (ellipse + head) with many 1-2 px strands radiating out and long 1 px whiskers.
-- ``"wires"``: poles (vertical bars 3-6 px with crossarms) carrying sagging 1-2 px wires (catenaries), guy wires.
+- ``"wires"``: poles (vertical bars 1.2-2 % of the short side with crossarms and a transformer box of 3.5-5 %, the
+  blob parts a 448-px model sees) carrying sagging 1-2 px wires (catenaries), guy wires and a far cable.
 - ``"vessels"``: an organ (disc) with branching vessel trees whose width decreases down to 1 px.
 - ``"roads"``: a network of 2-4 px roads with 1-2 px tracks, a meandering 3-6 px river and a few fields.
 
@@ -279,14 +280,25 @@ def _draw_wires(rng: np.random.Generator, cv: _Canvas) -> None:
     xs = w * (0.08 + 0.84 * (np.arange(n_poles) + rng.uniform(0.25, 0.75, n_poles)) / n_poles)
     tops, arms = [], []
     for x in xs:
-        pw = int(rng.integers(3, 7))
+        # Sizes scale with the scene so a 448-px model sees the same thing at every size: poles 1.2-2 % of the
+        # short side (12-20 px at 1024: at best half a 36.6-px SegGPT patch), a crossarm, and a transformer box of
+        # 3.5-5 % (36-51 px at 1024, about one SegGPT patch or more) that a 448-px model always finds. The 1-2 px
+        # wires hang from the crossarm: the blob parts are where the refiner's prompts come from.
+        pw = max(4, int(round(s * rng.uniform(0.012, 0.02))))
         top = int(h * rng.uniform(0.08, 0.3))
         bottom = int(h * rng.uniform(0.85, 1.0))
         x0 = int(round(x)) - pw // 2
         cv2.rectangle(cv.blob, (x0, top), (x0 + pw - 1, bottom), 1, thickness=-1, lineType=cv2.LINE_8)
         arm = max(3, int(s * rng.uniform(0.04, 0.07)))
+        at = max(4, int(round(s * rng.uniform(0.005, 0.009))))  # crossarm thickness
         ay = top + int(rng.integers(2, 6))
-        cv2.rectangle(cv.blob, (x0 - arm, ay), (x0 + pw - 1 + arm, ay + 3), 1, thickness=-1, lineType=cv2.LINE_8)
+        cv2.rectangle(cv.blob, (x0 - arm, ay), (x0 + pw - 1 + arm, ay + at - 1), 1, thickness=-1,
+                      lineType=cv2.LINE_8)
+        bw = max(pw + 2, int(round(s * rng.uniform(0.035, 0.05))))
+        bh = int(round(bw * rng.uniform(1.1, 1.5)))
+        by = ay + at + max(2, int(s * rng.uniform(0.03, 0.08)))
+        bx = int(round(x)) - bw // 2 + int(rng.integers(-1, 2)) * (bw // 3)  # centred or hung on one side
+        cv2.rectangle(cv.blob, (bx, by), (bx + bw - 1, by + bh - 1), 1, thickness=-1, lineType=cv2.LINE_8)
         tops.append(top)
         arms.append((x0 - arm + 1, x0 + pw - 2 + arm, ay))
     n_wires = int(rng.integers(2, 4))

@@ -66,6 +66,7 @@ __all__ = [
     "read_bytes",
     "read_uri",
     "redact",
+    "remove_temp_files",
     "safe_key",
     "write_bytes_atomic",
 ]
@@ -248,6 +249,7 @@ def safe_key(key: str) -> str:
     Refused: non-str, empty (after normalisation), absolute (leading ``/``),
     any ``..`` segment, backslashes, a trailing ``/`` (a folder, not a file),
     control and format characters (NUL, newline, DEL, bidi overrides, ...),
+    lone surrogates (local names whose bytes are not UTF-8),
     a first segment ending in ``:`` (``C:``, ``s3:``), more than 1024 UTF-8
     bytes in total or 255 in one segment.
     """
@@ -257,6 +259,10 @@ def safe_key(key: str) -> str:
     if bad:
         raise ValueError(f"key must not contain control or format characters, got {key!r} "
                          f"(found {''.join(bad)!r}); rename the object")
+    if any(unicodedata.category(ch) == "Cs" for ch in key):
+        # a local file name that is not valid UTF-8 (os.walk hands its bytes over as lone surrogates): it can be
+        # neither written to S3 nor stored in the manifest
+        raise ValueError(f"key must be valid UTF-8, got {key!r} (undecodable bytes in the file name); rename it")
     if "\\" in key:
         raise ValueError(f"key must use '/' separators and no backslashes, got {key!r}")
     if key.startswith("/"):
@@ -563,7 +569,8 @@ def _list_s3(storage: Storage, folder: str) -> list[str]:
 
 
 def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
-               extensions: Iterable[str] | None = IMAGE_EXTS, limit: int | None = None) -> list[str]:
+               extensions: Iterable[str] | None = IMAGE_EXTS, limit: int | None = None,
+               refused: list[str] | None = None) -> list[str]:
     """Keys of the files under ``root/prefix``, recursive, sorted, relative to ``root/prefix``.
 
     ``list_files(storage, "masks")`` lists ``masks/a/b.png`` as ``"a/b.png"``.
@@ -572,7 +579,9 @@ def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
     only these (case-insensitive), None = all files.  `limit`: the first
     `limit` keys of the sorted list.  A missing folder or an S3 prefix with no
     objects lists as [] (S3 cannot tell them apart); a missing bucket or a
-    local root that is a file raises StorageError.
+    local root that is a file raises StorageError.  `refused`: when given, the
+    raw names `safe_key` refused (with a matching extension) are appended to
+    it, so a caller can account for them instead of losing them silently.
     """
     storage = _as_storage(uri_or_storage)
     exts = _normalise_exts(extensions)
@@ -588,14 +597,16 @@ def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
         raw = _retrying(storage, "list", sub or None, lambda: _list_s3(storage, folder))
     keys, unsafe = [], []
     for key in raw:
-        if any(seg.startswith(".") for seg in key.split("/")):
-            continue
+        if any(seg.startswith(".") and seg not in (".", "..") for seg in key.split("/")):
+            continue  # hidden; "." and ".." are not hidden names but path tricks: safe_key refuses ".." below
         if exts is not None and not key.lower().endswith(exts):
             continue
         try:
             keys.append(safe_key(key))
         except ValueError:
             unsafe.append(key)
+    if refused is not None:
+        refused.extend(sorted(unsafe))
     if unsafe:
         log.warning("skipped %d file(s) with unsafe names under %s, e.g. %r",
                     len(unsafe), storage.uri_for(sub) if sub else storage.uri, unsafe[0])
@@ -706,6 +717,32 @@ def read_uri(uri: str, *, retry: RetryPolicy | None = None) -> bytes:
         folder, key = os.path.split(root)
         parent, _ = open_storage(folder, retry=retry)
     return read_bytes(parent, key)
+
+
+_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$|^\.write-check-[0-9a-f]{12}$")
+
+
+def remove_temp_files(storage: str | Storage) -> int:
+    """Delete the temp files a killed writer left under a local root; returns how many.
+
+    Only names this module makes are touched (``.<name>.<12 hex>.tmp`` from `write_bytes_atomic`,
+    ``.write-check-<12 hex>`` from `check_writable`).  Call it before a job writes, never while another job
+    writes to the same root (its in-flight temp files would go).  S3 leaves no temp objects (a PutObject or
+    multipart upload becomes visible whole or not at all), so S3 roots are a no-op.
+    """
+    storage = _as_storage(storage)
+    if storage.kind != "local" or not os.path.isdir(storage.root):
+        return 0
+    removed = 0
+    for dirpath, _, names in os.walk(storage.root):
+        for name in names:
+            if _TEMP_RE.match(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def check_writable(storage: str | Storage) -> None:

@@ -181,7 +181,7 @@ def validate_up_front(cfg: JobConfig) -> None:
 
     try:
         if cfg.prompts is not None and cfg.coarse is None:
-            load_prompts(cfg.prompts, num_classes=len(cfg.classes))
+            load_prompts(cfg.prompts, classes=cfg.classes)
     except (ValueError, jio.StorageError) as exc:
         raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {jio.redact(exc)}") from exc
     try:
@@ -215,11 +215,10 @@ def _remove_leftovers(storage: jio.Storage) -> None:
     """What a killed earlier run may have left in the output: temp files of interrupted writes (never visible as
     outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). One job per output at a time:
     a job running concurrently on the same output would lose its in-flight temp files."""
-    from job.stages import ATTEMPTS_PREFIX
+    from job.stages import clear_attempt_notes
 
     jio.remove_temp_files(storage)
-    for key in jio.list_files(storage, ATTEMPTS_PREFIX, extensions=None):
-        jio.delete(storage, f"{ATTEMPTS_PREFIX}/{key}")
+    clear_attempt_notes(storage)
 
 
 def _refused_rows(names: list[str], cfg: JobConfig) -> list[dict[str, Any]]:
@@ -243,6 +242,9 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     """Run the job to completion; returns the summary (also printed)."""
     import ray
 
+    from job.models import resolve_classes
+
+    cfg = resolve_classes(cfg)  # class names from the prompts' classes.yaml unless given
     validate_up_front(cfg)
     refused: list[str] = []
     keys = list_inputs(cfg, refused=refused)
@@ -250,7 +252,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
         raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
     _remove_leftovers(out_storage)
-    done = jm.done_keys(out_storage, cfg.config_hash)
+    done = jm.done_keys(out_storage, cfg.config_hash) & set(keys)  # window rows (scene#y_x) are not inputs
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
@@ -284,9 +286,9 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
             if storage_error is None:
                 raise
             ok = sum(r["status"] == "ok" for r in rows)
-            raise JobFailed(f"job failed after {ok} of {len(todo)} images: {storage_error}; the {ok} finished "
-                            "are in the manifest with their files, nothing else is. Fix the storage and re-run "
-                            "the same command to resume") from exc
+            raise JobFailed(f"job failed after at least {ok} of {len(todo)} images were done: {storage_error}. "
+                            "Every image in the manifest has all its files; fix the storage and re-run the same "
+                            "command to resume") from exc
         attempts.clear()
     if windowed:
         from job.geo import run_windowed

@@ -276,6 +276,36 @@ def test_degenerate_seeds_fall_back_to_the_coarse_mask():
     assert np.array_equal(out, everything.astype(np.float32))
 
 
+def whisker_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Green noise, a red disk (centre x=30, radius 12: rightmost pixel column 41) and a 2 px red line from it to
+    x=230 along rows 29-30. Returns image, the disk (what a low-resolution coarse model keeps), the line."""
+    rng = np.random.default_rng(3)
+    hw = (60, 240)
+    img = np.stack([rng.integers(0, 90, hw), rng.integers(90, 200, hw), rng.integers(0, 90, hw)], -1).astype(np.uint8)
+    body = disk(hw, 30, 30, 12.5)
+    line = np.zeros(hw, bool)
+    line[29:31, 42:230] = True
+    img[body | line] = (220, 40, 40)
+    return img, body, line
+
+
+@pytest.mark.parametrize("band_frac", [0.25, 0.5])
+def test_band_is_a_fraction_of_the_box_and_bounds_the_growth(band_frac):
+    """The coarse mask has only the disk; the box spans the whole object (212 px long). GrabCut follows the line
+    within band = band_frac * 212 px of the disk and never beyond it (definite background there)."""
+    img, body, line = whisker_scene()
+    box = np.array([17.0, 17.0, 230.0, 43.0])
+    gc = GrabCutRefiner(config=GrabCutConfig(band_frac=band_frac))
+    (emb,) = gc.encode([img])
+    (out,) = gc.refine(emb, [ComponentPrompt(mask=body, box=box)])
+    band = band_frac * 213.0
+    dist = np.arange(240) - 41.0  # a line pixel's distance from the disk, along the row
+    near = line & (dist <= 0.85 * band)[None, :]
+    far = line & (dist > band / 0.95 + 2)[None, :]  # DIST_L2 with a 3x3 mask underestimates by up to ~5 %
+    assert (out[near] >= 0.5).mean() > 0.95
+    assert far.any() and not (out[far] > 0).any()
+
+
 def test_refine_deterministic():
     img, mask = blob_scene(8)
     a = GrabCutRefiner()
@@ -320,3 +350,48 @@ def test_hybrid_on_a_synthetic_scene_with_prompts_from_the_coarse_map():
     assert refined.shape == (len(prompts), 256, 256) and len(prompts) >= 1
     merged = np.maximum(refined.max(axis=0), coarse[0]) >= 0.5
     assert iou(merged, target.mask) > 0.9
+
+
+# ------------------------------------------------------------------------------------------------ job wiring
+
+
+def _job_cfg(backend: str, options: dict):
+    from job.config import job_config_from_dict
+
+    return job_config_from_dict({"input": "/tmp/in", "output": "/tmp/out", "prompts": "/tmp/prompts",
+                                 "backend": backend, "backend_options": options})
+
+
+def test_backend_options_reach_the_classical_models():
+    from job.models import build_coarse, build_refiner
+
+    cfg = _job_cfg("classical", {"coarse_input_size": 192, "coarse_texture_scales": [5, 9],
+                                 "refiner_input_size": 384, "refiner_iterations": 2})
+    img, mask = blob_scene(0)
+    seg = build_coarse(cfg, [PromptPair(img, mask)])
+    gc = build_refiner(cfg)
+    assert seg.config == ColourTextureConfig(input_size=192, texture_scales=(5, 9)) and seg.input_size == 192
+    assert gc.config == GrabCutConfig(input_size=384, iterations=2) and gc.input_size == 384
+
+
+def test_backend_options_reach_the_proxy_models():
+    from finedetail.models.proxy import ProxySAMConfig, ProxySegGPTConfig
+    from job.models import backend_configs
+
+    cfg = _job_cfg("proxy", {"coarse_level": 0.4, "refiner_threshold": 0.3})
+    assert backend_configs(cfg) == (ProxySegGPTConfig(level=0.4), ProxySAMConfig(threshold=0.3))
+
+
+@pytest.mark.parametrize("backend, options, match", [
+    ("classical", {"grabcut_iterations": 2}, r"unknown backend_options key 'grabcut_iterations'.*'refiner_iterations'"),
+    ("classical", {"input_size": 2}, r"unknown backend_options key 'input_size'.*'coarse_input_size'"),
+    ("classical", {"refiner_iterations": 0}, r"GrabCutConfig.*iterations must be >= 1"),
+    ("classical", {"coarse_input_size": "big"}, r"ColourTextureConfig"),
+    ("proxy", {"refiner_input_size": 512}, r"unknown backend_options key 'refiner_input_size'.*'refiner_threshold'"),
+    ("seggpt-sam", {"refiner_input_size": 512}, r"takes no backend_options"),
+])
+def test_backend_options_refused_naming_the_key(backend, options, match):
+    from job.models import backend_configs
+
+    with pytest.raises(ValueError, match=match):
+        backend_configs(_job_cfg(backend, options))

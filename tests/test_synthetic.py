@@ -158,3 +158,19 @@ def test_errors(kwargs, match):
     kind = kwargs.pop("kind")
     with pytest.raises(ValueError, match=match):
         make_scene(kind, **kwargs)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (512, 512), (1024, 1024)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wires_poles_have_blob_parts_a_448_px_model_sees(size, seed):
+    # every pole carries a transformer box >= 3.5 % of the short side (>= 15.7 px on a 448 canvas, about one 16-px
+    # SegGPT patch), and the 1-2 px wires hang from the blob parts (they touch them)
+    sc = make_scene("wires", seed=seed, size=size)
+    blob = (sc.mask & ~sc.thin).view(np.uint8)
+    k = int(0.035 * min(size)) - 1
+    cores = cv2.erode(blob, np.ones((k, k), np.uint8))
+    n_boxes = cv2.connectedComponents(cores)[0] - 1
+    n_poles = cv2.connectedComponents(blob)[0] - 1
+    assert n_boxes >= 2 and n_boxes >= n_poles
+    touching = sc.thin & cv2.dilate(blob, np.ones((3, 3), np.uint8)).astype(bool)
+    assert touching.sum() >= 2 * n_poles

@@ -36,9 +36,11 @@ Lower quality than SegGPT + SAM, and meant as such: it needs no checkpoint and n
     plus a ``ring`` of px around it. Seeds, later rules overriding earlier ones:
 
     1. the ring outside the expanded box, and inside it every pixel farther than ``band = max(min_band, band_frac *
-       sqrt(coarse area))`` px from the coarse mask and the positive points: definite background (GrabCut's
-       background samples; the band keeps GrabCut's smoothness term from filling the gaps of a large sparse
-       component, e.g. a wire network, and bounds the work);
+       long side of the box)`` px from the coarse mask and the positive points: definite background (GrabCut's
+       background samples; the band bounds how far GrabCut may grow the component). The band is a fraction of the
+       box, not of the coarse area, so it is scale-covariant: the same object seen at 2x or zoomed in a crop gets
+       the same reach relative to its size, and a thin component (a vessel tree, a wire, whose area is tiny for
+       its extent) reaches its own thin parts that the coarse mask missed;
     2. inside the expanded box, within the band: probable background;
     3. the component's coarse mask (resized to the working resolution, area value >= 0.25) inside the expanded box:
        probable foreground;
@@ -340,7 +342,7 @@ class GrabCutConfig:
     iterations: int = 3
     box_margin: float = 0.15
     min_margin: int = 8
-    band_frac: float = 0.15
+    band_frac: float = 0.5
     min_band: int = 8
     ring: int = 16
     point_radius: int = 2
@@ -412,7 +414,7 @@ def grabcut_component(image: np.ndarray, mask: np.ndarray, box: np.ndarray, poin
             cv2.circle(positive, c, cfg.point_radius, 1, thickness=-1)
     positive = (positive > 0) & in_box
     source = roi_mask | positive
-    band = max(float(cfg.min_band), cfg.band_frac * float(np.sqrt(np.count_nonzero(mask))))
+    band = max(float(cfg.min_band), cfg.band_frac * max(float(box[2] - box[0]), float(box[3] - box[1])))
     if source.any():
         dist = cv2.distanceTransform((~source).astype(np.uint8), cv2.DIST_L2, 3)
         seeds[in_box & (dist <= band)] = cv2.GC_PR_BGD

@@ -30,6 +30,7 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from finedetail.models.checkpoints import resolve_device, resolve_dtype
+from finedetail.models.fast_attention import disable_fast_attention, enable_fast_attention
 from finedetail.types import ComponentPrompt, check_image
 
 __all__ = [
@@ -143,6 +144,11 @@ class SamRefiner:
         ``logits`` is None goes through a separate decoder call without mask input (SAM's "no mask" embedding).
     device: None = cuda if available else cpu. dtype: None = bfloat16 autocast for the encoder on CUDA, float32 on
         CPU; the decoder always runs in float32 (it is cheap and its logits feed thresholds).
+    fast_attention: True switches the encoder's attention modules of ``sam`` IN PLACE to the fused SDPA forward
+        (``finedetail.models.fast_attention``; same function, ~1e-6 from the reference in fp32); False switches them
+        back to ``segment_anything``'s reference forward. compile: ``torch.compile`` the image encoder in place
+        (``nn.Module.compile``: parameters and ``state_dict`` keys unchanged); the first forward of every new batch
+        shape pays the compile time.
     """
 
     name = "sam"
@@ -159,6 +165,8 @@ class SamRefiner:
         use_box: bool = True,
         use_points: bool = True,
         use_mask_input: bool = True,
+        fast_attention: bool = True,
+        compile: bool = False,
     ) -> None:
         if multimask not in MULTIMASK_MODES:
             raise ValueError(f"multimask must be one of {MULTIMASK_MODES}, got {multimask=}")
@@ -169,6 +177,13 @@ class SamRefiner:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.sam = sam.to(self.device).eval()
+        if fast_attention:
+            enable_fast_attention(self.sam.image_encoder)
+        else:
+            disable_fast_attention(self.sam.image_encoder)
+        if compile:
+            self.sam.image_encoder.compile()
+        self.fast_attention, self.compiled = bool(fast_attention), bool(compile)
         self.multimask = multimask
         self.encode_batch = int(encode_batch)
         self.decode_batch = int(decode_batch)
@@ -189,6 +204,8 @@ class SamRefiner:
         cache_dir: str | os.PathLike | None = None,
         sha256: str | None = None,
         device: str | torch.device | None = None,
+        fast_attention: bool = True,
+        compile: bool = False,
         **kwargs: Any,
     ) -> "SamRefiner":
         """Load weights with ``checkpoints.load_sam`` (architecture inferred unless ``model_type``) and wrap them."""
@@ -196,7 +213,7 @@ class SamRefiner:
 
         dev = resolve_device(device)
         sam = load_sam(uri, model_type=model_type, device=str(dev), cache_dir=cache_dir, sha256=sha256)
-        return cls(sam, device=dev, **kwargs)
+        return cls(sam, device=dev, fast_attention=fast_attention, compile=compile, **kwargs)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)

@@ -1,0 +1,1001 @@
+"""Satellite-scale scenes: GeoTIFF in, georeferenced masks out, seam-free tiling of rasters far larger than memory.
+
+Needs the ``geo`` extra (``pip install 'finedetail[geo]'``: rasterio, which bundles GDAL, and shapely); rasterio is
+imported lazily, and a job that meets a raster needing it without the extra fails with that install line.
+
+Which inputs come here (``split_windowed``, called by ``job.run.run_job``): a raster with more than
+``JobConfig.window_pixels`` pixels, and any GeoTIFF that a plain image decode would lose something of: georeferenced
+(CRS or geotransform), not 8-bit, or with a band layout other than grey / grey+alpha / RGB / RGBA. Small plain TIFFs
+stay on the image path. A raster at or under ``window_pixels`` still comes here when georeferenced, as ONE window.
+
+How a scene flows (``run_windowed``):
+
+1. **Scene info** (a Ray task per scene): header (size, bands, dtype, CRS, transform, nodata / mask), the band
+   mapping (``JobConfig.bands``) and, for non-8-bit data, the percentile stretch (``JobConfig.stretch``) computed from
+   a decimated overview read (long side <= 1024 px; internal overviews are used when the file has them), so every
+   window of the scene is stretched with the same numbers. PNG / JPEG can't be read by window cheaply (both are
+   sequential formats: each window read would decode from the top again), so they are decoded ONCE, top to bottom,
+   strip by strip (512 rows), into a tiled GeoTIFF at ``_windows/<stem>/source.tif`` that the windows are then read
+   from; memory is one strip (width x 512 x bands), not the image. (GDAL decodes interlaced PNG and progressive JPEG
+   whole: those do cost the full image, once.)
+2. **Window plan** (driver): ``finedetail.geo.plan_windows`` = ``tiling.tile_grid`` with ``JobConfig.window`` and
+   ``window_overlap``; the grid offset comes from ``grid_offset`` / ``$FINEDETAIL_GRID_OFFSET`` ("dy,dx", default
+   0,0), which exists to audit seams: moving the grid must not change the stitched mask (tests/test_geo.py).
+   Sizing tip: a window of ``k * (1024 - tile_overlap) + tile_overlap`` px is exactly k x k refiner tiles at 1x
+   (1920 = 2 x 2 with the default overlap of 128; 2048 needs 3 x 3, 2.25x the refiner work for 7 % more pixels).
+   Resume is per window: a window whose latest manifest row (key ``"<scene>#<y0>_<x0>"``) is ``ok`` with this
+   configuration's ``geo_hash`` and the same window size, and whose probability file exists, is not recomputed.
+3. **Windows through the model stages**: one Ray Data row per window, with exactly the columns of an image row
+   (``key`` = ``"<scene>#<y0>_<x0>"``, ``image`` = the window's RGB uint8, ...) plus ``scene``, ``y0``, ``x0``, ``y1``,
+   ``x1`` and ``read`` (how to read the window). ``read_windows`` reads each window with rasterio (no row and no
+   worker ever holds the scene), then the SAME stage classes as images run (``job.stages``: coarse, one stage per
+   variant, crops, fuse, each stage post-processing per window), then ``write_windows`` stores each window's fused
+   probability (uint8, classes stacked vertically in one PNG) atomically at ``_windows/<stem>/<y0>_<x0>.png`` and
+   writes the windows' manifest rows.
+4. **Streaming stitch** (a Ray task per scene, started as soon as its last window is written): output blocks of
+   512 x 512 are visited row-major; for each, only the windows overlapping it are decoded
+   (``finedetail.geo.BlockStitcher``) and blended with the core library's tiling weights
+   (``tiling.blend_weights`` with the window overlap), thresholded at 0.5, and written into tiled GeoTIFFs. Memory
+   is a few windows, never the scene, so a structure crossing a window edge comes out as one piece without the
+   scene ever being assembled. The tiled files are then copied with GDAL's COG driver (overviews: nearest for the
+   mask, average for probabilities) to ``masks/<stem>.tif`` and ``probs/<stem>.tif`` with the input's CRS and
+   transform. Input nodata (nodata value, alpha band or mask band) is carried as the outputs' GDAL mask band (an
+   internal per-dataset mask, valid = 255), because a nodata *value* would collide with the masks' own values
+   (0 = background) or not fit uint8; such pixels are 0 in both rasters.
+   With ``JobConfig.vector`` the mask's polygons are traced block by block (``rasterio.features.shapes``, in scene
+   pixel coordinates so pieces of one object meet exactly), pieces touching a block edge are merged with shapely,
+   simplified by ``vector_tolerance`` pixels (= ``vector_tolerance`` x pixel size in CRS units) and written in the
+   raster's CRS to ``vectors/<stem>.geojson`` (GeoJSON with a ``crs`` member, as GDAL writes non-WGS84 GeoJSON) or
+   ``vectors/<stem>.gpkg`` (GeoPackage 1.2, one ``Polygon`` feature per object part, table ``mask``). Polygons are
+   held in memory until written: memory there grows with the number of objects, not with the pixel count.
+5. **Manifest**: one row per window (above) and one per scene (key = the input key, ``config_hash`` = the job's,
+   so ``run_job`` skips a finished scene next time; sums of the windows' passes and stage seconds;
+   ``seconds_write`` = the stitch). ``run_windowed`` returns the scene rows only (one per input, like images).
+
+Outputs per scene, georeferenced (CRS or geotransform): ``masks/<stem>.tif`` (uint8; one class: 0 / 255 like the
+PNG masks; several: class index 1..C), ``probs/<stem>.tif`` (uint8 0..255, one band per class). A scene without
+georeferencing (a big PNG / JPEG / plain TIFF) gets the image path's files instead, written by GDAL's PNG driver
+scanline by scanline from the stitched raster: ``masks/<stem>.png`` and ``probs/<stem>.png`` (one class), or
+``labels/<stem>.png`` and ``probs/<class>/<stem>.png``. Not for windowed scenes: ``rle/`` (COCO RLE is
+column-major: it needs the whole mask) and ``overlays/``. Optionally ``vectors/<stem>.<geojson|gpkg>``. Window maps
+stay under ``_windows/<stem>/`` (resume, re-stitching). A JPEG with an EXIF rotation stays on the image path (GDAL
+does not apply EXIF orientation; masks must match the displayed image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+import traceback
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from finedetail import geo as fg
+from finedetail.tiling import Window
+from finedetail.types import to_u8
+from job import io as jio
+from job import manifest as jm
+from job.config import JobConfig
+from job.rows import column, pack
+
+log = logging.getLogger("finedetail.job")
+
+__all__ = [
+    "GRID_OFFSET_ENV",
+    "Probe",
+    "SceneInfo",
+    "build_window_dataset",
+    "current_grid_offset",
+    "decode_window_prob",
+    "encode_window_prob",
+    "geo_hash",
+    "open_raster",
+    "probe",
+    "read_windows",
+    "require_rasterio",
+    "run_windowed",
+    "scene_info",
+    "split_windowed",
+    "stitch_scene",
+    "window_prob_key",
+    "write_geojson",
+    "write_gpkg",
+    "write_windows",
+]
+
+GEO_EXTRA = "pip install 'finedetail[geo]'"
+#: rasters GDAL reads by window cheaply
+TIFF_EXTS = (".tif", ".tiff")
+#: sequential formats: windowed only above window_pixels, decoded once into a tiled copy first
+SEQUENTIAL_EXTS = (".png", ".jpg", ".jpeg")
+WINDOW_DIR = "_windows"
+#: output block = GeoTIFF tile size of the outputs; also the stitch's unit of work
+OUTPUT_BLOCK = 512
+#: rows per strip when a PNG / JPEG is decoded into its tiled copy
+STRIP_ROWS = 512
+#: long side of the decimated read the stretch percentiles come from
+OVERVIEW_SIDE = 1024
+GRID_OFFSET_ENV = "FINEDETAIL_GRID_OFFSET"
+#: grid offset (dy, dx) of the window plan; None: $FINEDETAIL_GRID_OFFSET ("dy,dx"), else (0, 0). Read on the driver.
+grid_offset: tuple[int, int] | None = None
+#: GDAL settings for every raster operation here: a bounded block cache (MB), masks inside the TIFF
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_TIFF_INTERNAL_MASK": True}
+#: and for S3 sources: no listing of the "folder" to look for sidecar files (.ovr, .msk) on every open
+GDAL_ENV_REMOTE = {**GDAL_ENV, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+def require_rasterio():
+    """The rasterio module, or ImportError naming the extra to install."""
+    try:
+        import rasterio
+        import rasterio.features  # noqa: F401 - submodules used below
+        import rasterio.shutil  # noqa: F401
+        import rasterio.windows  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"large rasters and GeoTIFF input/output need the 'geo' extra (rasterio, shapely): "
+                          f"{GEO_EXTRA}") from exc
+    return rasterio
+
+
+def _require_shapely():
+    try:
+        import shapely
+    except ImportError as exc:
+        raise ImportError(f"vector output needs the 'geo' extra (shapely): {GEO_EXTRA}") from exc
+    return shapely
+
+
+def current_grid_offset() -> tuple[int, int]:
+    """The window grid offset (dy, dx): ``grid_offset`` if set, else ``$FINEDETAIL_GRID_OFFSET`` ("dy,dx"), else
+    (0, 0)."""
+    if grid_offset is not None:
+        return int(grid_offset[0]), int(grid_offset[1])
+    raw = os.environ.get(GRID_OFFSET_ENV, "").strip()
+    if not raw:
+        return (0, 0)
+    try:
+        dy, dx = (int(v) for v in raw.split(","))
+    except ValueError:
+        raise ValueError(f"{GRID_OFFSET_ENV} must be 'dy,dx' (two ints), got {raw!r}") from None
+    return dy, dx
+
+
+def geo_hash(cfg: JobConfig) -> str:
+    """What decides a window's pixels besides its position and size: the job's config hash, the band mapping and the
+    stretch percentiles. Window manifest rows carry it; a window is reused only under the same one."""
+    blob = json.dumps(["geo-1", cfg.config_hash, list(cfg.bands or ()), list(cfg.stretch)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _stem(key: str) -> str:
+    return posixpath.splitext(jio.safe_key(key))[0]
+
+
+def window_prob_key(scene_key: str, win: Window) -> str:
+    """Output key of a window's probability PNG: ``_windows/<scene stem>/<y0>_<x0>.png``."""
+    return jio.safe_key(f"{WINDOW_DIR}/{_stem(scene_key)}/{win.y0}_{win.x0}.png")
+
+
+def _source_copy_key(scene_key: str) -> str:
+    return jio.safe_key(f"{WINDOW_DIR}/{_stem(scene_key)}/source.tif")
+
+
+def _error_text(exc: BaseException) -> str:
+    return jio.redact(f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------- raster access
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Plain images (PNG, JPEG, TIFF without georeferencing) are expected here: no warning per open."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+@contextlib.contextmanager
+def open_raster(storage: jio.Storage, key: str) -> Iterator[Any]:
+    """A rasterio dataset for ``key`` of ``storage`` (local path, or S3 through the storage's pyarrow filesystem, so
+    credentials and endpoints resolve like every other read of the job), inside ``GDAL_ENV``."""
+    rio = require_rasterio()
+    path = storage.path(key)
+    with rio.Env(**(GDAL_ENV if storage.kind == "local" else GDAL_ENV_REMOTE)), _quiet():
+        if storage.kind == "local":
+            if not os.path.isfile(path):
+                raise jio.ObjectNotFoundError(f"cannot read {storage.uri_for(key)}: not found", uri=storage.uri,
+                                              key=key, op="read")
+            ds = rio.open(path)
+        else:
+            fs = storage.filesystem
+            ds = rio.open(path, opener=lambda p, mode="rb": fs.open_input_file(p))
+        try:
+            yield ds
+        finally:
+            ds.close()
+
+
+def _is_georeferenced(ds: Any) -> bool:
+    return ds.crs is not None or not ds.transform.is_identity or bool(ds.gcps[0])
+
+
+def _has_mask(ds: Any) -> bool:
+    """Whether any band has nodata, alpha or a mask band (GDAL mask flags other than 'all valid')."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums)
+
+
+@dataclass(frozen=True)
+class Probe:
+    hw: tuple[int, int]
+    count: int
+    dtype: str
+    georeferenced: bool
+
+
+def probe(storage: jio.Storage, key: str) -> Probe:
+    """Header facts of one raster (no pixels read)."""
+    with open_raster(storage, key) as ds:
+        return Probe((ds.height, ds.width), ds.count, ds.dtypes[0], _is_georeferenced(ds))
+
+
+def _needs_geo_path(storage: jio.Storage, key: str, p: Probe, cfg: JobConfig) -> bool:
+    if not key.lower().endswith(TIFF_EXTS):
+        # a small PNG / JPEG is an ordinary image; so is a rotated JPEG (GDAL ignores EXIF orientation, the image
+        # decoder applies it: masks must come out in the displayed orientation)
+        return fg.needs_windows(p.hw, window_pixels=cfg.window_pixels) and _exif_orientation(storage, key) in (0, 1)
+    if fg.needs_windows(p.hw, window_pixels=cfg.window_pixels):
+        return True
+    plain = p.dtype == "uint8" and p.count in (1, 2, 3, 4)
+    return p.georeferenced or not plain
+
+
+def _exif_orientation(storage: jio.Storage, key: str) -> int:
+    """EXIF orientation tag from the header (0: none), read with Pillow without decoding pixels."""
+    from PIL import Image
+
+    with storage.filesystem.open_input_file(storage.path(key)) as f, Image.open(f) as im:
+        return int(im.getexif().get(0x0112, 0) or 0)
+
+
+def split_windowed(cfg: JobConfig, keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split input keys into (image-path keys, geo-path keys); order kept. See the module docstring for the rule.
+
+    Headers are read in a small thread pool (IO bound). A key whose header can't be read stays on the image path,
+    where decoding turns it into an error row. Without rasterio, TIFFs are sized with Pillow's header reader: all
+    stay on the image path when none exceeds ``window_pixels`` (georeferencing is then not kept; a warning says
+    so), and ImportError naming the extra is raised otherwise.
+    """
+    keys = list(keys)
+    cands = [k for k in keys if k.lower().endswith(TIFF_EXTS + SEQUENTIAL_EXTS)]
+    if not cands:
+        return keys, []
+    storage = jio.open_storage(cfg.input)[0]
+    try:
+        require_rasterio()
+    except ImportError:
+        big = [k for k in cands if _pil_pixels(storage, k) > cfg.window_pixels]
+        if big:
+            raise ImportError(f"{len(big)} input raster(s), e.g. {big[0]!r}, exceed window_pixels="
+                              f"{cfg.window_pixels} and must be read by window, which needs the 'geo' extra "
+                              f"(rasterio, shapely): {GEO_EXTRA}") from None
+        if any(k.lower().endswith(TIFF_EXTS) for k in cands):
+            log.warning("rasterio is not installed: TIFF inputs are decoded as plain images (no georeferenced "
+                        "output); install it with %s", GEO_EXTRA)
+        return keys, []
+
+    def check(k: str) -> bool:
+        try:
+            return _needs_geo_path(storage, k, probe(storage, k), cfg)
+        except Exception as exc:  # unreadable: the image path reports it as an error row
+            log.info("raster header of %s unreadable (%s); leaving it to the image decoder", k, _error_text(exc))
+            return False
+
+    with ThreadPoolExecutor(max_workers=min(16, len(cands))) as pool:
+        geo = {k for k, flag in zip(cands, pool.map(check, cands)) if flag}
+    return [k for k in keys if k not in geo], [k for k in keys if k in geo]
+
+
+def _pil_pixels(storage: jio.Storage, key: str) -> int:
+    from PIL import Image
+
+    try:
+        with storage.filesystem.open_input_file(storage.path(key)) as f, Image.open(f) as im:
+            return im.width * im.height
+    except Exception:
+        return 0
+
+
+# --------------------------------------------------------------------------------------------- scene info
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the window reader and the stitcher need to know about one scene (small; travels in rows and tasks).
+
+    ``source`` / ``source_in_output``: the key windows are read from, in the input storage or (PNG / JPEG decoded
+    into a tiled copy) in the output storage. ``transform``: GDAL order (c, a, b, f, d, e) of the affine transform.
+    ``masked``: the input has nodata / alpha / a mask band (carried to the outputs)."""
+
+    key: str
+    hw: tuple[int, int]
+    count: int
+    dtype: str
+    bands: tuple[int, int, int]
+    stretch: fg.Stretch
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    masked: bool
+    source: str
+    source_in_output: bool = False
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs_wkt is not None or tuple(self.transform) != (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @property
+    def output_suffix(self) -> str:
+        """``.tif`` (Cloud-Optimized GeoTIFF) for georeferenced scenes; ``.png`` otherwise, the image path's format."""
+        return ".tif" if self.georeferenced else ".png"
+
+    def read_spec(self) -> str:
+        """JSON carried by each window row: how to read its pixels."""
+        return json.dumps({"source": self.source, "in_output": self.source_in_output, "bands": list(self.bands),
+                           "stretch": self.stretch.to_dict()})
+
+
+def scene_info(cfg: JobConfig, key: str) -> SceneInfo:
+    """Header, band mapping and stretch of one scene (a Ray task in ``run_windowed``; see the module docstring)."""
+    rio = require_rasterio()
+    from rasterio.enums import Resampling
+
+    storage = jio.open_storage(cfg.input)[0]
+    source, in_output = key, False
+    if key.lower().endswith(SEQUENTIAL_EXTS):
+        source, in_output = _tiled_copy(cfg, key), True
+    src_storage = jio.open_storage(cfg.output)[0] if in_output else storage
+    with open_raster(src_storage, source) as ds:
+        bands = fg.rgb_bands(ds.count, cfg.bands)
+        hw = (ds.height, ds.width)
+        dtype = ds.dtypes[0]
+        if len(set(ds.dtypes)) != 1:
+            raise ValueError(f"{key}: bands of different data types {ds.dtypes} are not supported; "
+                             "convert the raster to one data type (gdal_translate -ot)")
+        stretch = fg.Stretch()
+        if dtype != "uint8":
+            oh, ow = fg.overview_shape(hw, max_side=OVERVIEW_SIDE)
+            sample = ds.read(list(bands), out_shape=(3, oh, ow), resampling=Resampling.nearest, masked=True)
+            valid = ~np.ma.getmaskarray(sample).any(axis=0)
+            stretch = fg.stretch_from_sample(np.ma.getdata(sample), percentiles=cfg.stretch, valid=valid)
+        crs = ds.crs.to_wkt() if ds.crs is not None else None
+        return SceneInfo(key=key, hw=hw, count=ds.count, dtype=dtype, bands=bands, stretch=stretch, crs_wkt=crs,
+                         transform=tuple(ds.transform.to_gdal()), masked=_has_mask(ds), source=source,
+                         source_in_output=in_output)
+
+
+def _tiled_copy(cfg: JobConfig, key: str) -> str:
+    """Decode a PNG / JPEG once, top to bottom in strips, into a tiled GeoTIFF in the output storage; its key.
+
+    Reused when it already exists (written atomically, so it is whole)."""
+    rio = require_rasterio()
+    out = jio.open_storage(cfg.output)[0]
+    dest = _source_copy_key(key)
+    if jio.exists(out, dest):
+        return dest
+    src_storage = jio.open_storage(cfg.input)[0]
+    with _scratch(out) as tmp, open_raster(src_storage, key) as src, rio.Env(**GDAL_ENV), _quiet():
+        path = os.path.join(tmp, "source.tif")
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
+                       tiled=True, blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate",
+                       BIGTIFF="IF_SAFER")
+        with rio.open(path, "w", **profile) as dst:
+            for y in range(0, src.height, STRIP_ROWS):
+                win = rio.windows.Window(0, y, src.width, min(STRIP_ROWS, src.height - y))
+                dst.write(src.read(window=win), window=win)
+        _publish(out, dest, path)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------- window rows
+
+
+def _window_item(info: SceneInfo, win: Window) -> dict[str, Any]:
+    return {"key": fg.window_key(info.key, win), "scene": info.key, "y0": win.y0, "x0": win.x0, "y1": win.y1,
+            "x1": win.x1, "read": info.read_spec()}
+
+
+def read_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int,
+                 attempts: Any = None) -> dict[str, np.ndarray]:
+    """CPU task: read each row's window (bands -> RGB, stretch) into ``image``; with ``cfg.coarse``, also the window
+    of the scene's coarse mask raster. A failure becomes an error row; the batch goes on. The rows get every column
+    ``job.stages.read_decode`` gives an image row, plus the window columns. ``attempts`` (the run's
+    ``job.stages.AttemptLog``) bounds the tries of a window that kills its worker (a crash in GDAL), as for images."""
+    from job import stages
+
+    rio = require_rasterio()
+    storages = {False: jio.open_storage(cfg.input)[0], True: jio.open_storage(cfg.output)[0]}
+    coarse_storage = jio.open_storage(cfg.coarse)[0] if cfg.coarse else None
+
+    def run(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            t0 = time.perf_counter()
+            try:
+                spec = json.loads(row["read"])
+                win = Window(int(row["y0"]), int(row["x0"]), int(row["y1"]), int(row["x1"]))
+                rwin = rio.windows.Window(win.x0, win.y0, win.w, win.h)
+                with open_raster(storages[bool(spec["in_output"])], spec["source"]) as ds:
+                    data = ds.read(spec["bands"], window=rwin)
+                row["image"] = pack(fg.to_rgb8(data, fg.Stretch.from_dict(spec["stretch"])))
+                if coarse_storage is not None:
+                    maps = _coarse_window(coarse_storage, str(row["scene"]), rwin, win, len(cfg.classes))
+                    row["coarse"] = pack(np.repeat(to_u8(maps)[None], views, axis=0))
+            except Exception as exc:  # a bad window is an error row, never a crashed job
+                row["status"], row["error"], row["image"], row["coarse"] = "error", _error_text(exc), b"", b""
+            row["seconds_decode"] = time.perf_counter() - t0
+
+    out = []
+    for i, key in enumerate(batch["key"]):
+        row = stages._empty_row(str(key))
+        for col in ("scene", "y0", "x0", "y1", "x1", "read"):
+            v = batch[col][i]
+            row[col] = v.item() if hasattr(v, "item") else v
+        out.append(row)
+    stages._guarded(out, attempts, "decode", run)
+    return stages._batch(out)
+
+
+def _coarse_window(storage: jio.Storage, scene: str, rwin: Any, win: Window, num_classes: int) -> np.ndarray:
+    """(C, h, w) float32 window of the coarse mask made elsewhere for ``scene`` (``<stem>.tif`` or ``<stem>.png``
+    under the coarse URI; nonzero = object, or class indices with several classes)."""
+    for suffix in (".tif", ".png"):
+        key = jio.mask_key(scene, suffix=suffix)
+        if jio.exists(storage, key):
+            with open_raster(storage, key) as ds:
+                if ds.height < win.y1 or ds.width < win.x1:
+                    raise ValueError(f"coarse mask {key} is {ds.width}x{ds.height}, smaller than its scene; "
+                                     "coarse masks must have their image's size")
+                labels = ds.read(1, window=rwin)
+            if num_classes > 1:
+                return np.stack([(labels == c + 1) for c in range(num_classes)]).astype(np.float32)
+            return (labels != 0)[None].astype(np.float32)
+    raise jio.ObjectNotFoundError(f"no coarse mask for {scene}: expected {jio.mask_key(scene, suffix='.tif')} or "
+                                  f"{jio.mask_key(scene)} under {storage.uri}", uri=storage.uri, key=scene, op="read")
+
+
+def encode_window_prob(prob: np.ndarray) -> bytes:
+    """(C, h, w) uint8 -> PNG bytes of the classes stacked vertically ((C * h, w) grey)."""
+    from finedetail.codecs import encode_png
+
+    c, h, w = prob.shape
+    return encode_png(np.ascontiguousarray(prob.reshape(c * h, w)))
+
+
+def decode_window_prob(data: bytes, num_classes: int, win: Window) -> np.ndarray:
+    """Inverse of ``encode_window_prob``: (C, win.h, win.w) uint8."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint8 or arr.shape != (num_classes * win.h, win.w):
+        got = None if arr is None else (arr.dtype, arr.shape)
+        raise ValueError(f"window map for {win!r} must decode to uint8 ({num_classes * win.h}, {win.w}), got {got}; "
+                         "delete it so the window is computed again")
+    return arr.reshape(num_classes, win.h, win.w)
+
+
+def write_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, geo_hash: str,
+                  attempts: Any = None) -> dict[str, np.ndarray]:
+    """CPU task: store each ok window's fused probability map (atomically), then one manifest part for the batch;
+    returns the manifest rows (plus ``scene``) only. (``attempts`` is accepted for symmetry with the other stages;
+    writing a PNG has no input-dependent crash to bound.)"""
+    from job.manifest import STAGES
+    from job.rows import unpack
+    from job.stages import _rows
+
+    storage = jio.open_storage(cfg.output)[0]
+    manifest = []
+    for r in _rows(batch):
+        t0 = time.perf_counter()
+        m = {k: r.get(k) for k in ("key", "status", "error", "attempts")}
+        win = Window(int(r["y0"]), int(r["x0"]), int(r["y1"]), int(r["x1"]))
+        m.update(scene=str(r["scene"]), height=win.h, width=win.w, mask_area=None,
+                 components=int(r.get("components", 0)))
+        if r["status"] == "ok":
+            try:
+                prob = unpack(r["prob"])
+                jio.write_bytes_atomic(storage, window_prob_key(str(r["scene"]), win), encode_window_prob(prob))
+                m["mask_area"] = int(unpack(r["mask"]).astype(bool).sum())
+            except jio.StorageError:
+                raise  # a write that keeps failing fails the job: never a manifest row claiming success
+            except Exception as exc:
+                m["status"], m["error"] = "error", f"write: {_error_text(exc)}"
+        passes_c, passes_r = int(r.get("passes_coarse", 0)), int(r.get("passes_refiner", 0))
+        m.update(coarse_passes=passes_c, refiner_passes=passes_r, encoder_passes=passes_c + passes_r,
+                 config_hash=geo_hash, finished_at=time.time())
+        for s in STAGES:
+            m[f"seconds_{s}"] = float(r.get(f"seconds_{s}", 0.0))
+        m["seconds_write"] = time.perf_counter() - t0
+        manifest.append(m)
+    if manifest:
+        jm.write_part(storage, manifest)
+    keys = list(dict.fromkeys(k for r in manifest for k in r))
+    return {k: column([r.get(k) for r in manifest]) for k in keys}
+
+
+# --------------------------------------------------------------------------------------------- output files
+
+
+@contextlib.contextmanager
+def _scratch(storage: jio.Storage) -> Iterator[str]:
+    """A private scratch folder: hidden, under the output root for local output (so finished files move into place
+    with an atomic rename on the same filesystem), in the system temp folder for S3."""
+    if storage.kind == "local":
+        base = os.path.join(storage.root, ".tmp-geo")
+        os.makedirs(base, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=base)
+    else:
+        path = tempfile.mkdtemp(prefix="finedetail-geo-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if storage.kind == "local":
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))  # only when no other stitch is using it
+
+
+def _publish(storage: jio.Storage, key: str, local_path: str) -> str:
+    """Move a finished local file to ``key``: an atomic rename for local output, a streamed upload (retried like every
+    write of the job) for S3. Readers see the old object or the whole new one."""
+    key = jio.safe_key(key)
+    if storage.kind == "local":
+        dest = storage.path(key)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(local_path, dest)
+        return storage.uri_for(key)
+    policy = storage.retry
+    for attempt in range(1, policy.max_tries + 1):
+        try:
+            with open(local_path, "rb") as f, storage.filesystem.open_output_stream(storage.path(key)) as out:
+                shutil.copyfileobj(f, out, length=8 << 20)
+            return storage.uri_for(key)
+        except OSError as exc:
+            if attempt == policy.max_tries or not jio.is_transient(exc):
+                raise jio.StorageError(f"cannot write {storage.uri_for(key)}: {_error_text(exc)}", uri=storage.uri,
+                                       key=key, op="write", attempts=attempt) from None
+            time.sleep(jio.backoff_delay(policy, attempt))
+    raise AssertionError("unreachable")
+
+
+def _png_copy(src_path: str, dst_path: str) -> None:
+    """GDAL's PNG driver writes from a source dataset scanline by scanline: no full-scene array."""
+    rio = require_rasterio()
+    with rio.Env(**GDAL_ENV), _quiet():
+        rio.shutil.copy(src_path, dst_path, driver="PNG", ZLEVEL=6)
+    aux = dst_path + ".aux.xml"  # GDAL's sidecar for what PNG can't hold (e.g. a mask band): not an output
+    if os.path.exists(aux):
+        os.unlink(aux)
+
+
+def _cog_copy(src_path: str, dst_path: str, *, resampling: str) -> None:
+    rio = require_rasterio()
+    with rio.Env(**GDAL_ENV), _quiet():
+        rio.shutil.copy(src_path, dst_path, driver="COG", compress="DEFLATE", blocksize=OUTPUT_BLOCK,
+                        overview_resampling=resampling, resampling=resampling, BIGTIFF="IF_SAFER",
+                        num_threads=1)
+
+
+class _Polygons:
+    """Polygons of a mask traced block by block in scene pixel coordinates; pieces that touch an inner block edge
+    are kept apart and merged once at the end (two pieces of one object share their edge exactly: integer pixel
+    corners)."""
+
+    def __init__(self, hw: tuple[int, int]) -> None:
+        self.hw = hw
+        self.done: list[tuple[int, Any]] = []  # (class value, shapely polygon)
+        self.edge: dict[int, list[Any]] = {}
+
+    def add_block(self, labels: np.ndarray, block: Window) -> None:
+        from affine import Affine
+        from rasterio.features import shapes
+        from shapely.geometry import shape
+
+        if not labels.any():
+            return
+        h, w = self.hw
+        for geom, value in shapes(labels, mask=labels > 0, connectivity=4,
+                                  transform=Affine.translation(block.x0, block.y0)):
+            poly = shape(geom)
+            x0, y0, x1, y1 = poly.bounds
+            touches = ((x0 <= block.x0 and block.x0 > 0) or (y0 <= block.y0 and block.y0 > 0)
+                       or (x1 >= block.x1 and block.x1 < w) or (y1 >= block.y1 and block.y1 < h))
+            if touches:
+                self.edge.setdefault(int(value), []).append(poly)
+            else:
+                self.done.append((int(value), poly))
+
+    def result(self, *, tolerance: float) -> list[tuple[int, Any]]:
+        """(class value, Polygon) in pixel coordinates, merged and simplified (``tolerance`` px, topology kept)."""
+        import shapely
+
+        out = list(self.done)
+        for value, polys in self.edge.items():
+            merged = shapely.unary_union(polys)
+            out.extend((value, p) for p in getattr(merged, "geoms", [merged]) if not p.is_empty)
+        if tolerance > 0:
+            out = [(v, p.simplify(tolerance, preserve_topology=True)) for v, p in out]
+        return [(v, p) for v, p in out if not p.is_empty]
+
+
+def _to_crs(polys: list[tuple[int, Any]], gdal_transform: Sequence[float]) -> list[tuple[int, Any]]:
+    from shapely.affinity import affine_transform
+
+    c, a, b, f, d, e = gdal_transform
+    return [(v, affine_transform(p, [a, b, d, e, c, f])) for v, p in polys]
+
+
+def _crs_name(crs_wkt: str | None) -> tuple[str | None, int | None]:
+    if crs_wkt is None:
+        return None, None
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(crs_wkt)
+    epsg = crs.to_epsg()
+    return (f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else None), epsg
+
+
+def write_geojson(path: str, features: list[tuple[int, Any]], *, classes: Sequence[str],
+                  crs_wkt: str | None) -> None:
+    """GeoJSON FeatureCollection of polygons in the raster's CRS (legacy ``crs`` member when it has an EPSG code,
+    as GDAL writes non-WGS84 GeoJSON). Properties: ``class`` (name), ``value`` (mask value)."""
+    from shapely.geometry import mapping
+
+    name, _ = _crs_name(crs_wkt)
+    with open(path, "w") as f:
+        f.write('{"type": "FeatureCollection", ')
+        if name:
+            f.write(json.dumps({"crs": {"type": "name", "properties": {"name": name}}})[1:-1] + ", ")
+        f.write('"features": [')
+        for i, (value, poly) in enumerate(features):
+            feat = {"type": "Feature", "properties": {"class": _class_name(value, classes), "value": value},
+                    "geometry": mapping(poly)}
+            f.write(("," if i else "") + "\n" + json.dumps(feat))
+        f.write("\n]}\n")
+
+
+def _class_name(value: int, classes: Sequence[str]) -> str:
+    return classes[0] if len(classes) == 1 else classes[value - 1]
+
+
+def write_gpkg(path: str, features: list[tuple[int, Any]], *, classes: Sequence[str], crs_wkt: str | None,
+               table: str = "mask") -> None:
+    """A GeoPackage 1.2 file with one feature table ``table`` (``fid``, ``geom`` POLYGON, ``class``, ``value``) in
+    the raster's CRS, written with sqlite3 (no OGR binding needed): the required ``gpkg_spatial_ref_sys``,
+    ``gpkg_contents`` and ``gpkg_geometry_columns`` tables, and geometries as GeoPackage binary (``GP`` header,
+    little-endian, XY envelope, then WKB)."""
+    import sqlite3
+    import struct
+
+    import shapely
+
+    from rasterio.crs import CRS
+
+    if os.path.exists(path):
+        os.unlink(path)
+    srs_id, org, org_id, definition, srs_name = -1, "NONE", -1, "undefined", "Undefined cartesian SRS"
+    if crs_wkt is not None:
+        crs = CRS.from_wkt(crs_wkt)
+        epsg = crs.to_epsg()
+        definition = crs.to_wkt(version="WKT1_GDAL")
+        srs_name = f"EPSG:{epsg}" if epsg else "the raster's CRS"
+        srs_id, org, org_id = (epsg, "EPSG", epsg) if epsg else (100000, "NONE", 100000)
+    con = sqlite3.connect(path)
+    try:
+        cur = con.cursor()
+        cur.execute("PRAGMA application_id = 1196444487")  # 'GPKG'
+        cur.execute("PRAGMA user_version = 10200")
+        cur.execute("CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY, "
+                    "organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, "
+                    "description TEXT)")
+        srs_rows = {
+            -1: ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate reference"),
+            0: ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference"),
+            4326: ("WGS 84 geodetic", 4326, "EPSG", 4326, CRS.from_epsg(4326).to_wkt(version="WKT1_GDAL"),
+                   "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid"),
+        }
+        if srs_id not in srs_rows:
+            srs_rows[srs_id] = (srs_name, srs_id, org, org_id, definition, "")
+        cur.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", list(srs_rows.values()))
+        cur.execute("CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, "
+                    "identifier TEXT UNIQUE, description TEXT DEFAULT '', last_change DATETIME NOT NULL DEFAULT "
+                    "(strftime('%Y-%m-%dT%H:%M:%fZ','now')), min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, "
+                    "srs_id INTEGER, CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES "
+                    "gpkg_spatial_ref_sys(srs_id))")
+        cur.execute("CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL, "
+                    "geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT "
+                    "NULL, CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name), CONSTRAINT fk_gc_tn "
+                    "FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name), CONSTRAINT fk_gc_srs FOREIGN KEY "
+                    "(srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id))")
+        cur.execute(f'CREATE TABLE "{table}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, '
+                    "class TEXT, value INTEGER)")
+        bounds = [math.inf, math.inf, -math.inf, -math.inf]
+        rows = []
+        for value, poly in features:
+            x0, y0, x1, y1 = poly.bounds
+            bounds = [min(bounds[0], x0), min(bounds[1], y0), max(bounds[2], x1), max(bounds[3], y1)]
+            header = b"GP" + struct.pack("<BBi4d", 0, 0b00000011, srs_id, x0, x1, y0, y1)
+            rows.append((header + shapely.to_wkb(poly, byte_order=1), _class_name(value, classes), value))
+        cur.executemany(f'INSERT INTO "{table}" (geom, class, value) VALUES (?, ?, ?)', rows)
+        if not rows:
+            bounds = [None] * 4
+        cur.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, min_x, min_y, max_x, max_y, "
+                    "srs_id) VALUES (?, 'features', ?, ?, ?, ?, ?, ?)", (table, table, *bounds, srs_id))
+        cur.execute("INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', 'POLYGON', ?, 0, 0)", (table, srs_id))
+        con.commit()
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------------------------- stitch
+
+
+def _final_outputs(info: SceneInfo, paths: dict[str, str], classes: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(GDAL source, output folder, overview resampling) of each published file (module docstring, outputs)."""
+    if info.georeferenced or len(classes) == 1:
+        return [(paths["mask"], "masks", "nearest"), (paths["prob"], "probs", "average")]
+    # several classes, plain raster: the image path's layout (labels/ + probs/<class>/), one band per PNG
+    return [(paths["mask"], "labels", "nearest")] + [
+        (f"vrt://{paths['prob']}?bands={c + 1}", f"probs/{name}", "average") for c, name in enumerate(classes)]
+
+
+def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> dict[str, Any]:
+    """Blend a scene's window maps block by block into ``masks/<stem>.tif`` and ``probs/<stem>.tif`` (COG; PNG for
+    a scene without georeferencing), and the optional vector file (module docstring, step 4). Returns
+    ``{"mask_area", "objects", "seconds", "window_loads", "max_windows_held"}``."""
+    rio = require_rasterio()
+    if cfg.vector:
+        _require_shapely()
+    t0 = time.perf_counter()
+    out = jio.open_storage(cfg.output)[0]
+    n_cls = len(cfg.classes)
+    h, w = info.hw
+
+    def load(win: Window) -> np.ndarray:
+        return decode_window_prob(jio.read_bytes(out, window_prob_key(info.key, win)), n_cls, win)
+
+    stitcher = fg.BlockStitcher(info.hw, windows, load, overlap=cfg.window_overlap)
+    polygons = _Polygons(info.hw) if cfg.vector else None
+    area = 0
+    src_storage = out if info.source_in_output else jio.open_storage(cfg.input)[0]
+    with _scratch(out) as tmp, contextlib.ExitStack() as stack:
+        stack.enter_context(rio.Env(**GDAL_ENV))
+        stack.enter_context(_quiet())
+        crs = rio.crs.CRS.from_wkt(info.crs_wkt) if info.crs_wkt else None
+        transform = rio.Affine.from_gdal(*info.transform)
+        profile = dict(driver="GTiff", width=w, height=h, dtype="uint8", crs=crs, transform=transform, tiled=True,
+                       blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", BIGTIFF="IF_SAFER")
+        paths = {"mask": os.path.join(tmp, "mask.tif"), "prob": os.path.join(tmp, "prob.tif")}
+        dm = stack.enter_context(rio.open(paths["mask"], "w", count=1, **profile))
+        dp = stack.enter_context(rio.open(paths["prob"], "w", count=n_cls, **profile))
+        src = stack.enter_context(open_raster(src_storage, info.source)) if info.masked else None
+        for block in fg.block_grid(info.hw, block=OUTPUT_BLOCK):
+            rwin = rio.windows.Window(block.x0, block.y0, block.w, block.h)
+            prob = stitcher.block(block)
+            masks = fg.masks_from_probs(prob, threshold=0.5)
+            if src is not None:
+                valid = src.dataset_mask(window=rwin) > 0
+                masks &= valid[None]
+                prob = prob * valid[None]
+                dm.write_mask(valid.astype(np.uint8) * 255, window=rwin)
+                dp.write_mask(valid.astype(np.uint8) * 255, window=rwin)
+            if n_cls == 1:
+                labels = masks[0].astype(np.uint8)
+                dm.write(labels[None] * np.uint8(255), window=rwin)
+            else:
+                labels = np.zeros(masks.shape[1:], np.uint8)
+                for c in range(n_cls):
+                    labels[masks[c]] = c + 1
+                dm.write(labels[None], window=rwin)
+            dp.write(to_u8(prob), window=rwin)
+            area += int(masks.sum())
+            if polygons is not None:
+                polygons.add_block(labels, block)
+        stack.close()  # closes the GeoTIFFs (flushes) before the COG copies read them
+        t_blocks = time.perf_counter() - t0
+        for i, (source, folder, resampling) in enumerate(_final_outputs(info, paths, cfg.classes)):
+            final = os.path.join(tmp, f"out{i}{info.output_suffix}")
+            if info.georeferenced:
+                _cog_copy(source, final, resampling=resampling)
+            else:
+                _png_copy(source, final)
+            _publish(out, jio.output_key(folder, info.key, suffix=info.output_suffix), final)
+        objects = None
+        if polygons is not None:
+            feats = _to_crs(polygons.result(tolerance=cfg.vector_tolerance), info.transform)
+            objects = len(feats)
+            ext = ".geojson" if cfg.vector == "geojson" else ".gpkg"
+            vpath = os.path.join(tmp, "vector" + ext)
+            writer = write_geojson if cfg.vector == "geojson" else write_gpkg
+            writer(vpath, feats, classes=cfg.classes, crs_wkt=info.crs_wkt)
+            _publish(out, jio.output_key("vectors", info.key, suffix=ext), vpath)
+    log.info("stitched %s: %d windows, %d blocks in %.1f s (+ COG %.1f s)", info.key, len(windows),
+             len(fg.block_grid(info.hw, block=OUTPUT_BLOCK)), t_blocks, time.perf_counter() - t0 - t_blocks)
+    return {"mask_area": area, "objects": objects, "seconds": time.perf_counter() - t0,
+            "window_loads": stitcher.loads, "max_windows_held": stitcher.max_cached}
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+def _model_stages(ds: Any, cfg: JobConfig, plan: Any, *, attempts: Any) -> Any:
+    """The model and fuse stages of ``job.run.build_dataset``: the same classes, resources, restart policy and
+    attempt accounting. A copy kept in step by hand until ``job.run`` exposes that part (see the report)."""
+    from ray.data import ActorPoolStrategy
+
+    from finedetail import pipeline as fp
+    from job import stages
+    from job.run import _pool, _test_env
+
+    pc = cfg.pipeline
+    track = {"attempts": attempts}
+    bs = cfg.resources.batch_size
+    if cfg.coarse is None:
+        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                            batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
+    for v in fp.variants(pc):
+        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
+                            batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
+    if pc.crop.enabled:
+        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                            batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
+    return ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                          batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors),
+                          num_cpus=plan.fuse_cpus, max_restarts=-1, max_task_retries=-1, **_test_env())
+
+
+def build_window_dataset(cfg: JobConfig, items: list[dict[str, Any]], plan: Any, *, ghash: str,
+                         attempts: Any = None) -> Any:
+    """The lazy Ray dataset of window manifest rows: read windows -> the model stages -> write window maps."""
+    import ray
+
+    from finedetail import pipeline as fp
+    from job.run import _test_env
+
+    track = {"attempts": attempts}
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # one window per read task: a window is already megabytes, and reads stay as small as one row
+    ds = ds.map_batches(read_windows, batch_size=1, num_cpus=plan.io_cpus, batch_format="numpy",
+                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(cfg.pipeline)), **track}, **_test_env())
+    ds = _model_stages(ds, cfg, plan, attempts=attempts)
+    return ds.map_batches(write_windows, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
+                          batch_format="numpy", fn_kwargs={"cfg": cfg, "geo_hash": ghash, **track}, **_test_env())
+
+
+def _scene_row(cfg: JobConfig, key: str, *, status: str, error: str = "", hw: tuple[int, int] | None = None,
+               windows: Sequence[dict[str, Any]] = (), stitched: dict[str, Any] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"key": key, "status": status, "error": error, "attempts": 1,
+                           "height": hw[0] if hw else None, "width": hw[1] if hw else None,
+                           "mask_area": stitched["mask_area"] if stitched else None,
+                           "components": sum(int(r.get("components") or 0) for r in windows)}
+    for name in ("coarse_passes", "refiner_passes", "encoder_passes"):
+        row[name] = sum(int(r.get(name) or 0) for r in windows)
+    for s in jm.STAGES:
+        row[f"seconds_{s}"] = sum(float(r.get(f"seconds_{s}") or 0.0) for r in windows)
+    row["seconds_write"] += stitched["seconds"] if stitched else 0.0
+    row.update(config_hash=cfg.config_hash, finished_at=time.time())
+    return row
+
+
+def run_windowed(cfg: JobConfig, keys: Sequence[str], plan: Any) -> list[dict[str, Any]]:
+    """Run the geo path for ``keys`` (from ``split_windowed``) on the connected Ray cluster; one manifest row per
+    scene, in the order of ``keys`` (also written to the manifest). See the module docstring."""
+    import ray
+
+    require_rasterio()
+    out = jio.open_storage(cfg.output)[0]
+    ghash = geo_hash(cfg)
+    offset = current_grid_offset()
+    if out.kind == "local":  # scratch folders of stitches a killed run left behind (one job per output at a time)
+        shutil.rmtree(os.path.join(out.root, ".tmp-geo"), ignore_errors=True)
+    info_task = ray.remote(scene_info).options(num_cpus=plan.io_cpus)
+    stitch_task = ray.remote(stitch_scene).options(num_cpus=plan.io_cpus)
+    refs = {k: info_task.remote(cfg, k) for k in keys}
+    latest = jm.latest_rows(jm.read_manifest(out))
+
+    results: dict[str, dict[str, Any]] = {}
+    scenes: dict[str, tuple[SceneInfo, list[Window]]] = {}
+    window_rows: dict[str, dict[str, dict[str, Any]]] = {}
+    pending: dict[str, set[str]] = {}
+    items: list[dict[str, Any]] = []
+    for key in keys:
+        try:
+            info = ray.get(refs[key])
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            results[key] = _scene_row(cfg, key, status="error", error=f"read: {_error_text(cause)}")
+            continue
+        wins = fg.plan_windows(info.hw, window=cfg.window, overlap=cfg.window_overlap,
+                               window_pixels=cfg.window_pixels, offset=offset)
+        scenes[key] = (info, wins)
+        have = set(jio.list_files(out, f"{WINDOW_DIR}/{_stem(key)}", extensions=(".png",)))
+        window_rows[key], pending[key] = {}, set()
+        for win in wins:
+            wkey, prev = fg.window_key(key, win), latest.get(fg.window_key(key, win))
+            if (prev is not None and prev["status"] == "ok" and prev["config_hash"] == ghash
+                    and (prev["height"], prev["width"]) == win.hw and f"{win.y0}_{win.x0}.png" in have):
+                window_rows[key][wkey] = prev
+            else:
+                pending[key].add(wkey)
+                items.append(_window_item(info, win))
+        log.info("scene %s: %dx%d, %d windows (%d to compute)", key, info.hw[1], info.hw[0], len(wins),
+                 len(pending[key]))
+
+    stitching: dict[Any, str] = {}
+
+    def maybe_stitch(key: str) -> None:
+        if pending[key]:
+            return
+        bad = [r for r in window_rows[key].values() if r["status"] != "ok"]
+        info, wins = scenes[key]
+        if bad:
+            results[key] = _scene_row(cfg, key, status="error", hw=info.hw, windows=list(window_rows[key].values()),
+                                      error=f"{len(bad)} of {len(wins)} windows failed, e.g. {bad[0]['key']}: "
+                                            f"{bad[0]['error']}")
+            return
+        stitching[stitch_task.remote(cfg, info, wins)] = key
+
+    for key in scenes:
+        maybe_stitch(key)  # every window reused: straight to the stitch
+    attempts = None
+    if items:
+        from job.stages import AttemptLog
+
+        attempts = AttemptLog(output=cfg.output, run_id=f"geo-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
+                              max_tries=cfg.max_tries)
+        ds = build_window_dataset(cfg, items, plan, ghash=ghash, attempts=attempts)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["key"])):
+                r = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+                scene = r["scene"]
+                window_rows[scene][r["key"]] = r
+                pending[scene].discard(r["key"])
+                if not pending[scene]:
+                    maybe_stitch(scene)
+    if attempts is not None:
+        attempts.clear()
+    waiting = list(stitching)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        key = stitching[ready[0]]
+        info, _ = scenes[key]
+        wrows = list(window_rows[key].values())
+        try:
+            stitched = ray.get(ready[0])
+            results[key] = _scene_row(cfg, key, status="ok", hw=info.hw, windows=wrows, stitched=stitched)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            log.warning("stitching %s failed:\n%s", key, traceback.format_exc())
+            results[key] = _scene_row(cfg, key, status="error", hw=info.hw, windows=wrows,
+                                      error=f"stitch: {_error_text(cause)}")
+        jm.write_part(out, [results[key]])
+    for key in keys:  # scenes that failed before stitching
+        if key in results and key not in stitching.values():
+            jm.write_part(out, [results[key]])
+    return [results[k] for k in keys]
+

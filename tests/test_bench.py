@@ -1,0 +1,76 @@
+"""Smoke tests of the benchmarks: each runs end to end at tiny sizes and ``--json`` prints one parsable object.
+No timing is asserted (speed targets live in the benchmarks, never in tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _json_of(capsys, module, argv):
+    assert module.main([*argv, "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_dispatch_lists_every_bench(capsys):
+    from job.bench.__main__ import main
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("throughput", "overhead", "encoder"))
+
+
+def test_encoder_bench(capsys):
+    from job.bench import encoder
+
+    res = _json_of(capsys, encoder, ["--arch", "tiny", "--batches", "1,2", "--repeat", "1", "--device", "cpu"])
+    assert [(r["mode"], r["batch"]) for r in res["results"]] == [("reference", 1), ("reference", 2), ("fast", 1),
+                                                                 ("fast", 2)]
+    assert all(r["s_per_pass"] > 0 for r in res["results"])
+    assert res["max_abs_diff_fast_vs_reference"] <= 1e-4
+    pp = res["pipeline"]
+    assert pp["objects"] == 3 and pp["image_hw"] == [768, 1024]
+    assert pp["encoder_passes"] == pp["coarse_passes"] + pp["refiner_passes"] > 0
+
+
+def test_encoder_flops_formula():
+    """ViT-H's count against the hand sum in the module docstring (~5.64 TFLOPs useful, 5.96 executed)."""
+    import torch
+
+    from finedetail.models.tiny import SAM_ARCHS, build_sam
+    from job.bench.encoder import encoder_flops, peak_tflops_for
+
+    with torch.device("meta"):
+        enc = build_sam(SAM_ARCHS["vit_h"]).image_encoder
+    t, d = 4096, 1280
+    blocks = 32 * 24 * t * d * d
+    attn = 28 * (4 * t * 196 * d + 2 * t * 28 * d) + 4 * (4 * t * t * d + 2 * t * 128 * d)
+    embed_neck = 2 * t * 768 * d + 2 * t * d * 256 + 2 * t * 9 * 256 * 256
+    assert encoder_flops(enc) == blocks + attn + embed_neck
+    assert 5.6e12 < encoder_flops(enc) < 5.7e12 < encoder_flops(enc, executed=True) < 6.0e12
+    assert encoder_flops(enc, batch=4) == 4 * encoder_flops(enc)
+    assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989 and peak_tflops_for("NVIDIA A100-SXM4-40GB") == 312
+    assert peak_tflops_for("NVIDIA H100 PCIe") == 756 and peak_tflops_for("Some GPU") is None
+
+
+def test_throughput_bench(ray_local, capsys, tmp_path):
+    from job.bench import throughput
+
+    res = _json_of(capsys, throughput, ["--images", "2", "--size", "64x96", "--scales", "1", "--tta", "identity",
+                                        "--no-crop", "--device", "cpu", "--workdir", str(tmp_path)])
+    assert res["ok"] == 2 and res["errors"] == 0
+    assert res["images_per_s"] > 0 and res["encoder_passes"] == 2 * 2  # 1 coarse + 1 SAM pass per image
+    st = res["stages"]
+    assert st["images"] == 2 and st["seconds_refine_per_image"] > 0 and st["fuse_mpx_per_s"] > 0
+
+
+@pytest.mark.parametrize("backend", ["proxy"])
+def test_overhead_bench(ray_local, capsys, tmp_path, backend):
+    from job.bench import overhead
+
+    res = _json_of(capsys, overhead, ["--images", "2", "--size", "64x96", "--backend", backend,
+                                      "--workdir", str(tmp_path)])
+    assert res["n"] == 2 and res["ray_s"] > 0 and res["loop_s"] > 0
+    assert res["ratio"] == pytest.approx(res["ray_s"] / res["loop_s"])
