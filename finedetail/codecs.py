@@ -49,8 +49,20 @@ class ImageDecodeError(ValueError):
 
 
 def _describe(data: bytes) -> str:
-    head = bytes(data[:8])
-    return f"{len(data)} bytes starting {head!r}"
+    """Size plus a guess at what the bytes are, without echoing content into logs and manifests."""
+    head = bytes(data[:512]).lstrip()
+    low = head[:64].lower()
+    if low.startswith((b"<?xml", b"<error")):
+        kind = "looks like XML (an object-store error document?)"
+    elif low.startswith((b"<!doctype html", b"<html")):
+        kind = "looks like an HTML page (a login or error page saved as the file?)"
+    elif low.startswith((b"{", b"[")):
+        kind = "looks like JSON"
+    elif head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        kind = "looks like plain text"
+    else:
+        kind = "unknown binary data"
+    return f"{len(data)} bytes, {kind}"
 
 
 def _open(data: bytes, *, max_pixels: int, what: str) -> Image.Image:

@@ -158,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.exit(2, f"finedetail: error: {exc}\n")
-    from job.run import run_job
+    from job.run import JobFailed, JobRefused, run_job
 
-    summary = run_job(cfg, address=args.address)
+    try:
+        summary = run_job(cfg, address=args.address)
+    except JobRefused as exc:  # refused before any work: nothing written, Ray not started
+        parser.exit(2, f"finedetail: error: {exc}\n")
+    except JobFailed as exc:  # stopped part-way; finished rows are in the manifest and a rerun resumes
+        parser.exit(1, f"finedetail: failed: {exc}\n")
     if args.json:
         print(json.dumps(summary))
     return 0 if summary["errors"] == 0 or summary["ok"] > 0 else 1

@@ -224,7 +224,7 @@ def test_selective_spends_fewer_passes_and_keeps_the_detail():
 def test_quality_bench_quick_json(capsys):
     from job.bench import quality
 
-    assert quality.main(["--quick", "--json"]) == 0
+    assert quality.main(["--quick", "--json", "--jobs", "1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["coarse", "+sam", "+union", "+crop", "+multiscale", "+tta", "+post",
                                          "full", "full+selective"]

@@ -5,7 +5,8 @@ SAM's reference ``segment_anything.modeling.image_encoder.Attention.forward`` ma
 ``(q * scale) @ k^T`` (B * heads, N, N), adds the decomposed relative position terms in place
 (``add_decomposed_rel_pos``), runs a separate softmax and a second matmul. Here the same sum is computed as
 
-    softmax(scale * q k^T + bias) v,     bias[b, n, (qh, qw), (kh, kw)] = rel_h[b, n, qh, qw, kh] + rel_w[b, n, qh, qw, kw]
+    softmax(scale * q k^T + bias) v,
+    bias[b, n, (qh, qw), (kh, kw)] = rel_h[b, n, qh, qw, kh] + rel_w[b, n, qh, qw, kw]
 
 with ``rel_h = q . Rh[qh, kh]`` and ``rel_w = q . Rw[qw, kw]`` (the UNscaled query, as in the reference;
 ``Rh``/``Rw`` are the relative position tables looked up by ``qh - kh`` and ``qw - kw``, see ``rel_pos_table``).

@@ -230,10 +230,12 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
                 first[mode] = out[:1].float()
             del out
     disable_fast_attention(encoder)
-    speedup = {}
+    speedup, speedup_compiled = {}, {}
     for b in batches:
         t = {r["mode"]: r["s_per_pass"] for r in results if r["batch"] == b}
         speedup[str(b)] = t["reference"] / t["fast"]
+        if "fast_compiled" in t:
+            speedup_compiled[str(b)] = t["reference"] / t["fast_compiled"]
     res: dict[str, Any] = {
         "arch": arch,
         "device": str(dev),
@@ -246,6 +248,7 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
         "peak_tflops": peak,
         "results": results,
         "speedup_fast_vs_reference": speedup,
+        "speedup_compiled_vs_reference": speedup_compiled or None,
         "max_abs_diff_fast_vs_reference": float((first["fast"] - first["reference"]).abs().max()),
     }
     if passes:
@@ -308,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print("speedup fast vs reference: " + ", ".join(f"batch {b}: {s:.2f}x"
                                                      for b, s in res["speedup_fast_vs_reference"].items()))
+    if res["speedup_compiled_vs_reference"]:
+        print("speedup compiled fast vs reference: " + ", ".join(
+            f"batch {b}: {s:.2f}x" for b, s in res["speedup_compiled_vs_reference"].items()))
     if res["device"].startswith("cuda"):
         print(f"bf16 peak used: {peak if peak else 'unknown card: pass --peak-tflops'} TFLOP/s")
     print(f"max |fast - reference| on the batch-{res['batches'][0]} embedding: "

@@ -14,6 +14,11 @@ The same generated images (PNG files, ``finedetail.synthetic.make_scene``) and p
 The backend is cheap (``proxy``: colour-keyed numpy/OpenCV models; or ``classical``) so the ratio measures
 overhead, not model time. ``ratio = ray_s / loop_s``; the local Ray is started (and timed) before both and is not
 part of ``ray_s``. ``--repeat`` alternates the two and keeps each one's best time.
+
+CPU seconds are reported beside wall time (``ray_cpu_s``: this process and every process under it, i.e. the local
+Ray's daemons and workers, polled every 0.2 s; ``loop_cpu_s``: this process), because on cores shared with other
+work the wall-time ratio depends on the neighbours: the job's ~10 processes get a larger share of a contended
+machine than the loop's one. ``cpu_ratio`` is the overhead in work, whatever the load.
 """
 
 from __future__ import annotations
@@ -21,14 +26,67 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from job.bench.throughput import ensure_ray, parse_size, write_dataset
 
-__all__ = ["main", "run", "run_loop"]
+__all__ = ["CpuMeter", "main", "run", "run_loop"]
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent by this process, and with ``children=True`` by every process below it,
+    between ``start()`` and ``stop()``. Children are polled every ``interval`` s (a process that lives less than
+    that between two polls is missed); None when psutil is not installed."""
+
+    def __init__(self, *, children: bool, interval: float = 0.2):
+        self.children, self.interval = children, interval
+        self._seen: dict[tuple[int, float], float] = {}
+        self._base: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import psutil
+        except ImportError:
+            self._psutil = None
+        else:
+            self._psutil = psutil
+
+    def _poll(self) -> None:
+        me = self._psutil.Process(os.getpid())
+        procs = [me] + (me.children(recursive=True) if self.children else [])
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                self._seen[(p.pid, p.create_time())] = t.user + t.system
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
+                pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def start(self) -> "CpuMeter":
+        if self._psutil is not None:
+            self._poll()
+            self._base = dict(self._seen)
+            if self.children:
+                self._thread = threading.Thread(target=self._loop, daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        if self._psutil is None:
+            return None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._poll()
+        return sum(v - self._base.get(k, 0.0) for k, v in self._seen.items())
 
 
 def run_loop(cfg: Any, keys: Sequence[str]) -> int:
@@ -69,7 +127,7 @@ def run(*, images: int = 64, size: tuple[int, int] = (384, 512), backend: str = 
         root = Path(tmp)
         in_dir, prompts, pixels = write_dataset(root / "data", n=images, hw=size)
         ray_start_s = ensure_ray(num_cpus=num_cpus)
-        ray_times, loop_times, ok = [], [], 0
+        ray_times, loop_times, ray_cpu, loop_cpu, ok = [], [], [], [], 0
         plan = None
         for i in range(repeat):
             def cfg_for(out: str):
@@ -78,17 +136,22 @@ def run(*, images: int = 64, size: tuple[int, int] = (384, 512), backend: str = 
 
             cfg = cfg_for(str(root / f"out_ray_{i}"))  # a fresh output: no resume skipping
             plan = plan_resources(cfg, ray.cluster_resources())
+            meter = CpuMeter(children=True).start()
             t0 = time.perf_counter()
             summary = run_job(cfg, out=io.StringIO())
             ray_times.append(time.perf_counter() - t0)
+            ray_cpu.append(meter.stop())
             ok = summary["ok"]
             loop_cfg = cfg_for(str(root / f"out_loop_{i}"))
+            meter = CpuMeter(children=False).start()
             t0 = time.perf_counter()
             n_loop = run_loop(loop_cfg, list_inputs(loop_cfg))
             loop_times.append(time.perf_counter() - t0)
+            loop_cpu.append(meter.stop())
             if ok != images or n_loop != images:
                 raise RuntimeError(f"expected {images} images from both, got ray={ok} loop={n_loop}")
     ray_s, loop_s = min(ray_times), min(loop_times)
+    cpu = None not in ray_cpu + loop_cpu
     return {
         "n": images,
         "size_hw": list(size),
@@ -103,6 +166,12 @@ def run(*, images: int = 64, size: tuple[int, int] = (384, 512), backend: str = 
         "ray_images_per_s": images / ray_s,
         "loop_images_per_s": images / loop_s,
         "ray_fixed_cost_s_est": ray_s - loop_s,
+        "ray_cpu_s": min(ray_cpu) if cpu else None,
+        "loop_cpu_s": min(loop_cpu) if cpu else None,
+        "cpu_ratio": min(ray_cpu) / min(loop_cpu) if cpu and min(loop_cpu) > 0 else None,
+        "ray_cpu_times": ray_cpu,
+        "loop_cpu_times": loop_cpu,
+        "load_avg_1m": os.getloadavg()[0],
         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
         "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__} if plan else None,
     }
@@ -138,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"cluster {res['cluster']}; Ray start {res['ray_start_s']:.1f} s (not counted)")
     print(f"ray job:    {res['ray_s']:8.2f} s  ({res['ray_images_per_s']:.2f} images/s)  runs {res['ray_times']}")
     print(f"plain loop: {res['loop_s']:8.2f} s  ({res['loop_images_per_s']:.2f} images/s)  runs {res['loop_times']}")
-    print(f"ratio ray / loop: {res['ratio']:.2f}")
+    print(f"ratio ray / loop: {res['ratio']:.2f} (1-min load average {res['load_avg_1m']:.1f} on "
+          f"{os.cpu_count()} cores)")
+    if res["cpu_ratio"] is not None:
+        print(f"CPU seconds: ray {res['ray_cpu_s']:.1f} (all Ray processes), loop {res['loop_cpu_s']:.1f} -> "
+              f"ratio {res['cpu_ratio']:.2f}")
     return 0
 
 

@@ -12,8 +12,9 @@ its start-up is timed apart and not part of the job's time).
 
 Reports images/s and encoder passes/s over the job's wall time, then from the manifest (``output/manifest/*.parquet``,
 columns ``seconds_<stage>``: each stage's actor time per image) the time per image of each stage, the rate of each
-model stage (megapixels and encoder passes per actor-second) and the fuse stage's megapixels/s per core (the fuse
-actor is CPU-only and holds ``fuse_cpus`` of a CPU; it is the stage that must keep up with the GPU stages).
+model stage (megapixels and encoder passes per actor-second) and the fuse stage's megapixels/s per core (megapixels
+per second of fuse-actor time: one single-process CPU actor, whatever fraction ``fuse_cpus`` it reserves; it is the
+stage that must keep up with the GPU stages, so compare its rate with theirs to size ``fuse_actors``).
 """
 
 from __future__ import annotations
@@ -151,9 +152,9 @@ def stage_breakdown(rows: Sequence[dict[str, Any]], *, fuse_cpus: float | None =
     fuse_s = out["seconds_fuse_total"]
     out["fuse_mpx_per_s"] = mpx / fuse_s if fuse_s else None
     out["fuse_cpus"] = fuse_cpus
-    # the fuse actor's time is wall time on (at most) fuse_cpus of a core; per core = per actor-second / cpus
-    out["fuse_mpx_per_s_per_core"] = (out["fuse_mpx_per_s"] / min(1.0, fuse_cpus)
-                                      if out["fuse_mpx_per_s"] and fuse_cpus else out["fuse_mpx_per_s"])
+    # seconds_fuse is wall time inside one single-process fuse actor, i.e. on one core (Ray's fractional num_cpus
+    # is a scheduling reservation, not a limit): megapixels per actor-second is the rate per core
+    out["fuse_mpx_per_s_per_core"] = out["fuse_mpx_per_s"]
     return out
 
 
