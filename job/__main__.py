@@ -67,6 +67,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     res.add_argument("--crop-gpus", type=float, help="GPU fraction per crop actor")
     res.add_argument("--max-actors", type=int, help="upper bound of each model actor pool")
     res.add_argument("--fuse-actors", type=int, help="upper bound of the CPU fuse actor pool")
+    res.add_argument("--chain", choices=("auto", "on", "off"),
+                     help="run all model stages in one actor pool (default auto: on when they run on CPU)")
     res.add_argument("--batch-size", type=int, help="rows per model batch")
     res.add_argument("--encode-batch", type=int, help="images per encoder forward")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
@@ -99,6 +101,7 @@ _FLAG_KEYS = {
     "tta": "tta", "ensemble": "ensemble.rule", "gpu": "resources.gpu", "coarse_gpus": "resources.coarse_gpus",
     "variant_gpus": "resources.variant_gpus", "crop_gpus": "resources.crop_gpus",
     "max_actors": "resources.max_actors", "fuse_actors": "resources.fuse_actors", "batch_size": "resources.batch_size",
+    "chain": "resources.chain",
     "encode_batch": "resources.encode_batch",
 }
 

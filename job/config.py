@@ -39,6 +39,12 @@ class Resources:
     nodes), "off" runs the model stages on CPU, "auto" asks for GPUs only if the cluster has some when the job starts
     (on an autoscaling cluster whose GPU workers start at zero, pass "on"). ``max_actors`` bounds each
     model pool (``ActorPoolStrategy(min_size=1, max_size=max_actors)``), ``fuse_actors`` the CPU fuse pool.
+
+    ``chain``: "on" runs every model stage and the fuse step of a row in ONE actor pool (``job.stages.ChainStage``:
+    one copy of each model per actor, no hand-offs between pools); "off" keeps one pool per stage as above; "auto"
+    (default) chains when the model stages run on CPU, where a pool per stage only adds actor start-up and
+    hand-offs that the CPUs pay for, and keeps the pools on GPUs, where they overlap and scale independently. With
+    GPUs, a chained actor takes ``variant_gpus`` of a GPU (default a whole one).
     """
 
     gpu: str = "auto"
@@ -51,10 +57,13 @@ class Resources:
     batch_size: int = 4
     encode_batch: int = 4
     read_batch: int = 8
+    chain: str = "auto"
 
     def __post_init__(self) -> None:
         if self.gpu not in GPU_MODES:
             raise ValueError(f"resources.gpu must be one of {GPU_MODES}, got {self.gpu=}")
+        if self.chain not in GPU_MODES:
+            raise ValueError(f"resources.chain must be one of {GPU_MODES}, got {self.chain=}")
         for name in ("coarse_gpus", "variant_gpus", "crop_gpus"):
             v = getattr(self, name)
             if v is not None and not (0 < v <= 1):

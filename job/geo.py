@@ -843,46 +843,20 @@ def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> 
 # --------------------------------------------------------------------------------------------- the driver
 
 
-def _model_stages(ds: Any, cfg: JobConfig, plan: Any, *, attempts: Any) -> Any:
-    """The model and fuse stages of ``job.run.build_dataset``: the same classes, resources, restart policy and
-    attempt accounting. A copy kept in step by hand until ``job.run`` exposes that part (see the report)."""
-    from ray.data import ActorPoolStrategy
-
-    from finedetail import pipeline as fp
-    from job import stages
-    from job.run import _pool, _test_env
-
-    pc = cfg.pipeline
-    track = {"attempts": attempts}
-    bs = cfg.resources.batch_size
-    if cfg.coarse is None:
-        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                            batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
-    for v in fp.variants(pc):
-        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
-                            batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
-    if pc.crop.enabled:
-        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                            batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
-    return ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                          batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors),
-                          num_cpus=plan.fuse_cpus, max_restarts=-1, max_task_retries=-1, **_test_env())
-
-
 def build_window_dataset(cfg: JobConfig, items: list[dict[str, Any]], plan: Any, *, ghash: str,
                          attempts: Any = None) -> Any:
     """The lazy Ray dataset of window manifest rows: read windows -> the model stages -> write window maps."""
     import ray
 
     from finedetail import pipeline as fp
-    from job.run import _test_env
+    from job.run import _test_env, model_stages
 
     track = {"attempts": attempts}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # one window per read task: a window is already megabytes, and reads stay as small as one row
     ds = ds.map_batches(read_windows, batch_size=1, num_cpus=plan.io_cpus, batch_format="numpy",
                         fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(cfg.pipeline)), **track}, **_test_env())
-    ds = _model_stages(ds, cfg, plan, attempts=attempts)
+    ds = model_stages(ds, cfg, plan, attempts=attempts)
     return ds.map_batches(write_windows, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
                           batch_format="numpy", fn_kwargs={"cfg": cfg, "geo_hash": ghash, **track}, **_test_env())
 

@@ -52,6 +52,10 @@ class Plan:
     io_cpus: float
     max_actors: int
     fuse_actors: int
+    #: one ChainStage pool instead of a pool per stage (``Resources.chain``); its actors take chain_cpus and, with
+    #: GPUs, variant_gpus of a GPU
+    chain: bool = False
+    chain_cpus: float = 0.0
 
     def gpu_sum(self, n_variants: int, coarse: bool, crop: bool) -> float:
         return (self.coarse_gpus if coarse else 0) + n_variants * self.variant_gpus + (self.crop_gpus if crop else 0)
@@ -79,9 +83,15 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     fair = math.floor(1000 * (cpus - io_cpus - fuse_cpus) / n_model) / 1000
     if use_gpu:  # GPU-bound actors: half a CPU each for their batch preparation is plenty
         model_cpus = r.model_cpus or max(0.01, min(0.5, fair))
+        if r.chain == "on":  # one pool holding every model: a whole GPU per actor unless told otherwise
+            return Plan(True, 0.0, r.variant_gpus or 1.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors,
+                        r.fuse_actors, chain=True, chain_cpus=r.model_cpus or min(1.0, cpus - io_cpus))
         return Plan(True, fit(r.coarse_gpus), fit(r.variant_gpus), fit(r.crop_gpus), model_cpus, fuse_cpus,
                     io_cpus, r.max_actors, r.fuse_actors)
     model_cpus = r.model_cpus or max(0.01, fair)
+    if r.chain != "off":  # CPU-only: a chained actor takes what a read and a write task leave, up to 4 CPUs each
+        return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors, chain=True,
+                    chain_cpus=r.model_cpus or max(0.01, min(4.0, cpus - 2 * io_cpus)))
     return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors)
 
 
@@ -127,13 +137,42 @@ def _pool(plan: Plan, *, gpus: float) -> dict[str, Any]:
     return args
 
 
+def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -> Any:
+    """Append the model and fuse stages to ``ds`` (rows with the columns ``read_decode`` makes): SegGPT coarse
+    (unless ``--coarse`` supplies the masks), one actor pool per variant, crop refinement, then the CPU fuse pool.
+    Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``)."""
+    from ray.data import ActorPoolStrategy
+
+    from job import stages
+
+    pc = cfg.pipeline
+    track = {"attempts": attempts}
+    bs = cfg.resources.batch_size
+    if plan.chain:
+        args = {"num_gpus": plan.variant_gpus} if plan.use_gpu else {}
+        return ds.map_batches(stages.ChainStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                              batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.max_actors),
+                              num_cpus=plan.chain_cpus, max_restarts=-1, max_task_retries=-1, **args, **_test_env())
+    if cfg.coarse is None:
+        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                            batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
+    for v in fp.variants(pc):
+        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
+                            batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
+    if pc.crop.enabled:
+        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                            batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
+    return ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
+                          batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors),
+                          num_cpus=plan.fuse_cpus, max_restarts=-1, max_task_retries=-1, **_test_env())
+
+
 def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any = None):
     """The lazy Ray dataset of manifest rows (nothing runs until it is consumed).
 
     ``attempts``: the run's `job.stages.AttemptLog` (bounds the tries of inputs that kill workers); None = none.
     """
     import ray
-    from ray.data import ActorPoolStrategy
 
     from job import stages
 
@@ -145,18 +184,7 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(pc)), **track}, batch_format="numpy",
                         **_test_env())
-    if cfg.coarse is None:
-        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                            batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
-    for v in fp.variants(pc):
-        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
-                            batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
-    if pc.crop.enabled:
-        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                            batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
-    ds = ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors),
-                        num_cpus=plan.fuse_cpus, max_restarts=-1, max_task_retries=-1, **_test_env())
+    ds = model_stages(ds, cfg, plan, attempts=attempts)
     ds = ds.map_batches(stages.write_outputs, batch_size=bs, num_cpus=plan.io_cpus, batch_format="numpy",
                         fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track}, **_test_env())
     return ds

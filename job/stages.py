@@ -335,12 +335,16 @@ class VariantStage(_ModelStage):
 
     stage = "refine"
 
-    def __init__(self, cfg: JobConfig, variant: str, attempts: AttemptLog | None = None):
+    def __init__(self, cfg: JobConfig, variant: str, attempts: AttemptLog | None = None, *, refiner: Any = None):
         from job.models import build_refiner
 
         _set_threads(cfg)
         self.cfg, self.variant, self.attempts = cfg, variant, attempts
-        self.refiner = build_refiner(cfg) if cfg.pipeline.refine.enabled else None
+        if not cfg.pipeline.refine.enabled:
+            refiner = None
+        elif refiner is None:
+            refiner = build_refiner(cfg)
+        self.refiner = refiner
 
     @property
     def stage_id(self) -> str:
@@ -392,12 +396,12 @@ class CropStage(_ModelStage):
 
     stage = "crop"
 
-    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None):
+    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None, *, refiner: Any = None):
         from job.models import build_refiner
 
         _set_threads(cfg)
         self.cfg, self.attempts = cfg, attempts
-        self.refiner = build_refiner(cfg)
+        self.refiner = build_refiner(cfg) if refiner is None else refiner
 
     def _work(self, rows):
         for r in rows:
@@ -427,6 +431,30 @@ class FuseStage(_ModelStage):
                 weights.append(pc.crop.weight)
             prob, mask = fp.fuse(image, maps, pc, weights=weights)
             r["prob"], r["mask"] = pack(to_u8(prob)), pack(mask.astype(np.uint8))
+
+
+class ChainStage:
+    """One actor running every model stage of a row in order, then the fuse step (``Resources.chain``).
+
+    The same stage objects as the one-pool-per-stage shape, called one after the other on the batch, so every row
+    gets exactly the same maps, pass counts, per-stage seconds, error rows and attempt accounting; the refiner is
+    built once and shared by the variant and crop stages (one copy of SAM per actor instead of one per pool)."""
+
+    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None):
+        from job.models import build_refiner
+
+        pc = cfg.pipeline
+        refiner = build_refiner(cfg) if (pc.refine.enabled or pc.crop.enabled) else None
+        self.stages: list[_ModelStage] = [CoarseStage(cfg, attempts)] if cfg.coarse is None else []
+        self.stages += [VariantStage(cfg, v.name, attempts, refiner=refiner) for v in fp.variants(pc)]
+        if pc.crop.enabled:
+            self.stages.append(CropStage(cfg, attempts, refiner=refiner))
+        self.stages.append(FuseStage(cfg, attempts))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
 
 
 def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: str,

@@ -352,3 +352,16 @@ def tiny_weights(tmp_path_factory):
     save_tiny_sam(sam)
     save_tiny_seggpt(seggpt)
     return {"sam": str(sam), "seggpt": str(seggpt)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's forwards on one intra-op thread (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    on cores shared with other processes, two threads lose up to ~10x (each parallel region waits for its slowest
+    thread). Only for modules where nothing checked depends on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,14 +20,7 @@ from finedetail.models.sam import SamRefiner
 from finedetail.models.tiny import build_tiny_sam
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's forwards on one intra-op thread: on cores shared with other processes, two threads lose up
-    to ~10x (each parallel region waits for its slowest thread); nothing checked here depends on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,7 @@ from finedetail.models.tiny import SAM_ARCHS, build_sam, build_tiny_sam
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's forwards on one intra-op thread: on cores shared with other processes, two threads lose up
-    to ~10x (each parallel region waits for its slowest thread); nothing checked here depends on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _embed_both_ways(sam, x):

@@ -71,8 +71,39 @@ def test_fractional_gpus_sum_to_at_most_one():
     assert plan.gpu_sum(n_variants=5, coarse=True, crop=True) <= 1.0 + 1e-9
     cpu_plan = plan_resources(cfg, {"CPU": 2.0})
     assert not cpu_plan.use_gpu
+    # on CPU the model stages are chained by default: one chained actor + a read and a write task fit in 2 CPUs
+    assert cpu_plan.chain and cpu_plan.chain_cpus + 2 * cpu_plan.io_cpus <= 2.0 + 1e-9
+    pools = plan_resources(_cfg(input="in", prompts="p", output="out", scales=[1.0, 2.0, 0.5],
+                                tta=["identity", "hflip", "rot90"], resources={"chain": "off"}), {"CPU": 2.0})
     # one read task + the fuse pool + one actor of each of the 7 model pools fit in 2 CPUs: no deadlock
-    assert cpu_plan.io_cpus + cpu_plan.fuse_cpus + 7 * cpu_plan.model_cpus <= 2.0 + 1e-9
+    assert not pools.chain and pools.io_cpus + pools.fuse_cpus + 7 * pools.model_cpus <= 2.0 + 1e-9
+    assert not plan.chain  # GPUs: a pool per stage unless asked
+    chained = plan_resources(_cfg(input="in", prompts="p", output="out", resources={"chain": "on"}),
+                             {"CPU": 2.0, "GPU": 1.0})
+    assert chained.chain and chained.use_gpu and chained.variant_gpus == 1.0
+
+
+def test_chained_stages_give_the_same_outputs_as_one_pool_per_stage(ray_local, data, tmp_path):
+    from job.run import run_job
+
+    root, keys = data
+    base = dict(input=str(root / "in"), prompts=str(root / "prompts"), backend="proxy", scales=[1.0, 2.0],
+                tta=["identity", "hflip"])
+    runs = {}
+    for chain in ("off", "on"):
+        out = tmp_path / chain
+        cfg = _cfg(output=str(out), resources={"gpu": "on", "chain": chain}, **base)
+        summary = run_job(cfg, out=io.StringIO())
+        assert summary["ok"] == len(keys) - len(CORRUPT), chain
+        runs[chain] = (out, {r["key"]: r for r in read_manifest_rows(out)})
+    (off, rows_off), (on, rows_on) = runs["off"], runs["on"]
+    assert rows_off.keys() == rows_on.keys()
+    for key, r in rows_off.items():
+        assert rows_on[key]["status"] == r["status"] and rows_on[key]["error"] == r["error"], key
+        for col in ("coarse_passes", "refiner_passes", "components", "mask_area"):
+            assert rows_on[key][col] == r[col], (key, col)
+    for f in sorted((off / "probs").rglob("*.png")):
+        assert (on / "probs" / f.relative_to(off / "probs")).read_bytes() == f.read_bytes(), f
 
 
 def test_resume_skips_done_inputs(ray_local, data, tmp_path):
