@@ -40,6 +40,10 @@ class RefineConfig:
     outside, ``point_offset`` px from the boundary); components with area < ``min_area`` px are dropped (counted).
     ``multimask``: "coarse" keeps SAM's candidate that best agrees (IoU) with the component's coarse mask, "iou" the
     one with the highest predicted IoU, "single" asks SAM for one mask. ``union``: refined ∪ coarse (recall first).
+    ``skip_empty``: a refiner window (the whole image, or one tile of an upscaled variant) whose coarse map gives no
+    prompt is not encoded; its map is what the refiner would return there anyway (the coarse map with ``union``, else
+    zeros), so outputs are identical and only encoder passes are saved. Off only to measure the full compute with
+    random weights (benchmarks), whose coarse maps are empty.
     """
 
     enabled: bool = True
@@ -51,6 +55,7 @@ class RefineConfig:
     multimask: str = "coarse"
     min_area: int = 16
     union: bool = True
+    skip_empty: bool = True
 
     def __post_init__(self) -> None:
         if self.points < 0:
@@ -133,7 +138,7 @@ class SelectiveConfig:
     - crops only for objects whose outline is uncertain (share of 0.1 < p < 0.9 pixels in its band >=
       ``uncertain_frac``) or detailed (perimeter^2 / area >= ``detail_ratio``); the crop windows holding the most
       detail pixels of their object first, at most ``crops_per_input`` per refiner input's worth of image area per
-      class (ceil(crops_per_input * max(1, H * W / input**2)): 4 for an image up to 1024 x 1024, 16 for
+      class (ceil(crops_per_input * max(1, H * W / input**2)): 2 for an image up to 1024 x 1024, 8 for
       2048 x 2048 with SAM) and never more than ``CropConfig.max_crops``.
     """
 
@@ -144,7 +149,7 @@ class SelectiveConfig:
     thin_radius: int = 3
     uncertain_frac: float = 0.05
     detail_ratio: float = 60.0
-    crops_per_input: float = 4.0
+    crops_per_input: float = 2.0
 
     def __post_init__(self) -> None:
         if not (0.0 < self.agree_iou <= 1.0):

@@ -72,7 +72,8 @@ class Stats:
     components: int = 0
     dropped_components: int = 0
     crops: int = 0
-    tiles: int = 0
+    tiles: int = 0  # refiner windows encoded
+    empty_windows: int = 0  # refiner windows without a prompt: not encoded (the refiner adds nothing there)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -253,19 +254,26 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
             if ref_t is not None:
                 skipped = _skipped_windows(ref_t, coarse_t, detail_t, wins, scale=v.scale, cfg=cfg)
             for win, fixed in zip(wins, skipped):
-                jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2], fixed))
-                if fixed is None:
+                # refine.skip_empty: a window whose coarse map gives no prompt is not encoded; with no prompt the
+                # refiner adds nothing there (``_refine_window`` returns the coarse map or zeros without the encoding)
+                run = fixed is None and (not cfg.refine.skip_empty or has_prompts(
+                    coarse_t[(slice(None), *win.slices)], min_area=cfg.refine.min_area))
+                jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2], fixed, run))
+                if run:
                     tiles.append(np.ascontiguousarray(img_t[win.slices]))
     before = refiner.encoder_passes
     embeddings = iter(refiner.encode(tiles) if tiles else [])
     passes = refiner.encoder_passes - before
     results: list[dict[str, Any]] = [{} for _ in images]
-    for i, v, tr, win, coarse_t, hw_t, fixed in jobs:
+    for i, v, tr, win, coarse_t, hw_t, fixed, run in jobs:
         st = all_stats[i]
-        if fixed is None:
+        if run:
             st.tiles += 1
             st.refiner_passes += passes // max(1, len(tiles))
             window_map = _refine_window(refiner, next(embeddings), coarse_t[(slice(None), *win.slices)], cfg, st)
+        elif fixed is None:  # prompt-less: exactly what a run would give, at full weight, without the encoder
+            st.empty_windows += 1
+            window_map = _refine_window(refiner, None, coarse_t[(slice(None), *win.slices)], cfg, st)
         else:
             window_map = fixed
         if v.name not in results[i]:

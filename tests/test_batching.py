@@ -96,3 +96,28 @@ def test_run_image_runs_one_encode_per_refiner_stage(sam, encoder_batches):
     assert len(encoder_batches) == math.ceil(st.tiles / 4) + math.ceil(st.crops / 4)
     assert sum(b.shape[0] for b in encoder_batches) == refiner.encoder_passes == st.refiner_passes
     _assert_all_distinct(encoder_batches)
+
+
+def test_prompt_less_windows_are_not_encoded_and_change_nothing(sam, encoder_batches):
+    """refine.skip_empty: at 2x a 600 x 700 image is 4 windows; an object in one corner gives prompts to one of
+    them only. The other three are not encoded, and every map is bit-identical to encoding them all."""
+    import dataclasses
+
+    hw = (600, 700)
+    image = _image(3, hw)
+    coarse = _coarse(hw, (10, 30, 60, 160))  # top-left only: at 2x (rows 20-120, cols 60-320) in one window
+    maps, counts = {}, {}
+    for skip in (True, False):
+        cfg = PipelineConfig(scales=(2.0,), tta=("identity",))
+        cfg = dataclasses.replace(cfg, refine=dataclasses.replace(cfg.refine, skip_empty=skip))
+        refiner = SamRefiner(sam, device="cpu", encode_batch=4)
+        before = len(encoder_batches)
+        out, stats = refine_variants_batch([image], [coarse], refiner, cfg)
+        maps[skip] = out[0]
+        counts[skip] = (sum(b.shape[0] for b in encoder_batches[before:]), refiner.encoder_passes, stats[0])
+    assert counts[False][:2] == (4, 4) and counts[False][2].tiles == 4 and counts[False][2].empty_windows == 0
+    assert counts[True][:2] == (1, 1) and counts[True][2].tiles == 1 and counts[True][2].empty_windows == 3
+    assert counts[True][2].refiner_passes == 1 and counts[True][2].components == counts[False][2].components
+    assert maps[True].keys() == maps[False].keys()
+    for name in maps[True]:
+        assert np.array_equal(maps[True][name], maps[False][name]), name

@@ -7,14 +7,16 @@ Writes ``--images`` scenes (``finedetail.synthetic.make_scene``, the four kinds 
 the official formats (tiny SAM + tiny SegGPT by default; ``--arch vit_b|vit_l|vit_h`` saves a full-size SAM
 ``.pth`` instead, ~0.4 / 1.2 / 2.5 GB, meant for a GPU machine; ``--seggpt full`` a full-size SegGPT), builds a
 ``JobConfig`` with ``job.config.job_config_from_dict`` (backend ``seggpt-sam``, the default method unless
-``--scales`` / ``--tta`` / ``--no-crop``) and runs the job on the local Ray (started here when not running;
+``--scales`` / ``--tta`` / ``--no-crop``; ``refine.skip_empty`` off, so every refiner window is encoded although
+random weights give empty coarse maps) and runs the job on the local Ray (started here when not running;
 its start-up is timed apart and not part of the job's time).
 
 Reports images/s and encoder passes/s over the job's wall time, then from the manifest (``output/manifest/*.parquet``,
 columns ``seconds_<stage>``: each stage's actor time per image) the time per image of each stage, the rate of each
 model stage (megapixels and encoder passes per actor-second) and the fuse stage's megapixels/s per core (megapixels
 per second of fuse-actor time: one single-process CPU actor, whatever fraction ``fuse_cpus`` it reserves; it is the
-stage that must keep up with the GPU stages, so compare its rate with theirs to size ``fuse_actors``).
+stage that must keep up with the GPU stages, so compare its rate with theirs to size ``fuse_actors``). When the
+plan chains the stages (``Resources.chain``), fuse runs inside the chained actor and ``fuse_cpus`` reports its CPUs.
 """
 
 from __future__ import annotations
@@ -178,6 +180,9 @@ def run(*, images: int = 16, size: tuple[int, int] = (512, 512), arch: str = "ti
             "input": str(in_dir), "prompts": str(prompts), "output": str(root / "out"), "backend": "seggpt-sam",
             "sam_checkpoint": sam_path, "seggpt_checkpoint": seggpt_dir, "device": device,
             "resources": dict(resources or {}),
+            # random weights give empty coarse maps: without this every refiner window would be skipped as
+            # prompt-less (refine.skip_empty) and the bench would time no SAM encoder work at all
+            "refine": {"skip_empty": False},
         }
         if scales is not None:
             values["scales"] = list(scales)
@@ -193,7 +198,7 @@ def run(*, images: int = 16, size: tuple[int, int] = (512, 512), arch: str = "ti
         summary = run_job(cfg, out=log)
         wall = time.perf_counter() - t0
         rows = read_manifest_table(root / "out")
-    stages = stage_breakdown(rows, fuse_cpus=plan.fuse_cpus)
+    stages = stage_breakdown(rows, fuse_cpus=plan.chain_cpus if plan.chain else plan.fuse_cpus)
     passes = stages["coarse_passes"] + stages["refiner_passes"]
     return {
         "images": images,
