@@ -53,11 +53,15 @@ class Plan:
     max_actors: int
     fuse_actors: int
     #: one ChainStage pool instead of a pool per stage (``Resources.chain``); its actors take chain_cpus and, with
-    #: GPUs, variant_gpus of a GPU
+    #: GPUs, chain_gpus of a GPU (the per-stage fractions are then 0)
     chain: bool = False
     chain_cpus: float = 0.0
+    chain_gpus: float = 0.0
 
     def gpu_sum(self, n_variants: int, coarse: bool, crop: bool) -> float:
+        """GPU fraction of one actor of every model pool."""
+        if self.chain:
+            return self.chain_gpus
         return (self.coarse_gpus if coarse else 0) + n_variants * self.variant_gpus + (self.crop_gpus if crop else 0)
 
 
@@ -84,8 +88,8 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     if use_gpu:  # GPU-bound actors: half a CPU each for their batch preparation is plenty
         model_cpus = r.model_cpus or max(0.01, min(0.5, fair))
         if r.chain == "on":  # one pool holding every model: a whole GPU per actor unless told otherwise
-            return Plan(True, 0.0, r.variant_gpus or 1.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors,
-                        r.fuse_actors, chain=True, chain_cpus=r.model_cpus or min(1.0, cpus - io_cpus))
+            return Plan(True, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors, chain=True,
+                        chain_cpus=r.model_cpus or min(1.0, cpus - io_cpus), chain_gpus=r.variant_gpus or 1.0)
         return Plan(True, fit(r.coarse_gpus), fit(r.variant_gpus), fit(r.crop_gpus), model_cpus, fuse_cpus,
                     io_cpus, r.max_actors, r.fuse_actors)
     model_cpus = r.model_cpus or max(0.01, fair)
@@ -118,12 +122,16 @@ def _test_env() -> dict[str, Any]:
     return {"runtime_env": {"env_vars": hooks}} if hooks else {}
 
 
-def _pool(plan: Plan, *, gpus: float) -> dict[str, Any]:
+def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size: int | None = None
+          ) -> dict[str, Any]:
+    """``map_batches`` arguments of an actor pool: 1 to ``max_size`` (default ``plan.max_actors``) actors of
+    ``cpus`` (default ``plan.model_cpus``) CPUs and, when the plan uses GPUs and ``gpus`` is not None, ``gpus`` of a
+    GPU each."""
     from ray.data import ActorPoolStrategy
 
     args: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=1, max_size=plan.max_actors),
-        "num_cpus": plan.model_cpus,
+        "compute": ActorPoolStrategy(min_size=1, max_size=plan.max_actors if max_size is None else max_size),
+        "num_cpus": plan.model_cpus if cpus is None else cpus,
         # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
         # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few
         # unrelated deaths. What bounds an input that kills every worker is the stages' attempt accounting
@@ -132,7 +140,7 @@ def _pool(plan: Plan, *, gpus: float) -> dict[str, Any]:
         "max_task_retries": -1,
         **_test_env(),
     }
-    if plan.use_gpu:
+    if plan.use_gpu and gpus is not None:
         args["num_gpus"] = gpus
     return args
 
@@ -141,18 +149,14 @@ def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -
     """Append the model and fuse stages to ``ds`` (rows with the columns ``read_decode`` makes): SegGPT coarse
     (unless ``--coarse`` supplies the masks), one actor pool per variant, crop refinement, then the CPU fuse pool.
     Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``)."""
-    from ray.data import ActorPoolStrategy
-
     from job import stages
 
     pc = cfg.pipeline
     track = {"attempts": attempts}
     bs = cfg.resources.batch_size
     if plan.chain:
-        args = {"num_gpus": plan.variant_gpus} if plan.use_gpu else {}
         return ds.map_batches(stages.ChainStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                              batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.max_actors),
-                              num_cpus=plan.chain_cpus, max_restarts=-1, max_task_retries=-1, **args, **_test_env())
+                              batch_format="numpy", **_pool(plan, gpus=plan.chain_gpus, cpus=plan.chain_cpus))
     if cfg.coarse is None:
         ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
                             batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
@@ -163,8 +167,8 @@ def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -
         ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
                             batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
     return ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                          batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=plan.fuse_actors),
-                          num_cpus=plan.fuse_cpus, max_restarts=-1, max_task_retries=-1, **_test_env())
+                          batch_format="numpy",
+                          **_pool(plan, gpus=None, cpus=plan.fuse_cpus, max_size=plan.fuse_actors))
 
 
 def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any = None):

@@ -81,7 +81,7 @@ def test_fractional_gpus_sum_to_at_most_one():
     assert not plan.chain  # GPUs: a pool per stage unless asked
     chained = plan_resources(_cfg(input="in", prompts="p", output="out", resources={"chain": "on"}),
                              {"CPU": 2.0, "GPU": 1.0})
-    assert chained.chain and chained.use_gpu and chained.variant_gpus == 1.0
+    assert chained.chain and chained.use_gpu and chained.chain_gpus == 1.0
 
 
 def test_chained_stages_give_the_same_outputs_as_one_pool_per_stage(ray_local, data, tmp_path):
