@@ -52,7 +52,12 @@ from finedetail.pipeline import run_image
 from finedetail.synthetic import KINDS, make_prompt_pair, make_scene
 from finedetail.types import PromptPair
 
-__all__ = ["CONFIGS", "DEFAULT_SCENES", "FIELDS", "main", "run", "run_scene", "scene_list", "score", "summarize",
+#: printed with every table: what these numbers can and cannot show
+GEOMETRY_NOTE = ("NOTE: generated scenes + proxy models that read the scenes' colour key: a test of geometry (frames, "
+                 "tiling, seams, inverses, prompt placement), NOT of segmentation quality on real images; for that "
+                 "see python -m job.bench real")
+
+__all__ = ["CONFIGS", "GEOMETRY_NOTE", "DEFAULT_SCENES", "FIELDS", "main", "run", "run_scene", "scene_list", "score", "summarize",
            "table", "targets"]
 
 #: metric fields of every JSON row, all means over scenes; fractions in [0, 1] except encoder_passes
@@ -332,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                       for z in dict.fromkeys(z for _, _, z in scenes))
     print(f"quality: {len(scenes)} scenes (kinds {','.join(kinds)}; {sizes}) x {len(rows)} configs, "
           f"proxy models, {time.perf_counter() - t0:.0f} s")
+    print(GEOMETRY_NOTE)
     print(table(rows))
     for line in targets(rows):
         print(line)

@@ -141,5 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, default=lambda v: None))
     else:
+        from job.bench.quality import GEOMETRY_NOTE
+
         print(table(result))
+        print(GEOMETRY_NOTE)
     return 0
