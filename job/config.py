@@ -11,7 +11,8 @@ The YAML holds job keys (``input``, ``backend``, ``batch``...) and the method's 
     tta: [identity, hflip]
     post: {radius: 4, eps: 0.001}
 
-A ``preset`` (``finedetail.presets``) is applied first; the YAML and then the command line override it.
+The backend's own defaults (``finedetail.presets.BACKEND_DEFAULTS``, each with the evidence it rests on) are applied
+first, then a ``preset`` (``finedetail.presets``); the YAML and then the command line override them.
 """
 
 from __future__ import annotations
@@ -170,12 +171,15 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 
 def job_config_from_dict(values: Mapping[str, Any]) -> JobConfig:
     """Flat job keys + pipeline keys (+ ``resources`` mapping) -> JobConfig; unknown keys raise naming the key."""
-    from finedetail.presets import preset_dict
+    from finedetail.presets import backend_defaults, preset_dict
 
     values = dict(values)
     preset = values.get("preset")
+    # backend defaults < preset < YAML < command line, key by key
+    base = backend_defaults(str(values.get("backend", JobConfig.backend)))
     if preset:
-        values = _merge(preset_dict(preset), values)
+        base = _merge(base, preset_dict(preset))
+    values = _merge(base, values)
     job_names = {f.name for f in dataclasses.fields(JobConfig)} - {"pipeline", "resources"}
     pipeline_values = {k: values.pop(k) for k in list(values) if k in _PIPELINE_KEYS}
     res_values = values.pop("resources", {}) or {}

@@ -164,3 +164,17 @@ def test_every_preset_runs_two_classes(name, models):
     assert res.mask.shape == (2, *SIZE)
     assert res.mask.sum(axis=0).max() <= 1, "a pixel in two classes"
     assert res.mask[0].any() and res.mask[1].any()
+
+
+def test_backend_defaults_sit_under_preset_yaml_and_cli():
+    """seggpt-sam drops the coarse mask as SAM logits by default (evidence in BACKEND_DEFAULTS); anything explicit wins."""
+    from job.config import job_config_from_dict
+
+    base = {"input": "in", "output": "out", "prompts": "p"}
+    assert job_config_from_dict({**base, "backend": "seggpt-sam"}).pipeline.refine.use_mask_input is False
+    assert job_config_from_dict(base).pipeline.refine.use_mask_input is False  # seggpt-sam is the default backend
+    assert job_config_from_dict({**base, "backend": "proxy"}).pipeline.refine.use_mask_input is True
+    on = job_config_from_dict({**base, "refine": {"use_mask_input": True}})
+    assert on.pipeline.refine.use_mask_input is True
+    with_preset = job_config_from_dict({**base, "preset": "technical"})
+    assert with_preset.pipeline.refine.use_mask_input is False and with_preset.pipeline.post.radius == 2
