@@ -119,21 +119,16 @@ def score_image(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = Non
 
     if valid is not None:
         pred, gt = pred & valid, gt & valid
-    tp = int(np.count_nonzero(pred & gt))
-    n_pred, n_gt = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-    precision = tp / n_pred if n_pred else float(n_gt == 0)
-    recall = tp / n_gt if n_gt else 1.0
-    f1 = 2 * tp / (n_pred + n_gt) if n_pred + n_gt else 1.0
-    topo = metrics.cldice_scores(pred, gt)
+    topo_prec, topo_sens, _ = metrics.cldice_scores(pred, gt)
     return {
-        "f1": f1,
-        "precision": precision,
-        "recall": recall,
+        "f1": metrics.pixel_f1(pred, gt),
+        "precision": metrics.pixel_precision(pred, gt),
+        "recall": metrics.pixel_recall(pred, gt),
         "iou": metrics.iou(pred, gt),
         "boundary_iou": metrics.boundary_iou(pred, gt),
         "mba": metrics.mba(pred, gt),
-        "topo_sens": topo["sensitivity"],
-        "topo_prec": topo["precision"],
+        "topo_sens": topo_sens,
+        "topo_prec": topo_prec,
         "tol_f": metrics.tolerance_f(pred, gt, tol=2),
     }
 
