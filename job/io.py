@@ -46,6 +46,8 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from finedetail.redaction import redact
+
 __all__ = [
     "IMAGE_EXTS",
     "ObjectNotFoundError",
@@ -112,41 +114,6 @@ class StorageError(Exception):
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The key does not exist.  Never retried."""
-
-
-# --------------------------------------------------------------------------- redaction
-
-_SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
-_MIN_SECRET_LEN = 4  # shorter env values are not credentials and would shred the message
-_MASK = "***"
-_ACCESS_KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA|APKA|ABIA|ACCA)[A-Z0-9]{12,}\b")
-_ASSIGNMENT_RE = re.compile(
-    r"(?i)(\b[\w.-]*(?:secret|token|password|passwd|credential|signature|access[_-]?key)[\w.-]*"
-    r"[\"']?\s*[=:]\s*[\"']?)([^\s\"'&;,]+)"
-)
-_AUTH_HEADER_RE = re.compile(r"(?i)(\bauthorization\s*[:=]\s*)([^\r\n]+)")
-_URL_USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)@", re.IGNORECASE)
-
-
-def redact(text: object, *, secrets: Iterable[str] = ()) -> str:
-    """`text` as str with credentials replaced by ``***``.
-
-    Removes: the values of AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
-    AWS_SECURITY_TOKEN and AWS_ACCESS_KEY_ID found in the environment (values
-    of at least 4 characters) and any extra `secrets`; AWS access key IDs
-    (AKIA..., ASIA..., ...); the value of ``name=value`` / ``name: value``
-    pairs whose name mentions secret, token, password, credential, signature or
-    access key (covers presigned-URL query parameters); Authorization headers;
-    passwords in ``scheme://user:password@host``.
-    """
-    out = str(text)
-    values = {os.environ.get(name, "") for name in _SECRET_ENV_VARS} | set(secrets)
-    for value in sorted((v for v in values if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True):
-        out = out.replace(value, _MASK)
-    out = _AUTH_HEADER_RE.sub(lambda m: m.group(1) + _MASK, out)
-    out = _URL_USERINFO_RE.sub(lambda m: m.group(1) + _MASK + "@", out)
-    out = _ASSIGNMENT_RE.sub(lambda m: m.group(1) + _MASK, out)
-    return _ACCESS_KEY_ID_RE.sub(_MASK, out)
 
 
 # --------------------------------------------------------------------------- retries

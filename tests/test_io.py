@@ -306,11 +306,21 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
         ("Authorization: AWS4-HMAC-SHA256 Credential=xyz, Signature=fedcba", "fedcba"),
         ("http://user:hunter22@proxy:8080/", "hunter22"),
         ("session_token: IQoJb3JpZ2luX2VjEH", "IQoJb3JpZ2luX2VjEH"),
+        ("cannot reach https://ghp_0123456789abcdefXYZ@host/sam.pth (HTTP 404)", "ghp_0123456789abcdefXYZ"),
+        ("https://acct.blob.core.windows.net/c/sam.pth?sv=2022-11-02&sig=Zm9vYmFyYmF6%3D", "Zm9vYmFyYmF6"),
+        ("https://d1.cloudfront.net/sam.pth?Expires=1&Policy=eyJTdGF0ZW1lbnQi&Key-Pair-Id=K2JCJMDEHXQW5F",
+         "eyJTdGF0ZW1lbnQi"),
     ],
 )
 def test_redact_patterns(text, gone):
     out = redact(text)
     assert gone not in out and "***" in out
+
+
+def test_redact_is_the_library_function():
+    from finedetail.redaction import redact as library_redact
+
+    assert redact is library_redact  # one implementation: the checkpoint loader and the job mask the same way
 
 
 def test_redact_env_values(monkeypatch):
