@@ -156,12 +156,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _serve(root: Path, handler: type):
+def _serve(root: Path, base: type):
+    """Serve a new directory ``root`` over HTTP on 127.0.0.1 from a thread, with a ``base`` subclass that has its own
+    request log; yields (root, base URL, request log)."""
+    root.mkdir()
+    handler = type(base.__name__, (base,), {"requests": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield root, f"http://127.0.0.1:{server.server_address[1]}", handler.requests
     finally:
         server.shutdown()
         server.server_close()
@@ -171,11 +175,8 @@ def _serve(root: Path, handler: type):
 @pytest.fixture
 def http_root(tmp_path):
     """A directory served over HTTP on 127.0.0.1 by a thread; yields (root dir, base URL, request log)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = type("Handler", (_Handler,), {"requests": []})
-    with _serve(root, handler) as base:
-        yield root, base, handler.requests
+    with _serve(tmp_path / "www", _Handler) as served:
+        yield served
 
 
 USER, PASSWORD = "alice", "s3cr3t-Pw"
@@ -198,11 +199,8 @@ class _AuthHandler(_Handler):
 @pytest.fixture
 def auth_http_root(tmp_path):
     """Like http_root, behind basic auth; yields (root dir, base URL with USER:PASSWORD@ in it, request log)."""
-    root = tmp_path / "www-auth"
-    root.mkdir()
-    handler = type("AuthHandler", (_AuthHandler,), {"requests": []})
-    with _serve(root, handler) as base:
-        yield root, base.replace("http://", f"http://{USER}:{PASSWORD}@"), handler.requests
+    with _serve(tmp_path / "www-auth", _AuthHandler) as (root, base, requests):
+        yield root, base.replace("http://", f"http://{USER}:{PASSWORD}@"), requests
 
 
 def test_http_download_verified_and_cached(http_root, tmp_path, tiny_pth):
