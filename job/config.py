@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
+from finedetail.models.checkpoints import check_sha256_option
 
 __all__ = ["BACKENDS", "JobConfig", "Resources", "job_config_from_dict", "load_yaml"]
 
@@ -85,6 +86,8 @@ class JobConfig:
     backend: str = "seggpt-sam"
     sam_checkpoint: str | None = None
     sam_model_type: str | None = None
+    #: expected SHA-256 of the SAM checkpoint; None checks the official URLs against their pinned digests and
+    #: nothing else; "skip" checks nothing (a file you trust whose digest differs)
     sam_sha256: str | None = None
     seggpt_checkpoint: str | None = None
     device: str | None = None
@@ -127,6 +130,7 @@ class JobConfig:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels=}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {self.max_tries=}")
+        check_sha256_option(self.sam_sha256)
         if self.sam_model_type not in (None, "vit_h", "vit_l", "vit_b"):
             raise ValueError(f"sam_model_type must be vit_h, vit_l or vit_b, got {self.sam_model_type=}")
         if not self.classes:

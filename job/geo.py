@@ -964,7 +964,7 @@ def run_windowed(cfg: JobConfig, keys: Sequence[str], plan: Any) -> list[dict[st
             results[key] = _scene_row(cfg, key, status="ok", hw=info.hw, windows=wrows, stitched=stitched)
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc
-            log.warning("stitching %s failed:\n%s", key, traceback.format_exc())
+            log.warning("stitching %s failed:\n%s", key, jio.redact(traceback.format_exc()))
             results[key] = _scene_row(cfg, key, status="error", hw=info.hw, windows=wrows,
                                       error=f"stitch: {_error_text(cause)}")
         jm.write_part(out, [results[key]])

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -34,7 +34,10 @@ from job.rows import column, pack, unpack
 
 log = logging.getLogger("finedetail.job")
 
-__all__ = ["AttemptLog", "CoarseStage", "CropStage", "FuseStage", "VariantStage", "read_decode", "write_outputs"]
+__all__ = ["AttemptLog", "CoarseStage", "CropStage", "FuseStage", "ModelInitError", "VariantStage", "build_bounded",
+           "read_decode", "write_outputs"]
+
+T = TypeVar("T")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -65,6 +68,13 @@ def _batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 # never count against a later run: a killed driver is not a crash of the input) and are removed as they stop
 # mattering and at the end of the run. Ray's own retry limits are set unbounded in ``job.run`` so that this
 # accounting, not Ray, decides when to give up.
+#
+# The same unbounded restarts would rebuild a model that cannot be built (a corrupt checkpoint, a GPU without room
+# for it) for ever, so each actor also counts its own constructor attempts (``build_bounded``): a note per actor
+# (Ray keeps an actor's id across restarts) written before the model is built and removed once it is. A raising
+# constructor is retried in place; after ``max_tries`` failed attempts, whether the constructor raised or its
+# process died, the actor stays up but broken: its first batch raises `ModelInitError` with the constructor's
+# error, which fails the job (`JobFailed`).
 
 ATTEMPTS_PREFIX = "_attempts"
 
@@ -178,9 +188,69 @@ def _guarded(rows: list[dict[str, Any]], attempts: AttemptLog | None, stage: str
     attempts.set(batch_marker, 0)
 
 
+class ModelInitError(RuntimeError):
+    """A model stage's actor could not build its model ``max_tries`` times in a row. Raised by the actor's
+    ``__call__``; the message is one redacted line naming the stage and the constructor's error."""
+
+
+def _actor_id() -> str | None:
+    """This Ray actor's id (kept across its restarts), or None outside an actor."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no runtime context: not in an actor
+        return None
+
+
+def build_bounded(attempts: AttemptLog | None, stage: str, build: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``(build(), None)``, or ``(None, error)`` once this actor has failed to build ``attempts.max_tries`` times.
+
+    A constructor that raises is retried here, in the same process, after a short pause (a network blip while
+    fetching weights, memory still held by a dying neighbour): Ray would not restart an actor whose constructor
+    raised, and Ray Data would fail the job on the first such death with a raw traceback. A process that dies
+    while building (no Python error to catch) is restarted by Ray; the note counts those attempts too. Outside an
+    actor, or without ``attempts``, it is plain ``build()``. ``error`` is one redacted line for `ModelInitError`.
+    """
+    actor = _actor_id()
+    if attempts is None or actor is None:
+        return build(), None
+    marker = attempts.marker(f"init-{stage}", "actor", [actor])
+    tried = attempts.count(marker)  # earlier attempts of this actor that did not finish building
+    why = "the process died with no Python error (killed for lack of memory? a crash in native code?)"
+    while tried < attempts.max_tries:
+        if tried:
+            time.sleep(min(5.0, 0.5 * 2 ** (tried - 1)))
+        attempts.set(marker, tried + 1)  # stays if the process dies in build()
+        try:
+            _test_init_failure(stage)
+            model = build()
+        except Exception as exc:
+            tried += 1
+            why = (_error_text(exc).strip().splitlines() or [""])[0]
+            log.warning("%s: building the model failed (attempt %d of %d): %s", stage, tried, attempts.max_tries,
+                        why)
+            continue
+        attempts.set(marker, 0)
+        return model, None
+    return None, (f"{stage}: cannot build the model ({why}); {tried} failed attempt(s), max_tries="
+                  f"{attempts.max_tries}. Fix the cause and re-run the same command")
+
+
 _CRASH_ENV = "FINEDETAIL_TEST_CRASH"
 _CRASH_DIR_ENV = "FINEDETAIL_TEST_CRASH_DIR"
-TEST_ENV_VARS = (_CRASH_ENV, _CRASH_DIR_ENV)
+_INIT_FAIL_ENV = "FINEDETAIL_TEST_INIT_FAIL"
+TEST_ENV_VARS = (_CRASH_ENV, _CRASH_DIR_ENV, _INIT_FAIL_ENV)
+
+
+def _test_init_failure(stage: str) -> None:
+    """TEST HOOK: ``FINEDETAIL_TEST_INIT_FAIL`` = ``{"stage": PREFIX, "how": "exit" | "raise"}`` makes every model
+    build of a matching stage kill its process (``os._exit``) or raise. Unset outside tests."""
+    spec = os.environ.get(_INIT_FAIL_ENV)
+    if spec and stage.startswith(json.loads(spec)["stage"]):
+        if json.loads(spec).get("how") == "exit":
+            os._exit(71)
+        raise RuntimeError(f"test hook: {stage} cannot build its model")
 
 
 def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
@@ -270,6 +340,8 @@ class _ModelStage:
 
     stage = ""
     attempts: AttemptLog | None = None
+    #: set when the model could not be built (``build_bounded``): every batch then raises ModelInitError
+    init_error: str | None = None
 
     @property
     def stage_id(self) -> str:
@@ -277,6 +349,8 @@ class _ModelStage:
         return self.stage
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.init_error:
+            raise ModelInitError(self.init_error)
         rows = _rows(batch)
         live = [r for r in rows if r["status"] == "ok"]
         if live:
@@ -314,7 +388,8 @@ class CoarseStage(_ModelStage):
 
         _set_threads(cfg)
         self.cfg, self.attempts = cfg, attempts
-        self.model = build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes))
+        self.model, self.init_error = build_bounded(
+            attempts, self.stage_id, lambda: build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes)))
 
     def _work(self, rows):
         images = [unpack(r["image"]) for r in rows]
@@ -343,7 +418,7 @@ class VariantStage(_ModelStage):
         if not cfg.pipeline.refine.enabled:
             refiner = None
         elif refiner is None:
-            refiner = build_refiner(cfg)
+            refiner, self.init_error = build_bounded(attempts, self.stage_id, lambda: build_refiner(cfg))
         self.refiner = refiner
 
     @property
@@ -401,7 +476,9 @@ class CropStage(_ModelStage):
 
         _set_threads(cfg)
         self.cfg, self.attempts = cfg, attempts
-        self.refiner = build_refiner(cfg) if refiner is None else refiner
+        if refiner is None:
+            refiner, self.init_error = build_bounded(attempts, self.stage_id, lambda: build_refiner(cfg))
+        self.refiner = refiner
 
     def _work(self, rows):
         for r in rows:
@@ -444,14 +521,22 @@ class ChainStage:
         from job.models import build_refiner
 
         pc = cfg.pipeline
-        refiner = build_refiner(cfg) if (pc.refine.enabled or pc.crop.enabled) else None
-        self.stages: list[_ModelStage] = [CoarseStage(cfg, attempts)] if cfg.coarse is None else []
+        refiner, self.init_error = None, None
+        if pc.refine.enabled or pc.crop.enabled:
+            refiner, self.init_error = build_bounded(attempts, "refiner", lambda: build_refiner(cfg))
+        self.stages: list[_ModelStage] = []
+        if self.init_error:
+            return  # every batch raises ModelInitError
+        if cfg.coarse is None:
+            self.stages.append(CoarseStage(cfg, attempts))
         self.stages += [VariantStage(cfg, v.name, attempts, refiner=refiner) for v in fp.variants(pc)]
         if pc.crop.enabled:
             self.stages.append(CropStage(cfg, attempts, refiner=refiner))
         self.stages.append(FuseStage(cfg, attempts))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.init_error:
+            raise ModelInitError(self.init_error)
         for stage in self.stages:
             batch = stage(batch)
         return batch
