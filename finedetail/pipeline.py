@@ -29,7 +29,7 @@ import numpy as np
 from finedetail import crops, ensemble as ens, prompts as pr, tiling
 from finedetail.config import PipelineConfig
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
-from finedetail.postprocess import postprocess
+from finedetail.postprocess import one_class_per_pixel, postprocess
 from finedetail.selective import (cover_windows, detail_map, has_prompts, object_needs_crop, variants_agree,
                                   window_has_detail)
 from finedetail.transforms import Compose, Scale, parse_tta
@@ -427,11 +427,7 @@ def fuse(image: np.ndarray, maps: Sequence[np.ndarray], cfg: PipelineConfig, *,
         probs.append(p)
         masks.append(m)
     prob = np.stack(probs).astype(np.float32)
-    mask = np.stack(masks)
-    if mask.shape[0] > 1:
-        winner = np.argmax(np.where(mask, prob, -1.0), axis=0)
-        mask &= np.arange(mask.shape[0])[:, None, None] == winner[None]
-    return prob, mask
+    return prob, one_class_per_pixel(np.stack(masks), prob)
 
 
 @dataclass

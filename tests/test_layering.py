@@ -31,6 +31,7 @@ PURE = [
     "finedetail.selective",
     "finedetail.instances",
     "finedetail.geo",
+    "finedetail.blockmorph",
 ]
 
 
