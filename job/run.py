@@ -298,6 +298,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
 
     cfg = resolve_classes(cfg)  # class names from the prompts' classes.yaml unless given
     validate_up_front(cfg)
+    cfg = cfg.with_fingerprint()  # contents of prompts and weights, hashed once here; workers get the result
     refused: list[str] = []
     keys = list_inputs(cfg, refused=refused)
     if not keys and not refused:

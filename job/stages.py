@@ -336,7 +336,12 @@ class _ModelStage:
     """Shared row handling: decode arrays of ok rows, call ``self._work(rows)``, turn exceptions into error rows.
 
     ``self.attempts`` (an `AttemptLog`, set by the subclasses' ``__init__``; None = no accounting) bounds the tries
-    of an input that kills the actor (see "worker deaths" above)."""
+    of an input that kills the actor (see "worker deaths" above).
+
+    Seconds per image (``seconds_<stage>``): ``_work`` puts each row's own time in ``row["_seconds"]`` (work done for
+    that image alone, plus its share of a model call batched over several images, split by what the call did for it:
+    ``finedetail.pipeline`` Stats.seconds); the rest of the batch's wall time (unpacking, packing, a failed batch
+    attempt) is split equally. The column then sums to the stage's wall time over the batch."""
 
     stage = ""
     attempts: AttemptLog | None = None
@@ -356,9 +361,11 @@ class _ModelStage:
         if live:
             t0 = time.perf_counter()
             _guarded(live, self.attempts, self.stage_id, self._run)
-            share = (time.perf_counter() - t0) / len(live)
-            for r in live:
-                r[f"seconds_{self.stage}"] = r.get(f"seconds_{self.stage}", 0.0) + share
+            total = time.perf_counter() - t0
+            own = [float(r.pop("_seconds", 0.0) or 0.0) for r in live]
+            rest = max(0.0, total - sum(own)) / len(live)
+            for r, s in zip(live, own):
+                r[f"seconds_{self.stage}"] = r.get(f"seconds_{self.stage}", 0.0) + s + rest
         return _batch(rows)
 
     def _run(self, live: list[dict[str, Any]]) -> None:
@@ -398,6 +405,7 @@ class CoarseStage(_ModelStage):
         for r, v, s in zip(rows, views, stats):
             r["coarse"] = pack(np.stack([to_u8(v[n]) for n in names]))
             r["passes_coarse"] += s.coarse_passes
+            r["_seconds"] = s.seconds.get("coarse", 0.0)
 
 
 def _coarse_views(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
@@ -450,6 +458,7 @@ class VariantStage(_ModelStage):
             r[f"map_{self.variant}"] = pack(to_u8(m[self.variant]))
             r["passes_refiner"] += s.refiner_passes
             r["components"] += s.components
+            r["_seconds"] = s.seconds.get("refine", 0.0)
 
 
 def _done_variant_maps(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
@@ -482,11 +491,13 @@ class CropStage(_ModelStage):
 
     def _work(self, rows):
         for r in rows:
+            t0 = time.perf_counter()
             image = unpack(r["image"])
             prov = fp.provisional(_variant_maps(r, self.cfg), self.cfg.pipeline)
             crop_map, s = fp.refine_crops(image, prov, self.refiner, self.cfg.pipeline)
             r["map_crop"] = pack(to_u8(crop_map))
             r["passes_refiner"] += s.refiner_passes
+            r["_seconds"] = time.perf_counter() - t0
 
 
 class FuseStage(_ModelStage):
@@ -500,6 +511,7 @@ class FuseStage(_ModelStage):
     def _work(self, rows):
         pc = self.cfg.pipeline
         for r in rows:
+            t0 = time.perf_counter()
             image = unpack(r["image"])
             maps = _variant_maps(r, self.cfg)
             weights = [1.0] * len(maps)
@@ -508,6 +520,7 @@ class FuseStage(_ModelStage):
                 weights.append(pc.crop.weight)
             prob, mask = fp.fuse(image, maps, pc, weights=weights)
             r["prob"], r["mask"] = pack(to_u8(prob)), pack(mask.astype(np.uint8))
+            r["_seconds"] = time.perf_counter() - t0
 
 
 class ChainStage:

@@ -32,6 +32,7 @@ PURE = [
     "finedetail.instances",
     "finedetail.geo",
     "finedetail.redaction",
+    "finedetail.blockmorph",
 ]
 
 
