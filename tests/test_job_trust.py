@@ -1,0 +1,52 @@
+"""What a careful user finds in the first hour (issue 16): documented behaviour that must be true, layouts and
+paths that must not surprise, failures that must be one-line refusals, two drivers on one output."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from job import io as jio
+from job import manifest as jm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(key: str, status: str, t: float, config_hash: str = "h") -> dict:
+    return {"key": key, "status": status, "error": "", "config_hash": config_hash, "finished_at": t}
+
+
+# ------------------------------------------------------------------------------------------------- manifest docs
+
+
+def test_manifest_statuses_are_the_documented_ones(tmp_path):
+    """The README lists exactly the statuses rows can have; no other status is written or counted as done."""
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| `manifest/part-"))
+    documented = re.search(r"status \(([^)]*)\)", line).group(1)
+    assert documented == "/".join(f"`{s}`" for s in jm.STATUSES) == "`ok`/`error`"
+    storage = jio.open_storage(str(tmp_path))[0]
+    with pytest.raises(ValueError, match=r"status must be one of \('ok', 'error'\), got 'skipped'"):
+        jm.write_part(storage, [_row("a", "skipped", time.time())])
+    # a row written by hand (or by an older version) with another status is not "done": the input runs again
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pa.Table.from_pylist([_row("a", "skipped", 1.0), _row("b", "ok", 1.0)], schema=jm.SCHEMA),
+                   tmp_path / "manifest" / "part-x.parquet")
+    assert jm.done_keys(storage, "h") == {"b"}
+
+
+def test_a_batch_written_again_adds_a_part_and_its_latest_rows_win(tmp_path):
+    """As the manifest module says: a re-written batch adds a part (the name holds its finish time), the later rows
+    are the ones read."""
+    storage = jio.open_storage(str(tmp_path))[0]
+    first = jm.write_part(storage, [_row("a", "error", 1.0), _row("b", "ok", 1.0)])
+    second = jm.write_part(storage, [_row("a", "ok", 2.0), _row("b", "ok", 2.0)])
+    assert first != second and first.startswith("manifest/part-") and second.endswith("-2000.parquet")
+    assert len(jm.read_manifest(storage)) == 4
+    assert {k: r["finished_at"] for k, r in jm.latest_rows(jm.read_manifest(storage)).items()} == {"a": 2.0, "b": 2.0}
+    assert jm.done_keys(storage, "h") == {"a", "b"}
