@@ -101,8 +101,11 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
 
 def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str]:
     """Input keys, sorted. Names that could write outside ``--output`` (``..``, absolute, control characters,
-    bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it."""
-    keys = jio.list_files(jio.open_storage(cfg.input)[0], "", extensions=IMAGE_EXTS, refused=refused)
+    bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it. An output inside the
+    input (``--input photos --output photos/out``) is left out whole: the job never segments its own outputs."""
+    storage = jio.open_storage(cfg.input)[0]
+    inside = jio.relative_root(cfg.output, storage)
+    keys = jio.list_files(storage, "", extensions=IMAGE_EXTS, refused=refused, exclude=(inside,) if inside else ())
     seen: dict[str, str] = {}
     for k in keys:
         stem = os.path.splitext(k)[0]
@@ -211,6 +214,10 @@ def validate_up_front(cfg: JobConfig) -> None:
     Raises `JobRefused` (a ValueError) naming the problem; Ray is not started."""
     from job.models import load_prompts
 
+    if jio.relative_root(cfg.output, cfg.input) == "":
+        raise JobRefused(f"--output is the --input folder itself ({jio.redact(cfg.input)}): the outputs would mix with "
+                         "the images; pass a folder of its own, e.g. --output <input>/out (left out of the inputs) "
+                         "or a folder next to it")
     try:
         if cfg.prompts is not None and cfg.coarse is None:
             load_prompts(cfg.prompts, classes=cfg.classes)

@@ -3,6 +3,7 @@ paths that must not surprise, failures that must be one-line refusals, two drive
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from pathlib import Path
@@ -50,3 +51,41 @@ def test_a_batch_written_again_adds_a_part_and_its_latest_rows_win(tmp_path):
     assert len(jm.read_manifest(storage)) == 4
     assert {k: r["finished_at"] for k, r in jm.latest_rows(jm.read_manifest(storage)).items()} == {"a": 2.0, "b": 2.0}
     assert jm.done_keys(storage, "h") == {"a", "b"}
+
+
+# ------------------------------------------------------------------------------------------- output inside input
+
+MINIMAL = {"backend": "proxy", "scales": [1.0], "tta": ["identity"], "crop": {"enabled": False}}
+
+
+def _cfg(**values):
+    from job.config import job_config_from_dict
+
+    return job_config_from_dict(values)
+
+
+def test_output_inside_input_is_not_segmented_again(ray_local, tmp_path):
+    """``--input photos --output photos/out``, run twice: the second run sees the same inputs (all done), never
+    ``out/masks/...`` (which used to come back as ``out/masks/out/masks/x.png``, growing each run)."""
+    from job.run import run_job
+    from jobkit import read_manifest_rows, write_inputs, write_prompts
+
+    photos = tmp_path / "photos"
+    keys = write_inputs(photos, n_good=2, corrupt=False)
+    write_prompts(tmp_path / "prompts")
+    cfg = _cfg(input=str(photos), output=str(photos / "out"), prompts=str(tmp_path / "prompts"), **MINIMAL)
+    assert run_job(cfg, out=io.StringIO())["ok"] == len(keys) and (photos / "out/masks").is_dir()
+    log = io.StringIO()
+    assert run_job(cfg, out=log)["images"] == 0, log.getvalue()
+    assert f"{len(keys)} inputs, {len(keys)} already done" in log.getvalue()
+    assert sorted(r["key"] for r in read_manifest_rows(photos / "out")) == keys
+    assert not (photos / "out/masks/out").exists()
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    from job.run import JobRefused, run_job
+
+    (tmp_path / "photos").mkdir()
+    cfg = _cfg(input=str(tmp_path / "photos"), output=str(tmp_path / "photos/"), prompts=str(tmp_path), **MINIMAL)
+    with pytest.raises(JobRefused, match="--output is the --input folder itself"):
+        run_job(cfg)
