@@ -3,8 +3,11 @@ paths that must not surprise, failures that must be one-line refusals, two drive
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,3 +92,53 @@ def test_output_equal_to_input_is_refused(tmp_path):
     cfg = _cfg(input=str(tmp_path / "photos"), output=str(tmp_path / "photos/"), prompts=str(tmp_path), **MINIMAL)
     with pytest.raises(JobRefused, match="--output is the --input folder itself"):
         run_job(cfg)
+
+
+# ------------------------------------------------------------------------------ relative paths, existing cluster
+
+MINIMAL_ARGS = ["--backend", "proxy", "--scales", "1", "--tta", "identity", "--no-crop"]
+
+
+def test_relative_local_paths_are_made_absolute_when_the_config_is_built(tmp_path, monkeypatch):
+    """Command line and YAML alike: every local path is resolved against the directory the command runs in (the
+    driver's), never later in a worker; URIs, Hub ids and SAM model names stay as they are."""
+    from job.__main__ import build_parser, config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights/seggpt").mkdir(parents=True)
+    (tmp_path / "job.yaml").write_text("prompts: prompts\ncoarse: ./coarse\nsam_checkpoint: weights/sam.pth\n")
+    args = build_parser().parse_args(["run", "--config", "job.yaml", "--input", "in", "--output", "out/run1",
+                                      "--seggpt-checkpoint", "weights/seggpt"])
+    cfg = config_from_args(args)
+    assert (cfg.input, cfg.output, cfg.prompts, cfg.coarse) == tuple(
+        str(tmp_path / p) for p in ("in", "out/run1", "prompts", "coarse"))
+    assert (cfg.sam_checkpoint, cfg.seggpt_checkpoint) == (str(tmp_path / "weights/sam.pth"),
+                                                           str(tmp_path / "weights/seggpt"))
+    kept = _cfg(input="s3://bucket/in", output="file:///tmp/out", prompts="s3://bucket/p",
+                sam_checkpoint="vit_b", seggpt_checkpoint="BAAI/seggpt-vit-large")
+    assert (kept.input, kept.output, kept.prompts, kept.sam_checkpoint, kept.seggpt_checkpoint) == (
+        "s3://bucket/in", "file:///tmp/out", "s3://bucket/p", "vit_b", "BAAI/seggpt-vit-large")
+    monkeypatch.chdir(tmp_path / "weights")  # a config rebuilt elsewhere (a worker) keeps the driver's paths
+    assert dataclasses.replace(cfg, limit=1).input == str(tmp_path / "in")
+
+
+@pytest.mark.slow
+def test_relative_paths_with_address_of_an_existing_cluster(tmp_path):
+    """``--address`` of a running head whose workers run in another directory than the command: relative
+    ``--input``/``--prompts``/``--output`` still mean the command's directory (the workers used to look for the
+    prompts in, and write ``_attempts/`` into, the head's)."""
+    from conftest import ray_head_process
+    from jobkit import read_manifest_rows, write_inputs, write_prompts
+
+    head_dir, work = tmp_path / "head", tmp_path / "work"
+    head_dir.mkdir()
+    keys = write_inputs(work / "in", n_good=2, corrupt=False)
+    write_prompts(work / "prompts")
+    with ray_head_process(tmp_path / "head.log", cwd=head_dir, env_extra={"PYTHONPATH": str(ROOT)}) as head:
+        done = subprocess.run([sys.executable, "-m", "job", "run", "--input", "in", "--prompts", "prompts",
+                               "--output", "out", "--address", head.gcs, *MINIMAL_ARGS],
+                              cwd=work, env={**head.env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(r["key"] for r in read_manifest_rows(work / "out") if r["status"] == "ok") == keys
+    assert list(head_dir.iterdir()) == []
