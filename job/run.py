@@ -210,23 +210,40 @@ def _ensure_ray(address: str | None) -> None:
 
 
 def validate_up_front(cfg: JobConfig) -> None:
-    """Everything that can be refused before any work starts: prompts readable and consistent, output writable.
-    Raises `JobRefused` (a ValueError) naming the problem; Ray is not started."""
-    from job.models import load_prompts
+    """Everything that can be refused before any work starts: an output that is the input itself, backend_options,
+    prompts readable, consistent and usable by the backend, output writable, the model weights on this machine
+    (fetched into the cache if needed). Raises `JobRefused` (a ValueError) with a one-line message; Ray is not
+    started."""
+    from job.models import backend_configs, build_coarse, fetch_weights, load_prompts
 
     if jio.relative_root(cfg.output, cfg.input) == "":
         raise JobRefused(f"--output is the --input folder itself ({jio.redact(cfg.input)}): the outputs would mix with "
                          "the images; pass a folder of its own, e.g. --output <input>/out (left out of the inputs) "
                          "or a folder next to it")
     try:
+        backend_configs(cfg)
+    except ValueError as exc:
+        raise JobRefused(_one_line(exc)) from exc
+    try:
         if cfg.prompts is not None and cfg.coarse is None:
-            load_prompts(cfg.prompts, classes=cfg.classes)
+            prompts = load_prompts(cfg.prompts, classes=cfg.classes)
+            if cfg.backend != "seggpt-sam":  # weight-free: fitting the coarse model on the prompts is cheap
+                build_coarse(cfg, prompts)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {jio.redact(exc)}") from exc
+        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {_one_line(exc)}") from exc
     try:
         jio.check_writable(cfg.output)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {jio.redact(exc)}") from exc
+        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {_one_line(exc)}") from exc
+    try:
+        fetch_weights(cfg)
+    except (OSError, ValueError) as exc:
+        raise JobRefused(f"model weights not available: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message, redacted, on one line (a refusal is one line of the terminal)."""
+    return " ".join(jio.redact(exc).split())
 
 
 def _storage_error_in(exc: BaseException) -> str | None:

@@ -142,3 +142,121 @@ def test_relative_paths_with_address_of_an_existing_cluster(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(r["key"] for r in read_manifest_rows(work / "out") if r["status"] == "ok") == keys
     assert list(head_dir.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ failures that must be refusals
+
+
+def _refusal(tmp_path: Path, args: list[str], **env_extra) -> tuple[str, Path]:
+    """Run the CLI on one generated input; assert it refused: exit 2, one line on stderr, no traceback, no
+    ``_attempts/`` written, Ray never started (its temp folder never made). Returns (stderr, output folder)."""
+    import os
+
+    from jobkit import write_inputs
+
+    if not (tmp_path / "in").exists():
+        write_inputs(tmp_path / "in", n_good=1, corrupt=False)
+    out, ray_tmp = tmp_path / "out", tmp_path / "ray"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": "local",
+           "FINEDETAIL_CACHE": str(tmp_path / "cache"), **env_extra}
+    done = subprocess.run([sys.executable, "-m", "job", "run", "--input", str(tmp_path / "in"), "--output", str(out),
+                           *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr.startswith("finedetail: error:") and done.stderr.count("\n") == 1, done.stderr
+    assert not (out / "_attempts").exists() and not ray_tmp.exists()
+    return done.stderr, out
+
+
+def _offline_env() -> dict[str, str]:
+    """A machine without network: the Hub and every https:// download get connection refused at once."""
+    from conftest import free_ports
+
+    closed = f"http://127.0.0.1:{free_ports(1)[0]}"
+    return {"HF_ENDPOINT": closed, "https_proxy": closed, "HTTPS_PROXY": closed, "http_proxy": closed,
+            "HTTP_PROXY": closed, "no_proxy": "", "NO_PROXY": "", "HF_HUB_OFFLINE": "0"}
+
+
+def test_default_backend_without_weights_offline_is_refused(tmp_path):
+    """No flags at all (seggpt-sam, the official SegGPT and SAM weights), nothing cached, no network."""
+    from jobkit import write_prompts
+
+    prompts = write_prompts(tmp_path / "prompts")
+    err, _ = _refusal(tmp_path, ["--prompts", str(prompts)], **_offline_env())
+    assert "model weights not available: cannot load SegGPT 'BAAI/seggpt-vit-large'" in err
+    assert f"--cache-dir {tmp_path / 'cache' / 'huggingface'}" in err and "--seggpt-checkpoint DIR" in err
+
+
+@pytest.mark.parametrize("sam", ["official", "missing-file"])
+def test_sam_weights_that_cannot_be_had_are_refused(sam, tiny_weights, tmp_path):
+    from jobkit import write_prompts
+
+    prompts = write_prompts(tmp_path / "prompts")
+    args = ["--prompts", str(prompts), "--seggpt-checkpoint", tiny_weights["seggpt"]]
+    if sam == "missing-file":
+        args += ["--sam-checkpoint", str(tmp_path / "sam_vit_b.pth")]
+    err, _ = _refusal(tmp_path, args, **_offline_env())
+    if sam == "official":
+        assert ("cannot reach https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth" in err
+                and "pass --sam-checkpoint PATH" in err and str(tmp_path / "cache") in err), err
+    else:
+        assert f"checkpoint '{tmp_path / 'sam_vit_b.pth'}' does not exist" in err
+
+
+def test_weights_in_reach_are_fetched_by_the_driver_into_the_cache(tiny_weights, tmp_path, monkeypatch):
+    """The same check passes when the weights can be had: an http:// SAM checkpoint lands in the cache (the
+    workers of a local run then read it there)."""
+    import functools
+    import http.server
+    import threading
+
+    from finedetail.models.checkpoints import cache_path_for
+    from job.models import fetch_weights
+
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv/sam.pth").write_bytes(Path(tiny_weights["sam"]).read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/sam.pth"
+    monkeypatch.setenv("FINEDETAIL_CACHE", str(tmp_path / "cache"))
+    try:
+        fetch_weights(_cfg(input=str(tmp_path), output=str(tmp_path / "out"), prompts=str(tmp_path),
+                           backend="seggpt-sam", sam_checkpoint=url, seggpt_checkpoint=tiny_weights["seggpt"]))
+    finally:
+        server.shutdown()
+    assert cache_path_for(url).read_bytes() == Path(tiny_weights["sam"]).read_bytes()
+
+
+def _red_on_white_prompts(root: Path) -> Path:
+    import numpy as np
+
+    from finedetail import synthetic
+    from finedetail.codecs import encode_png
+
+    image, mask = synthetic.make_prompt_pair("fur", seed=500, size=(80, 112))
+    rgb = np.full((*mask.shape, 3), 255, np.uint8)
+    rgb[mask] = (255, 0, 0)
+    for sub, data in (("images", encode_png(image)), ("masks", encode_png(rgb))):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "p0.png").write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("backend", ["seggpt-sam", "classical"])
+def test_prompt_mask_with_no_background_is_refused(backend, tmp_path):
+    """RGB red on white: every pixel is nonzero, so the whole prompt image would be the object. Refused before the
+    weights are even looked at."""
+    prompts = _red_on_white_prompts(tmp_path / "prompts")
+    err, out = _refusal(tmp_path, ["--prompts", str(prompts), "--backend", backend], **_offline_env())
+    assert "masks/p0.png" in err and "has no background: every pixel is nonzero" in err and "red on white" in err
+    assert not out.exists()
+
+
+def test_unknown_backend_option_is_refused(tmp_path):
+    from jobkit import write_prompts
+
+    prompts = write_prompts(tmp_path / "prompts")
+    err, out = _refusal(tmp_path, ["--prompts", str(prompts), "--backend", "classical", "--set",
+                                   "backend_options.refiner_iteration=2"])
+    assert "unknown backend_options key 'refiner_iteration'" in err and "'refiner_iterations'" in err
+    assert not out.exists()
