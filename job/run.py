@@ -269,8 +269,8 @@ def _storage_error_in(exc: BaseException) -> str | None:
 
 def _remove_leftovers(storage: jio.Storage) -> None:
     """What a killed earlier run may have left in the output: temp files of interrupted writes (never visible as
-    outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). One job per output at a time:
-    a job running concurrently on the same output would lose its in-flight temp files."""
+    outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). Called with the output's
+    lease held (`job.lease`): no other driver writes there."""
     from job.stages import clear_attempt_notes
 
     jio.remove_temp_files(storage)
@@ -294,10 +294,13 @@ def _refused_rows(names: list[str], cfg: JobConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> dict[str, Any]:
-    """Run the job to completion; returns the summary (also printed)."""
-    import ray
+def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force_lease: bool = False
+            ) -> dict[str, Any]:
+    """Run the job to completion; returns the summary (also printed).
 
+    The run holds the output's lease (`job.lease`) from before it touches the output until it ends: a second driver
+    on the same output is refused (`JobRefused` naming the holder) unless ``force_lease``."""
+    from job import lease as jl
     from job.models import resolve_classes
 
     cfg = resolve_classes(cfg)  # class names from the prompts' classes.yaml unless given
@@ -307,6 +310,21 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     if not keys and not refused:
         raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    try:
+        lease = jl.acquire(out_storage, run_id, force=force_lease)
+    except (jl.LeaseHeld, jio.StorageError) as exc:
+        raise JobRefused(_one_line(exc)) from exc
+    try:
+        return _run_leased(cfg, keys, refused, out_storage, run_id, address=address, out=out)
+    finally:
+        lease.release()
+
+
+def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage: jio.Storage, run_id: str, *,
+                address: str | None, out) -> dict[str, Any]:
+    import ray
+
     _remove_leftovers(out_storage)
     done = jm.done_keys(out_storage, cfg.config_hash) & set(keys)  # window rows (scene#y_x) are not inputs
     todo = [k for k in keys if k not in done]
@@ -329,8 +347,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     if todo:
         from job.stages import AttemptLog
 
-        attempts = AttemptLog(output=cfg.output, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
-                              max_tries=cfg.max_tries)
+        attempts = AttemptLog(output=cfg.output, run_id=run_id, max_tries=cfg.max_tries)
         ds = build_dataset(cfg, todo, plan, attempts=attempts)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -260,3 +260,128 @@ def test_unknown_backend_option_is_refused(tmp_path):
                                    "backend_options.refiner_iteration=2"])
     assert "unknown backend_options key 'refiner_iteration'" in err and "'refiner_iterations'" in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------- one driver per output
+
+
+@pytest.fixture(params=["local", "s3"])
+def out_uri(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    server = request.getfixturevalue("s3_env")
+    return f"s3://{server.make_bucket('lease-test')}/{tmp_path.name}/out"
+
+
+def test_a_second_driver_is_refused_naming_the_holder(out_uri, caplog):
+    import socket
+
+    from job import lease as jl
+
+    storage = jio.open_storage(out_uri)[0]
+    first = jl.acquire(storage, "run-a", settle_s=0.05, heartbeat_s=0.05)
+    try:
+        with pytest.raises(jl.LeaseHeld) as info:
+            jl.acquire(storage, "run-b", settle_s=0.05)
+        msg = str(info.value)
+        assert f"run run-a on host {socket.gethostname()}, pid {first.holder.pid}" in msg
+        assert "--force-lease" in msg and f"{out_uri}/_lease.json" in msg
+        time.sleep(0.3)
+        assert jl._read(storage).heartbeat > first.holder.started  # the holder keeps it fresh
+        second = jl.acquire(storage, "run-b", force=True, settle_s=0.05)
+        time.sleep(0.3)  # the first holder's heartbeat sees it was taken over and stops writing
+        assert jl._read(storage).run_id == "run-b" and "was taken over" in caplog.text
+        first.release()  # not ours any more: left alone
+        assert jl._read(storage).run_id == "run-b"
+        second.release()
+        assert jl._read(storage) is None
+    finally:
+        first.release()
+
+
+def test_a_stale_lease_is_taken_over(tmp_path, caplog):
+    """No heartbeat for STALE_S, or a holder process on this host that is gone (a killed driver re-run at once)."""
+    import dataclasses as dc
+    import socket
+
+    from job import lease as jl
+
+    storage = jio.open_storage(str(tmp_path))[0]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = time.time()
+    holders = [jl.Holder("old", "another-host", 1, now - 3600, now - jl.STALE_S - 1),
+               jl.Holder("killed", socket.gethostname(), int(gone.stdout), now - 60, now - 1)]
+    for holder in holders:
+        jl._write(storage, holder)
+        lease = jl.acquire(storage, "new", settle_s=0.01)
+        assert jl._read(storage).run_id == "new"
+        lease.release()
+    assert "no heartbeat for" in caplog.text and "no longer runs on this host" in caplog.text
+    jl._write(storage, dc.replace(holders[0], heartbeat=now - jl.STALE_S + 60))  # fresh enough: still held
+    with pytest.raises(jl.LeaseHeld):
+        jl.acquire(storage, "new", settle_s=0.01)
+
+
+def test_two_drivers_starting_together_get_one_lease(tmp_path):
+    import threading
+
+    from job import lease as jl
+
+    storage = jio.open_storage(str(tmp_path))[0]
+    results, go = {}, threading.Barrier(2)
+
+    def driver(name: str) -> None:
+        go.wait()
+        try:
+            results[name] = jl.acquire(storage, name, settle_s=0.3)
+        except jl.LeaseHeld as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=driver, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = [r for r in results.values() if isinstance(r, jl.Lease)]
+    assert len(held) == 1 and jl._read(storage).run_id == held[0].holder.run_id
+    held[0].release()
+
+
+def test_cli_refuses_a_held_output_and_force_lease_takes_it(tmp_path):
+    """The whole command: a second driver on a held output exits 2 with one line naming the holder, before Ray
+    starts; ``--force-lease`` runs the job (and gives the lease back at the end)."""
+    from job import lease as jl
+    from jobkit import write_prompts
+
+    prompts = write_prompts(tmp_path / "prompts")
+    args = ["--prompts", str(prompts), *MINIMAL_ARGS]
+    (tmp_path / "out").mkdir()
+    held = jl.acquire(jio.open_storage(str(tmp_path / "out"))[0], "holder-run", settle_s=0.01)
+    try:
+        err, out = _refusal(tmp_path, args)
+        assert "is in use by another driver: run holder-run on host" in err and "--force-lease" in err
+        assert not (out / "manifest").exists()
+        import os
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
+        done = subprocess.run([sys.executable, "-m", "job", "run", "--input", str(tmp_path / "in"), "--output",
+                               str(out), *args, "--force-lease"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=400)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "done 1 ok" in done.stdout and not (out / "_lease.json").exists()
+    finally:
+        held.release()
+
+
+def test_cli_refuses_a_held_s3_output(s3_env, tmp_path):
+    from job import lease as jl
+    from jobkit import write_prompts
+
+    bucket = s3_env.make_bucket("lease-cli")
+    held = jl.acquire(jio.open_storage(f"s3://{bucket}/out")[0], "s3-holder", settle_s=0.01)
+    try:
+        err, _ = _refusal(tmp_path, ["--prompts", str(write_prompts(tmp_path / "prompts")), *MINIMAL_ARGS,
+                                     "--output", f"s3://{bucket}/out"])
+        assert f"output s3://{bucket}/out is in use by another driver: run s3-holder" in err
+    finally:
+        held.release()
