@@ -323,6 +323,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force
 
 def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage: jio.Storage, run_id: str, *,
                 address: str | None, out) -> dict[str, Any]:
+    """`run_job` from the point where the run holds the output's lease."""
     import ray
 
     _remove_leftovers(out_storage)
