@@ -75,6 +75,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     res.add_argument("--batch-size", type=int, help="rows per model batch")
     res.add_argument("--encode-batch", type=int, help="images per encoder forward")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    from job.lease import LEASE_KEY, STALE_S
+
+    p.add_argument("--force-lease", action="store_true",
+                   help=f"take the output's lease ({LEASE_KEY}) even if another driver holds it: only when that "
+                        f"driver is gone (a lease without heartbeat for {STALE_S / 60:.0f} minutes is taken over "
+                        "without this)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from job.run import JobFailed, JobRefused, run_job
 
     try:
-        summary = run_job(cfg, address=args.address)
+        summary = run_job(cfg, address=args.address, force_lease=args.force_lease)
     except JobRefused as exc:  # refused before any work: nothing written, Ray not started
         parser.exit(2, f"finedetail: error: {exc}\n")
     except JobFailed as exc:  # stopped part-way; finished rows are in the manifest and a rerun resumes

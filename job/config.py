@@ -18,8 +18,10 @@ first, then a ``preset`` (``finedetail.presets``); the YAML and then the command
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
 from finedetail.models.checkpoints import check_sha256_option
@@ -123,6 +125,13 @@ class JobConfig:
             raise ValueError("input is required: pass --input URI (a local folder or s3://bucket/prefix)")
         if not self.output:
             raise ValueError("output is required: pass --output URI (a local folder or s3://bucket/prefix)")
+        # Relative local paths are resolved here, in the process that builds the config (the driver): the workers of
+        # an existing cluster run in the head's directory, not in the one the command was typed in.
+        for name in ("input", "output", "prompts", "coarse", "sam_checkpoint", "seggpt_checkpoint"):
+            value = getattr(self, name)
+            if value is not None and _is_local_path(value, hub_ids=name == "seggpt_checkpoint",
+                                                    names=_SAM_NAMES if name == "sam_checkpoint" else ()):
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend=}")
         if self.prompts is None and self.coarse is None:
@@ -178,6 +187,24 @@ class JobConfig:
         d.update(config_to_dict(self.pipeline))
         d["resources"] = dataclasses.asdict(self.resources)
         return d
+
+
+#: ``--sam-checkpoint`` may name the official weights by model type (``finedetail.models.checkpoints.load_sam``)
+_SAM_NAMES = ("vit_h", "vit_l", "vit_b")
+
+
+def _is_local_path(value: str, *, hub_ids: bool = False, names: tuple[str, ...] = ()) -> bool:
+    """Whether ``value`` names a local file or folder (no URI scheme such as s3:// or https://; ``file://`` URIs are
+    absolute already). ``hub_ids``: a bare ``owner/name`` is a Hugging Face Hub id unless it starts like a path or
+    is an existing folder (the rule of ``load_seggpt``). ``names``: values that are names, not paths."""
+    if not isinstance(value, str) or not value or value in names:
+        return False
+    scheme = urlsplit(value).scheme
+    if scheme and not (len(scheme) == 1 and os.name == "nt"):
+        return False
+    if hub_ids:
+        return value.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(value))
+    return True
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

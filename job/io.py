@@ -75,6 +75,7 @@ __all__ = [
     "read_bytes",
     "read_uri",
     "redact",
+    "relative_root",
     "remove_temp_files",
     "safe_key",
     "write_bytes_atomic",
@@ -522,7 +523,7 @@ def _normalise_exts(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
     return exts
 
 
-def _list_local(folder: str) -> list[str]:
+def _list_local(folder: str, exclude: frozenset[str] = frozenset()) -> list[str]:
     if not os.path.exists(folder):
         return []
     if not os.path.isdir(folder):
@@ -531,8 +532,9 @@ def _list_local(folder: str) -> list[str]:
     # Symlinked folders are not followed (no cycles); symlinked files are listed, and reading one that points
     # outside the root is refused (see "Symbolic links" above), so it becomes an error row, not a silent skip.
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, folder)
+        sub = "" if rel == "." else f"{rel.replace(os.sep, '/')}/"
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and f"{sub}{d}" not in exclude]
         for name in filenames:
             keys.append(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}")
     return keys
@@ -555,7 +557,7 @@ def _list_s3(storage: Storage, folder: str) -> list[str]:
 
 def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
                extensions: Iterable[str] | None = IMAGE_EXTS, limit: int | None = None,
-               refused: list[str] | None = None) -> list[str]:
+               refused: list[str] | None = None, exclude: Iterable[str] = ()) -> list[str]:
     """Keys of the files under ``root/prefix``, recursive, sorted, relative to ``root/prefix``.
 
     ``list_files(storage, "masks")`` lists ``masks/a/b.png`` as ``"a/b.png"``.
@@ -567,6 +569,8 @@ def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
     local root that is a file raises StorageError.  `refused`: when given, the
     raw names `safe_key` refused (with a matching extension) are appended to
     it, so a caller can account for them instead of losing them silently.
+    `exclude`: folders (keys relative to ``root/prefix``, e.g. ``"out"``) whose
+    files are left out, at any depth (a local walk does not enter them).
     """
     storage = _as_storage(uri_or_storage)
     exts = _normalise_exts(extensions)
@@ -576,12 +580,17 @@ def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
         raise ValueError(f"prefix must be a str key prefix like 'masks', got {prefix!r}")
     sub = "" if prefix.strip("/") in ("", ".") else safe_key(prefix.rstrip("/"))
     folder = f"{storage.root.rstrip('/')}/{sub}" if sub else storage.root
+    if isinstance(exclude, str):
+        raise ValueError(f"exclude must be a sequence of folder keys like ('out',), got the string {exclude!r}")
+    skip = frozenset(safe_key(e.rstrip("/")) for e in exclude)
     if storage.kind == "local":
-        raw = _retrying(storage, "list", sub or None, lambda: _list_local(folder))
+        raw = _retrying(storage, "list", sub or None, lambda: _list_local(folder, skip))
     else:
         raw = _retrying(storage, "list", sub or None, lambda: _list_s3(storage, folder))
     keys, unsafe = [], []
     for key in raw:
+        if skip and any(key.startswith(f"{e}/") for e in skip):
+            continue
         if any(seg.startswith(".") and seg not in (".", "..") for seg in key.split("/")):
             continue  # hidden; "." and ".." are not hidden names but path tricks: safe_key refuses ".." below
         if exts is not None and not key.lower().endswith(exts):
@@ -597,6 +606,27 @@ def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
                     len(unsafe), storage.uri_for(sub) if sub else storage.uri, unsafe[0])
     keys.sort()
     return keys if limit is None else keys[:limit]
+
+
+def relative_root(inner: str | Storage, outer: str | Storage) -> str | None:
+    """Where `inner`'s root lies under `outer`'s root, as a key prefix: ``""`` when they are the same place,
+    ``"a/b"`` when inner is the folder ``a/b`` of outer, None when inner is not within outer (another bucket,
+    endpoint or kind, a sibling prefix: ``s3://b/photos-out`` is not within ``s3://b/photos``). Local roots are
+    compared after resolving symlinks. Nothing is contacted.
+    """
+    inner, outer = _as_storage(inner), _as_storage(outer)
+    if inner.kind != outer.kind or (inner.kind == "s3" and inner.s3.endpoint != outer.s3.endpoint):
+        return None
+    if inner.kind == "local":
+        a, b = os.path.realpath(inner.root), os.path.realpath(outer.root)
+        if os.path.commonpath([a, b]) != b:
+            return None
+        rel = os.path.relpath(a, b)
+        return "" if rel == "." else rel.replace(os.sep, "/")
+    if inner.root == outer.root:
+        return ""
+    head = outer.root.rstrip("/") + "/"
+    return inner.root[len(head):] if inner.root.startswith(head) else None
 
 
 def read_bytes(uri_or_storage: str | Storage, key: str) -> bytes:

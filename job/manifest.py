@@ -1,8 +1,10 @@
 """The manifest: one Parquet row per input, written in parts (one part per written batch) under ``manifest/``.
 
 A part is written only after every output file of its rows is in place, so a row in the manifest means its files
-are whole. Resume reads all parts, keeps each key's latest row, and treats a key as done when its latest row has
-status ``ok`` (or ``skipped``) and the current config hash.
+are whole. A row's status is one of `STATUSES`: ``ok`` or ``error``. Each write adds a part (its name holds a digest
+of its keys and the batch's finish time), so a batch written again (a retry, a later run) adds another part rather
+than replacing one; readers never depend on that: resume reads all parts, keeps each key's latest row (by
+``finished_at``), and treats a key as done when that row is ``ok`` with the current config hash.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import pyarrow.parquet as pq
 
 from job import io as jio
 
-__all__ = ["COLUMNS", "SCHEMA", "STAGES", "done_keys", "read_manifest", "write_part"]
+__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "done_keys", "read_manifest", "write_part"]
 
 STAGES = ("decode", "coarse", "refine", "crop", "fuse", "write")
+#: every status a row can have: its files are whole (``ok``), or ``error`` says why there are none
+STATUSES = ("ok", "error")
 SECONDS_DESCRIPTION = (
     "seconds this input spent in the {stage} stage, per input: the stage's own work on it, plus its share of a "
     "model call batched over several inputs (split by the windows / views the call ran for it), plus an equal "
@@ -45,7 +49,11 @@ SCHEMA = pa.schema([pa.field(name, dtype, metadata={"description": text})
 
 
 def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
-    """Write rows as one Parquet part named after its keys (re-writing the same batch replaces the same part)."""
+    """Write rows as one new Parquet part, ``manifest/part-<digest of the keys>-<first row's finished_at in ms>``;
+    returns its key. Writing the same batch again adds a second part (the later rows win when read)."""
+    odd = sorted({str(r.get("status")) for r in rows} - set(STATUSES))
+    if odd:
+        raise ValueError(f"manifest status must be one of {STATUSES}, got {odd[0]!r}")
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -79,7 +87,7 @@ def latest_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
 
 def done_keys(storage: Any, config_hash: str) -> set[str]:
     return {k for k, r in latest_rows(read_manifest(storage)).items()
-            if r["status"] in ("ok", "skipped") and r["config_hash"] == config_hash}
+            if r["status"] == "ok" and r["config_hash"] == config_hash}
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:

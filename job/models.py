@@ -132,6 +132,12 @@ def load_prompts(uri: str, *, num_classes: int | None = None, classes: Sequence[
                              f"images/{rel} is {image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
         if not mask.any():
             raise ValueError(f"prompt mask masks/{mask_rel} under {uri} is empty; a prompt must show what to segment")
+        if mask.all():
+            raise ValueError(
+                f"prompt mask masks/{mask_rel} under {uri} has no background: every pixel is nonzero, so all of "
+                f"images/{rel} would be the object" + (" (any non-black colour counts as object, e.g. red on white)"
+                                                       if n == 1 else "")
+                + "; expected 0 where the object is not (e.g. black background, white object, as a grey PNG)")
         if n > 1:
             top = int(mask.max())
             if top > n:
@@ -222,17 +228,37 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
     return seg
 
 
+def sam_source(cfg: JobConfig) -> str:
+    """The SAM weights of a ``seggpt-sam`` job: ``--sam-checkpoint`` or the official URL of its model type."""
+    from finedetail.models.checkpoints import SAM_URLS
+
+    return cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
+
+
+def fetch_weights(cfg: JobConfig) -> None:
+    """Make sure the weights ``cfg.backend`` needs are on this machine (a local path, the cache, or fetched into the
+    cache now) and verified, without loading them. The driver calls this before Ray starts, so missing weights are
+    one refusal instead of a failure in every actor, and local workers then find them in the cache. Weight-free
+    backends need none. Raises OSError (missing file, unreachable source: the message says which flag to pass or
+    where to pre-seed the cache) or ValueError (checksum mismatch)."""
+    if cfg.backend != "seggpt-sam":
+        return
+    from finedetail.models.checkpoints import DEFAULT_SEGGPT, resolve_sam_checkpoint, resolve_seggpt_checkpoint
+
+    if cfg.coarse is None:
+        resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT)
+    resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256)
+
+
 def build_refiner(cfg: JobConfig) -> Any:
     """The prompted refiner of ``cfg.backend`` (its config from ``cfg.backend_options``: ``backend_configs``)."""
     r = cfg.pipeline.refine
     _, options = backend_configs(cfg)
     if cfg.backend == "seggpt-sam":
-        from finedetail.models.checkpoints import SAM_URLS
         from finedetail.models.sam import SamRefiner
 
-        uri = cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
         return SamRefiner.from_checkpoint(
-            uri, model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, device=_device(cfg),
+            sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, device=_device(cfg),
             multimask=r.multimask, encode_batch=cfg.resources.encode_batch,
             use_box=r.use_box, use_points=r.use_points, use_mask_input=r.use_mask_input,
         )

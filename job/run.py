@@ -102,8 +102,11 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
 
 def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str]:
     """Input keys, sorted. Names that could write outside ``--output`` (``..``, absolute, control characters,
-    bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it."""
-    keys = jio.list_files(jio.open_storage(cfg.input)[0], "", extensions=IMAGE_EXTS, refused=refused)
+    bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it. An output inside the
+    input (``--input photos --output photos/out``) is left out whole: the job never segments its own outputs."""
+    storage = jio.open_storage(cfg.input)[0]
+    inside = jio.relative_root(cfg.output, storage)
+    keys = jio.list_files(storage, "", extensions=IMAGE_EXTS, refused=refused, exclude=(inside,) if inside else ())
     seen: dict[str, str] = {}
     for k in keys:
         stem = os.path.splitext(k)[0]
@@ -209,19 +212,40 @@ def _ensure_ray(address: str | None) -> None:
 
 
 def validate_up_front(cfg: JobConfig) -> None:
-    """Everything that can be refused before any work starts: prompts readable and consistent, output writable.
-    Raises `JobRefused` (a ValueError) naming the problem; Ray is not started."""
-    from job.models import load_prompts
+    """Everything that can be refused before any work starts: an output that is the input itself, backend_options,
+    prompts readable, consistent and usable by the backend, output writable, the model weights on this machine
+    (fetched into the cache if needed). Raises `JobRefused` (a ValueError) with a one-line message; Ray is not
+    started."""
+    from job.models import backend_configs, build_coarse, fetch_weights, load_prompts
 
+    if jio.relative_root(cfg.output, cfg.input) == "":
+        raise JobRefused(f"--output is the --input folder itself ({jio.redact(cfg.input)}): the outputs would mix with "
+                         "the images; pass a folder of its own, e.g. --output <input>/out (left out of the inputs) "
+                         "or a folder next to it")
+    try:
+        backend_configs(cfg)
+    except ValueError as exc:
+        raise JobRefused(_one_line(exc)) from exc
     try:
         if cfg.prompts is not None and cfg.coarse is None:
-            load_prompts(cfg.prompts, classes=cfg.classes)
+            prompts = load_prompts(cfg.prompts, classes=cfg.classes)
+            if cfg.backend != "seggpt-sam":  # weight-free: fitting the coarse model on the prompts is cheap
+                build_coarse(cfg, prompts)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {jio.redact(exc)}") from exc
+        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {_one_line(exc)}") from exc
     try:
         jio.check_writable(cfg.output)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {jio.redact(exc)}") from exc
+        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {_one_line(exc)}") from exc
+    try:
+        fetch_weights(cfg)
+    except (OSError, ValueError) as exc:
+        raise JobRefused(f"model weights not available: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message, redacted, on one line (a refusal is one line of the terminal)."""
+    return " ".join(jio.redact(exc).split())
 
 
 def _error_in(exc: BaseException, cls: type[BaseException]) -> str | None:
@@ -265,8 +289,8 @@ def _job_failed(exc: BaseException, rows: list[dict[str, Any]], total: int) -> J
 
 def _remove_leftovers(storage: jio.Storage) -> None:
     """What a killed earlier run may have left in the output: temp files of interrupted writes (never visible as
-    outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). One job per output at a time:
-    a job running concurrently on the same output would lose its in-flight temp files."""
+    outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). Called with the output's
+    lease held (`job.lease`): no other driver writes there."""
     from job.stages import clear_attempt_notes
 
     jio.remove_temp_files(storage)
@@ -290,10 +314,13 @@ def _refused_rows(names: list[str], cfg: JobConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> dict[str, Any]:
-    """Run the job to completion; returns the summary (also printed)."""
-    import ray
+def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force_lease: bool = False
+            ) -> dict[str, Any]:
+    """Run the job to completion; returns the summary (also printed).
 
+    The run holds the output's lease (`job.lease`) from before it touches the output until it ends: a second driver
+    on the same output is refused (`JobRefused` naming the holder) unless ``force_lease``."""
+    from job import lease as jl
     from job.models import resolve_classes
 
     cfg = resolve_classes(cfg)  # class names from the prompts' classes.yaml unless given
@@ -304,6 +331,22 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     if not keys and not refused:
         raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    try:
+        lease = jl.acquire(out_storage, run_id, force=force_lease)
+    except (jl.LeaseHeld, jio.StorageError) as exc:
+        raise JobRefused(_one_line(exc)) from exc
+    try:
+        return _run_leased(cfg, keys, refused, out_storage, run_id, address=address, out=out)
+    finally:
+        lease.release()
+
+
+def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage: jio.Storage, run_id: str, *,
+                address: str | None, out) -> dict[str, Any]:
+    """`run_job` from the point where the run holds the output's lease."""
+    import ray
+
     _remove_leftovers(out_storage)
     done = jm.done_keys(out_storage, cfg.config_hash) & set(keys)  # window rows (scene#y_x) are not inputs
     todo = [k for k in keys if k not in done]
@@ -326,8 +369,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     if todo:
         from job.stages import AttemptLog
 
-        attempts = AttemptLog(output=cfg.output, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
-                              max_tries=cfg.max_tries)
+        attempts = AttemptLog(output=cfg.output, run_id=run_id, max_tries=cfg.max_tries)
         ds = build_dataset(cfg, todo, plan, attempts=attempts)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

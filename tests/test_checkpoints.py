@@ -438,5 +438,5 @@ def test_offline_hub_id_says_how_to_pre_seed(tmp_path):
     with pytest.raises(CheckpointUnavailableError) as info:
         load_seggpt("finedetail-test/no-such-model", cache_dir=tmp_path, offline=True)
     msg = str(info.value)
-    assert "--seggpt DIR" in msg
+    assert "--seggpt-checkpoint DIR" in msg
     assert f"hf download finedetail-test/no-such-model --cache-dir {tmp_path / 'huggingface'}" in msg

@@ -397,6 +397,47 @@ def test_list_files_prefix(tree):
         list_files(storage, "../in")
 
 
+def test_list_files_exclude_leaves_out_a_folder_at_any_depth(tree):
+    (tree / "out/masks").mkdir(parents=True)
+    (tree / "out/masks/root.png").write_bytes(b"m")
+    (tree / "out/_attempts/run").mkdir(parents=True)
+    (tree / "out/_attempts/run/x.png").write_bytes(b"n")
+    (tree / "outside.png").write_bytes(b"o")  # shares the name's first letters, not the folder
+    (tree / "b/out").mkdir()
+    (tree / "b/out/4.png").write_bytes(b"4")
+    assert list_files(str(tree), exclude=("out",)) == ["a/1.jpg", "a/2.PNG", "b/c/3.tif", "b/out/4.png",
+                                                       "outside.png", "root.jpeg"]
+    assert list_files(str(tree), exclude=("b/out/", "out")) == ["a/1.jpg", "a/2.PNG", "b/c/3.tif", "outside.png",
+                                                               "root.jpeg"]
+    assert "out/masks/root.png" in list_files(str(tree))
+    with pytest.raises(ValueError, match="exclude must be a sequence"):
+        list_files(str(tree), exclude="out")
+
+
+def test_relative_root_local(tmp_path):
+    (tmp_path / "photos/out").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "photos")
+    assert io.relative_root(str(tmp_path / "photos/out"), str(tmp_path / "photos")) == "out"
+    assert io.relative_root(str(tmp_path / "photos/out"), str(tmp_path / "link")) == "out"  # through a symlink
+    assert io.relative_root(str(tmp_path / "photos/./"), str(tmp_path / "photos")) == ""
+    assert io.relative_root(str(tmp_path / "photos-out"), str(tmp_path / "photos")) is None
+    assert io.relative_root(str(tmp_path), str(tmp_path / "photos")) is None
+    assert io.relative_root("s3://bucket/photos/out", str(tmp_path)) is None
+
+
+@pytest.mark.parametrize(("inner", "outer", "expected"), [
+    ("s3://bk1/photos/out", "s3://bk1/photos", "out"),
+    ("s3://bk1/photos/out/deep/", "s3://bk1/photos/", "out/deep"),
+    ("s3://bk1/photos", "s3://bk1/photos", ""),
+    ("s3://bk1/out", "s3://bk1", "out"),
+    ("s3://bk1/photos-out", "s3://bk1/photos", None),
+    ("s3://bk1/photos", "s3://bk1/photos/out", None),
+    ("s3://bk2/photos/out", "s3://bk1/photos", None),
+])
+def test_relative_root_s3(inner, outer, expected):
+    assert io.relative_root(inner, outer) == expected
+
+
 def test_list_files_missing_folder_is_empty(tmp_path):
     assert list_files(str(tmp_path / "nope")) == []
     assert list_files(str(tmp_path), "nope/deeper") == []
@@ -628,6 +669,24 @@ def test_s3_round_trip_and_listing(s3_env):
         read_bytes(storage, "b/2.PNG")
     with pytest.raises(ValueError):
         write_bytes_atomic(storage, "../escape.png", b"x")
+
+
+def test_s3_listing_leaves_out_an_output_inside_the_input(s3_env):
+    """``--input s3://b/photos --output s3://b/photos/out``: the job's input keys leave out everything under out/
+    (masks, _attempts, manifest, ...), and only that folder (photos/outside.png and photos/out2/ stay)."""
+    from job.config import job_config_from_dict
+    from job.run import list_inputs
+
+    bucket = new_bucket(s3_env)
+    client = s3_env.client()
+    for key in ("photos/a.png", "photos/outside.png", "photos/out2/b.png", "photos/out/masks/a.png",
+                "photos/out/overlays/a.png", "photos/out/_attempts/r/c.png", "photos/out/manifest/p.parquet"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    cfg = job_config_from_dict({"input": f"s3://{bucket}/photos", "output": f"s3://{bucket}/photos/out",
+                                "prompts": f"s3://{bucket}/prompts", "backend": "proxy"})
+    assert list_inputs(cfg) == ["a.png", "out2/b.png", "outside.png"]
+    assert list_files(f"s3://{bucket}/photos", exclude=("out",)) == ["a.png", "out2/b.png", "outside.png"]
+    assert "out/masks/a.png" in list_files(f"s3://{bucket}/photos")
 
 
 def test_s3_storage_pickles_without_credentials(s3_env):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import die_with_parent
 from jobkit import CORRUPT, check_outputs, read_manifest_rows, write_inputs, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_killed_driver_then_rerun_writes_each_input_once(data, tmp_path):
            "--set", "resources.read_batch=1"]
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent())
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         if len(list((out / "manifest").glob("*.parquet"))) >= 2:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_ports
+from conftest import ray_head_process
 from jobkit import CORRUPT, check_outputs, read_manifest_rows, write_inputs, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,42 +20,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture
 def ray_head(tmp_path):
     """A local Ray head on loopback, every port chosen free, ended by its process group when the test ends."""
-    temp_dir = tempfile.mkdtemp(prefix="fdray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    (gcs, dash, agent_http, agent_grpc, runtime_env, metrics, client, node_mgr, obj_mgr) = free_ports(9)
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--num-gpus=1",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-           f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
-           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}"]
-    log = open(tmp_path / "head.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 300  # a loaded 2-core machine can take minutes to bring the dashboard up
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
-                break
-            except urllib.error.HTTPError:
-                break  # the dashboard answers (401 without the auth token): it is up
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray head did not come up:\n{(tmp_path / 'head.log').read_text()[-3000:]}")
-                time.sleep(1)
-        yield address, env
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head_process(tmp_path / "head.log") as head:
+        yield head.dashboard, head.env
 
 
 def test_ray_job_submit_runs_the_job(ray_head, tmp_path):

@@ -195,6 +195,23 @@ def test_fast_guided_filter_is_close_to_exact_on_a_scene(subsample, bound, guide
     assert ((fast >= 0.5) != (exact >= 0.5)).mean() < 0.01
 
 
+@pytest.mark.parametrize(("radius", "subsample", "window"), [(4, 4, 12), (2, 4, 6), (8, 4, 20), (6, 4, 20)])
+def test_fast_guided_filter_window_is_the_documented_one(radius, subsample, window):
+    """The docstring's window: (2 * round(r / s) + 1) * s px (s capped at r), wider than the exact filter's 2r + 1.
+    On a flat guide the filter is two box means, so one src pixel reaches exactly two windows' width."""
+    guide = np.full((64, 64, 3), 128, np.uint8)
+    src = np.zeros((64, 64), np.float32)
+    src[32, 32] = 1.0
+
+    def reach(q: np.ndarray) -> int:
+        cols = np.nonzero(np.abs(q[32]) > 1e-6)[0]
+        return int(cols.max() - cols.min() + 1)
+
+    assert reach(guided_filter(guide, src, radius=radius, eps=1e-3)) == 2 * (2 * radius + 1) - 1
+    assert reach(fast_guided_filter(guide, src, radius=radius, eps=1e-3, subsample=subsample)) == 2 * window
+    assert f"(2 * round(radius / s) + 1) * s" in " ".join(fast_guided_filter.__doc__.split())
+
+
 def test_fast_guided_filter_float64_guide_and_bad_subsample():
     image, mask = _scene(40, 48)
     soft = mask.astype(np.float32)

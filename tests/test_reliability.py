@@ -32,6 +32,7 @@ from PIL import Image
 from finedetail import synthetic
 from finedetail.codecs import decode_image, decode_mask, encode_png
 from job import io as jio
+from conftest import die_with_parent
 from jobkit import read_manifest_rows, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -664,7 +665,7 @@ def _start_driver(args: list[str], ray_tmp: Path, **env_extra) -> subprocess.Pop
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp), **env_extra}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-c", DRIVER, "run", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=die_with_parent())
 
 
 def _session_files(ray_tmp: Path) -> list[Path]:

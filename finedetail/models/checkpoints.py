@@ -49,6 +49,8 @@ __all__ = [
     "load_seggpt",
     "resolve_checkpoint",
     "resolve_checkpoint_dir",
+    "resolve_sam_checkpoint",
+    "resolve_seggpt_checkpoint",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -478,6 +480,27 @@ def infer_sam_arch(shapes: Mapping[str, Sequence[int]]):
     )
 
 
+def resolve_sam_checkpoint(
+    uri: str | os.PathLike | None = None,
+    *,
+    model_type: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    sha256: str | None = None,
+) -> Path:
+    """The local file of the SAM weights ``load_sam`` would load (``uri``, ``model_type``, ``sha256`` as there),
+    fetched into the cache and verified if needed, without loading it: a job's driver calls this before any worker
+    starts. Raises as ``resolve_checkpoint``."""
+    if uri is None or os.fspath(uri) in SAM_URLS:
+        key = model_type if uri is None else os.fspath(uri)
+        if key is None:
+            raise ValueError("load_sam needs a checkpoint URI or a model_type naming official weights (vit_b/l/h)")
+        uri = SAM_URLS[key]
+    uri = os.fspath(uri)
+    if sha256 is None:
+        sha256 = next((SAM_SHA256[k] for k, url in SAM_URLS.items() if url == uri), None)
+    return resolve_checkpoint(uri, cache_dir=cache_dir, sha256=sha256)
+
+
 def load_sam(
     uri: str | os.PathLike | None = None,
     *,
@@ -504,15 +527,7 @@ def load_sam(
 
     if model_type is not None and model_type not in SAM_ARCHS:
         raise ValueError(f"model_type must be one of {sorted(SAM_ARCHS)} or None (infer), got {model_type!r}")
-    if uri is None or os.fspath(uri) in SAM_URLS:
-        key = model_type if uri is None else os.fspath(uri)
-        if key is None:
-            raise ValueError("load_sam needs a checkpoint URI or a model_type naming official weights (vit_b/l/h)")
-        uri = SAM_URLS[key]
-    uri = os.fspath(uri)
-    if sha256 is None:
-        sha256 = next((SAM_SHA256[k] for k, url in SAM_URLS.items() if url == uri), None)
-    path = resolve_checkpoint(uri, cache_dir=cache_dir, sha256=sha256)
+    path = resolve_sam_checkpoint(uri, model_type=model_type, cache_dir=cache_dir, sha256=sha256)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, not a torch file, or a pickle that wants to run code
@@ -565,17 +580,12 @@ def load_seggpt(
     from transformers import SegGptForImageSegmentation, SegGptImageProcessor
 
     text = os.fspath(uri_or_dir)
-    scheme = urllib.parse.urlparse(text).scheme
-    looks_local = text.startswith(("/", "./", "../", "~")) or Path(text).expanduser().is_dir()
-    if scheme in ("s3", "file") or looks_local:
+    if not _is_hub_id(text):
         source = resolve_checkpoint_dir(text, cache_dir=cache_dir, s3_client=s3_client)
         model = SegGptForImageSegmentation.from_pretrained(source, local_files_only=True)
         processor = SegGptImageProcessor.from_pretrained(source, local_files_only=True)
     else:
-        if offline is None:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        hub_cache = root / "huggingface"
+        offline, hub_cache = _hub_settings(offline, cache_dir)
         model = processor = None
         errors = []
         for local_only in (True,) if offline else (True, False):
@@ -588,11 +598,64 @@ def load_seggpt(
             except (OSError, ValueError) as exc:
                 errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         if model is None:
-            raise CheckpointUnavailableError(
-                f"cannot load SegGPT {text!r} from the Hub or the cache ({'; '.join(errors)}); pass --seggpt DIR with "
-                f"a save_pretrained directory, or pre-seed the cache with "
-                f"`hf download {text} --cache-dir {hub_cache}`"
-            )
+            raise _seggpt_unavailable(text, errors, hub_cache)
     import torch
 
     return model.to(device=resolve_device(device), dtype=torch.float32).eval(), processor
+
+
+def _is_hub_id(text: str) -> bool:
+    """A Hugging Face Hub id (``owner/name``), not a local directory, ``file://`` or ``s3://`` prefix."""
+    scheme = urllib.parse.urlparse(text).scheme
+    looks_local = text.startswith(("/", "./", "../", "~")) or Path(text).expanduser().is_dir()
+    return scheme not in ("s3", "file") and not looks_local
+
+
+def _hub_settings(offline: bool | None, cache_dir: str | os.PathLike | None) -> tuple[bool, Path]:
+    """(offline, the Hub cache folder): None follows ``HF_HUB_OFFLINE``; Hub files live under ``CACHE/huggingface``."""
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return offline, root / "huggingface"
+
+
+def _seggpt_unavailable(text: str, errors: list[str], hub_cache: Path) -> CheckpointUnavailableError:
+    return CheckpointUnavailableError(
+        f"cannot load SegGPT {text!r} from the Hub or the cache ({'; '.join(errors)}); pass --seggpt-checkpoint DIR "
+        f"with a save_pretrained directory, or pre-seed the cache with `hf download {text} --cache-dir {hub_cache}`"
+    )
+
+
+def resolve_seggpt_checkpoint(
+    uri_or_dir: str | os.PathLike = DEFAULT_SEGGPT,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    s3_client: Any = None,
+) -> Path:
+    """The local directory of the SegGPT weights ``load_seggpt`` would load (arguments as there), fetched into the
+    cache if needed, without loading them: a job's driver calls this before any worker starts.
+
+    A Hub id is looked up in the Hub cache first, then (unless offline) downloaded there: its ``*.json`` files and
+    its ``*.safetensors`` weights (``*.bin`` when it has no safetensors), which is what ``from_pretrained`` reads.
+    Raises FileNotFoundError / CheckpointUnavailableError as ``resolve_checkpoint_dir`` and ``load_seggpt``.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    text = os.fspath(uri_or_dir)
+    if not _is_hub_id(text):
+        return resolve_checkpoint_dir(text, cache_dir=cache_dir, s3_client=s3_client)
+    offline, hub_cache = _hub_settings(offline, cache_dir)
+    errors: list[str] = []
+    for local_only in (True,) if offline else (True, False):
+        for weights in ("*.safetensors", "*.bin"):
+            try:
+                snapshot = Path(snapshot_download(text, cache_dir=hub_cache, local_files_only=local_only,
+                                                  allow_patterns=["*.json", weights]))
+            except (OSError, ValueError, HfHubHTTPError) as exc:
+                errors.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+                break
+            if (snapshot / "config.json").is_file() and any(snapshot.glob(weights)):
+                return snapshot
+    raise _seggpt_unavailable(text, errors or ["no config.json and weights in the snapshot"], hub_cache)
