@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
+
+from finedetail.transforms import resize
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -76,8 +77,8 @@ def canvas_probabilities(canvas: np.ndarray, *, palette: Sequence[Sequence[float
 def resize_probs(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(C, h, w) float probabilities -> (C, H, W) float32 in [0, 1] at ``hw`` = (H, W).
 
-    Bilinear (``cv2.INTER_LINEAR``, pixel-centre aligned like ``align_corners=False``) whenever either side grows;
-    area averaging when both shrink (bilinear would alias). Never nearest: soft edges survive.
+    ``transforms.resize``: bilinear (``cv2.INTER_LINEAR``, pixel-centre aligned like ``align_corners=False``) whenever
+    either side grows; area averaging when both shrink (bilinear would alias). Never nearest: soft edges survive.
     """
     probs = np.asarray(probs, np.float32)
     if probs.ndim != 3:
@@ -86,10 +87,9 @@ def resize_probs(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     c, h, w = probs.shape
     if (h, w) == (H, W):
         return probs.copy()
-    interp = cv2.INTER_AREA if (H <= h and W <= w) else cv2.INTER_LINEAR
     out = np.empty((c, H, W), np.float32)
     for k in range(c):
-        out[k] = cv2.resize(probs[k], (W, H), interpolation=interp)
+        out[k] = resize(probs[k], (H, W))
     return np.clip(out, 0.0, 1.0, out=out)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from finedetail.transforms import LongestSide
 from finedetail.types import ComponentPrompt
 
 __all__ = ["boundary_points", "components", "mask_to_sam_logits", "prompts_from_mask", "tight_box"]
@@ -127,10 +128,10 @@ def mask_to_sam_logits(
 ) -> np.ndarray:
     """A probability map -> SAM's low-resolution mask input: ``(low_res, low_res) float32`` logits.
 
-    prob: (H, W) float in [0, 1] (or bool), image frame. SAM's frame: resize so the long side is ``long_side``
-    (each side becomes ``int(side * long_side / max(h, w) + 0.5)``, like SAM's ResizeLongestSide; bilinear when
-    enlarging, area averaging when shrinking so thin structures fade instead of vanishing), pad bottom/right with 0 to
-    ``long_side``², area-downsample to ``low_res``², then ``logit = scale * (p - 0.5)`` which lies in
+    prob: (H, W) float in [0, 1] (or bool), image frame. SAM's frame (``transforms.LongestSide(hw, long_side)``):
+    resize so the long side is ``long_side`` (bilinear when enlarging, area averaging when shrinking so thin
+    structures fade instead of vanishing), pad bottom/right with 0 to ``long_side``², area-downsample to
+    ``low_res``² (``LongestSide.to_low_res``), then ``logit = scale * (p - 0.5)`` which lies in
     ``[-scale/2, scale/2]``. Padding maps to ``-scale / 2``.
     """
     prob = np.asarray(prob)
@@ -146,14 +147,8 @@ def mask_to_sam_logits(
         raise ValueError(f"need 1 <= low_res <= long_side, got {low_res=} {long_side=}")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale=}")
-    h, w = prob.shape
-    s = long_side / max(h, w)
-    nh, nw = int(h * s + 0.5), int(w * s + 0.5)
-    interp = cv2.INTER_AREA if (nh < h or nw < w) else cv2.INTER_LINEAR
-    resized = cv2.resize(prob, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else prob
-    canvas = np.zeros((long_side, long_side), np.float32)
-    canvas[:nh, :nw] = np.clip(resized, 0.0, 1.0)
-    low = cv2.resize(canvas, (low_res, low_res), interpolation=cv2.INTER_AREA)
+    frame = LongestSide(prob.shape, long_side)
+    low = frame.to_low_res(np.clip(frame.apply_image(prob), 0.0, 1.0), low_res)
     return (np.float32(scale) * (np.clip(low, 0.0, 1.0) - np.float32(0.5))).astype(np.float32)
 
 

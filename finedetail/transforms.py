@@ -9,8 +9,8 @@ Every transform is a small frozen dataclass with the same methods:
 - ``out_size(hw)`` / ``in_size(hw)``: size after / before the transform.
 - ``apply_image(a, *, interp="linear")`` / ``invert_image(a, *, interp="linear")``: ``a`` is ``(H, W)`` or
   ``(H, W, C)`` of any dtype (``uint8`` images, ``float32`` maps, ``bool`` masks); the result keeps dtype and channel
-  layout and is C-contiguous. ``interp`` (``"linear"`` or ``"nearest"``) only matters for ``Scale``; the exact
-  transforms check it and ignore it, so callers can pass one value to any transform.
+  layout and is C-contiguous. ``interp`` (one of ``INTERPS``, see ``resize``) only matters for ``Scale`` and
+  ``LongestSide``; the exact transforms check it and ignore it, so callers can pass one value to any transform.
 - ``apply_coords(pts, hw)``: ``pts`` ``(N, 2)`` xy in the frame of an input of size ``hw`` (the ORIGINAL size);
   ``invert_coords(pts, hw)``: ``pts`` in the TRANSFORMED frame, ``hw`` = the transformed size (``out_size`` of the
   original). Both return ``(N, 2) float64``.
@@ -39,16 +39,18 @@ __all__ = [
     "Compose",
     "HFlip",
     "Identity",
+    "LongestSide",
     "Rot90",
     "Scale",
     "Shift",
     "Transform",
     "VFlip",
+    "long_side_size",
     "parse_tta",
     "resize",
 ]
 
-INTERPS = ("linear", "nearest")
+INTERPS = ("linear", "bilinear", "nearest")
 TTA_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
 
 # dtypes cv2.resize handles natively for INTER_LINEAR / INTER_AREA; others go through float64.
@@ -133,6 +135,9 @@ def resize(a: np.ndarray, size: Sequence[int], *, interp: str = "linear") -> np.
     (rounded and clipped for integers).
     ``interp="linear"``, bool: the mask is resampled as float32 with the rule above and thresholded ``>= 0.5``, which
     keeps 1-px structures when downscaling by up to 2x where nearest-neighbour would drop every other line.
+    ``interp="bilinear"``: ``cv2.INTER_LINEAR`` both ways (no area averaging when shrinking), the resampling of
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` that SAM's ``postprocess_masks`` uses
+    for model outputs; dtypes and bool masks as for ``"linear"``.
     ``interp="nearest"``: output pixel ``j`` copies input pixel ``floor((j + 0.5) * W / w)`` (centre-aligned nearest,
     like ``cv2.INTER_NEAREST_EXACT``); any dtype, values are copied, never mixed.
     """
@@ -146,8 +151,9 @@ def resize(a: np.ndarray, size: Sequence[int], *, interp: str = "linear") -> np.
         cols = np.minimum(((np.arange(w) + 0.5) * (a.shape[1] / w)).astype(np.intp), a.shape[1] - 1)
         return np.ascontiguousarray(a[rows[:, None], cols[None, :]])
     if a.dtype == bool:
-        return resize(a.astype(np.float32), (h, w), interp="linear") >= 0.5
-    flag = cv2.INTER_AREA if (h <= a.shape[0] and w <= a.shape[1]) else cv2.INTER_LINEAR
+        return resize(a.astype(np.float32), (h, w), interp=interp) >= 0.5
+    shrinks = h <= a.shape[0] and w <= a.shape[1]
+    flag = cv2.INTER_AREA if (shrinks and interp == "linear") else cv2.INTER_LINEAR
     if a.dtype.type in _CV2_DTYPES:
         return _cv2_resize(a, (h, w), flag)
     out = _cv2_resize(a.astype(np.float64), (h, w), flag)
@@ -451,6 +457,100 @@ class Scale(Transform):
                 f"this Scale maps size {self.src} to {self.size}, got an {what} of size {tuple(hw)}; build the "
                 f"transform for this input with Scale.to_size({tuple(hw)}, dst_hw) (or invert from {self.size})"
             )
+
+
+def long_side_size(hw: Sequence[int], long_side: int) -> tuple[int, int]:
+    """``hw`` scaled so that its long side is ``long_side``: each side becomes ``int(side * long_side / max(h, w) +
+    0.5)`` (rounded half up, as segment-anything's ``ResizeLongestSide.get_preprocess_shape``), at least 1."""
+    h, w = check_hw(hw)
+    if isinstance(long_side, bool) or not isinstance(long_side, (int, np.integer)) or long_side < 1:
+        raise ValueError(f"long_side must be an int >= 1 (pixels), got {long_side=}")
+    s = long_side / max(h, w)
+    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+
+
+@dataclass(frozen=True)
+class LongestSide(Transform):
+    """A model's input frame: resize ``src = (h, w)`` so its long side is ``long_side`` (``size``, see
+    ``long_side_size``), then, for models that need a square, pad bottom/right with zeros to ``long_side`` x
+    ``long_side``. SAM's frame is ``LongestSide(hw, 1024)`` (segment-anything's ``ResizeLongestSide`` plus the
+    padding of ``Sam.preprocess``), whose 256 x 256 low-res mask grid covers the PADDED square; the SegGPT proxy's
+    448 canvas is ``LongestSide(hw, 448)`` without padding.
+
+    As a ``Transform`` it is ``Scale(src, size)``: ``apply_image`` / ``apply_coords`` / ``apply_boxes`` and their
+    inverses are exact on sizes and coordinates (``x' = x * w' / w``) and resample values with ``resize``
+    (``interp="linear"``: area when shrinking, bilinear when growing). The padding adds no coordinate change: the
+    resized image sits at the square's origin. ``pad`` / ``unpad`` move arrays between the resized and the padded
+    frame; ``to_low_res`` / ``from_low_res`` between the resized frame and a coarse grid over the padded square.
+    """
+
+    src: tuple[int, int]
+    long_side: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "src", check_hw(self.src, what="LongestSide src"))
+        long_side_size(self.src, self.long_side)  # validates long_side
+        object.__setattr__(self, "long_side", int(self.long_side))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(h', w'): ``src`` resized, long side ``long_side`` (the valid part of the padded square)."""
+        return long_side_size(self.src, self.long_side)
+
+    @property
+    def scale(self) -> Scale:
+        return Scale(src=self.src, size=self.size)
+
+    @property
+    def name(self) -> str:
+        return f"longest:{self.src[0]}x{self.src[1]}->{self.long_side}"
+
+    def inverse(self) -> Scale:
+        return self.scale.inverse()
+
+    def out_size(self, hw: Sequence[int]) -> tuple[int, int]:
+        return self.scale.out_size(hw)
+
+    def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
+        return self.scale.apply_image(a, interp=interp)
+
+    def apply_coords(self, pts: np.ndarray, hw: Sequence[int] | None = None) -> np.ndarray:
+        """(N, 2) xy, ``src`` frame -> (N, 2) float64 xy, resized (= padded) frame. ``hw`` defaults to ``src``."""
+        return self.scale.apply_coords(pts, self.src if hw is None else hw)
+
+    def apply_boxes(self, boxes: np.ndarray, hw: Sequence[int] | None = None) -> np.ndarray:
+        """(N, 4) XYXY, ``src`` frame -> (N, 4) float64 XYXY, resized (= padded) frame. ``hw`` defaults to ``src``."""
+        return self.scale.apply_boxes(boxes, self.src if hw is None else hw)
+
+    def pad(self, a: np.ndarray) -> np.ndarray:
+        """(h', w'[, C]) array in the resized frame -> (long_side, long_side[, C]), zeros bottom/right, same dtype."""
+        a = _check_array(a)
+        if a.shape[:2] != self.size:
+            raise ValueError(f"pad takes an array of the resized size {self.size}, got {a.shape[:2]}; resize it with "
+                             f"apply_image first")
+        out = np.zeros((self.long_side, self.long_side, *a.shape[2:]), a.dtype)
+        out[: self.size[0], : self.size[1]] = a
+        return out
+
+    def unpad(self, a: np.ndarray) -> np.ndarray:
+        """(long_side, long_side[, C]) padded array -> its valid (h', w'[, C]) part (a C-contiguous copy)."""
+        a = _check_array(a)
+        if a.shape[:2] != (self.long_side, self.long_side):
+            raise ValueError(f"unpad takes a padded ({self.long_side}, {self.long_side}) array, got {a.shape[:2]}")
+        return np.ascontiguousarray(a[: self.size[0], : self.size[1]])
+
+    def to_low_res(self, a: np.ndarray, low_res: int) -> np.ndarray:
+        """(h', w') array in the resized frame -> (low_res, low_res): padded with zeros, then area-averaged (SAM's
+        mask-input grid: one cell = long_side / low_res padded pixels). ``low_res <= long_side``."""
+        if isinstance(low_res, bool) or not isinstance(low_res, (int, np.integer)) or not 1 <= low_res <= self.long_side:
+            raise ValueError(f"need 1 <= low_res <= long_side={self.long_side}, got {low_res=}")
+        return resize(self.pad(a), (low_res, low_res))
+
+    def from_low_res(self, low: np.ndarray, *, interp: str = "bilinear") -> np.ndarray:
+        """A (n, n) map over the padded square -> ``src`` frame: upsampled to (long_side, long_side), padding cut
+        off, resized to ``src``; all ``interp`` (default: SAM's ``postprocess_masks`` chain, bilinear both times)."""
+        full = resize(low, (self.long_side, self.long_side), interp=interp)
+        return resize(self.unpad(full), self.src, interp=interp)
 
 
 @dataclass(frozen=True)

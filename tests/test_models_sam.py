@@ -20,6 +20,7 @@ from finedetail.models.sam import (
     to_sam_points,
 )
 from finedetail.models.tiny import build_tiny_sam
+from finedetail.transforms import LongestSide
 from finedetail.types import ComponentPrompt
 
 H, W = 96, 160  # non-square: ResizeLongestSide -> (614, 1024)
@@ -221,7 +222,7 @@ def test_multimask_choice_through_the_refiner(sam, embedding, record, mode):
     if mode == "iou":
         choice = iou.argmax(1)
     else:
-        coarse = np.stack([coarse_low_res(p.mask, emb.input_hw) for p in prompts])
+        coarse = np.stack([coarse_low_res(p.mask, emb.frame) for p in prompts])
         pred = low_res > 0
         overlap = [[(pred[i, k] & coarse[i]).sum() / max(1, (pred[i, k] | coarse[i]).sum()) for k in range(3)]
                    for i in range(2)]
@@ -297,13 +298,13 @@ def test_default_device_and_dtype(sam):
 
 
 def test_to_sam_points_literal():
-    got = to_sam_points(np.array([[0.5, 0.5], [10.0, 4.0]]), (8, 20), (410, 1024))
+    got = to_sam_points(np.array([[0.5, 0.5], [10.0, 4.0]]), LongestSide((8, 20), 1024))
     np.testing.assert_allclose(got, [[0.5 * 51.2 - 0.5, 0.5 * 51.25 - 0.5], [511.5, 204.5]])
 
 
 def test_to_sam_boxes_clamps_degenerate_boxes():
     # at scale 0.5 a 1-px wide box is half an input pixel wide: the max corner may not pass the min corner
-    got = to_sam_boxes(np.array([[4.0, 2.0, 5.0, 10.0]]), (2048, 2048), (1024, 1024))
+    got = to_sam_boxes(np.array([[4.0, 2.0, 5.0, 10.0]]), LongestSide((2048, 2048), 1024))
     np.testing.assert_allclose(got, [[2.0, 1.0, 2.0, 4.0]])
 
 
@@ -332,6 +333,13 @@ def test_select_multimask_modes_on_literal_candidates():
 
 def test_coarse_low_res_frame():
     # the right half of a 96x160 image -> input frame cols 512..1024, rows 0..614 -> low-res cols 128..256, rows ..153
-    low = coarse_low_res(rect_mask(0, 80, 96, 160), (614, 1024))
+    low = coarse_low_res(rect_mask(0, 80, 96, 160), LongestSide((96, 160), 1024))
     assert low.shape == (256, 256)
     assert low[:150, 130:].all() and not low[:, :126].any() and not low[156:].any()
+
+
+@pytest.mark.parametrize("hw", [(96, 160), (8, 20), (301, 517), (1301, 611), (1024, 1024), (3, 2000)])
+def test_frame_size_is_segment_anythings(hw):
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    assert LongestSide(hw, 1024).size == ResizeLongestSide.get_preprocess_shape(*hw, 1024)

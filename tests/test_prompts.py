@@ -233,3 +233,9 @@ def test_prompts_from_mask_errors():
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         prompts_from_mask(np.zeros((3, 3, 1), bool))
     assert prompts_from_mask(np.zeros((3, 3), bool)) == ([], 0)
+
+
+def test_mask_to_sam_logits_extreme_aspect_keeps_one_row():
+    # (1, 3000) -> SAM's frame (1, 1024): the short side rounds to 0.34 px, floored at 1 (it crashed in cv2.resize)
+    logits = mask_to_sam_logits(np.ones((1, 3000), np.float32))
+    assert logits.shape == (256, 256) and logits[0, 0] < 0  # one row of 1024 fills a quarter of a 4-row cell

@@ -19,7 +19,6 @@ from finedetail.models.proxy import (
     ProxySegGPTConfig,
     key_of,
     pool_mean,
-    resize_longest,
     seggpt_patch_prob,
 )
 from finedetail.synthetic import make_scene, object_key
@@ -91,15 +90,6 @@ def test_seggpt_patch_rule_lower_level(mean, prob):
     assert seggpt_patch_prob(np.array([mean]), level=0.125)[0] == pytest.approx(prob)
 
 
-@pytest.mark.parametrize("hw, out", [
-    ((2048, 1024), (1024, 512)),
-    ((100, 300), (341, 1024)),
-    ((1024, 1024), (1024, 1024)),
-])
-def test_resize_longest_sizes(hw, out):
-    assert resize_longest(np.zeros((*hw, 3), np.uint8), 1024).shape[:2] == out
-
-
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="threshold"):
         ProxySAMConfig(threshold=0.0)
@@ -160,7 +150,7 @@ def test_refine_rejects_foreign_embedding_and_wrong_frame():
 def test_embedding_grids():
     (emb,) = ProxySAM().encode([background(300, 600)])
     assert isinstance(emb, ProxySAMEmbedding)
-    assert emb.resized_hw == (512, 1024) and emb.patches.shape == (64, 64) and emb.fine.shape == (256, 256)
+    assert emb.frame.size == (512, 1024) and emb.patches.shape == (64, 64) and emb.fine.shape == (256, 256)
     assert np.all(emb.fine[128:] == 0)  # the zero padding below the image
 
 

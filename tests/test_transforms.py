@@ -13,11 +13,13 @@ from finedetail.transforms import (
     Compose,
     HFlip,
     Identity,
+    LongestSide,
     Rot90,
     Scale,
     Shift,
     Transform,
     VFlip,
+    long_side_size,
     parse_tta,
     resize,
 )
@@ -392,3 +394,81 @@ def test_transforms_are_frozen_and_hashable():
     assert len({HFlip(), HFlip(), Rot90(1), Rot90(1), Shift(1, 2), Shift(1, 2)}) == 3
     with pytest.raises(AttributeError):
         Rot90(1).k = 2  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------------- LongestSide
+
+
+@pytest.mark.parametrize("hw, long_side, size", [
+    ((2048, 1024), 1024, (1024, 512)),
+    ((100, 300), 1024, (341, 1024)),  # 341.33 -> 341
+    ((96, 160), 1024, (614, 1024)),  # 614.4 -> 614
+    ((8, 20), 1024, (410, 1024)),  # 409.6 -> 410 (half up)
+    ((1024, 1024), 1024, (1024, 1024)),
+    ((1, 3000), 1024, (1, 1024)),  # 0.34 -> at least 1
+    ((301, 517), 448, (261, 448)),
+])
+def test_long_side_size(hw, long_side, size):
+    assert long_side_size(hw, long_side) == size
+    frame = LongestSide(hw, long_side)
+    assert frame.size == frame.out_size(hw) == size and frame.in_size(size) == hw
+    assert frame.apply_image(np.zeros((*hw, 3), np.uint8)).shape == (*size, 3)
+
+
+@pytest.mark.parametrize("src, long_side", [((5, 7), 21), ((7, 5), 35), ((3, 11), 33)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.bool_])
+def test_longest_side_nearest_round_trip_odd_non_square(src, long_side, dtype):
+    # an integer zoom with nearest copies whole pixels, so the round trip is exact bit for bit
+    rng = np.random.default_rng(0)
+    a = (rng.random((*src, 3)) * 255).astype(dtype)
+    frame = LongestSide(src, long_side)
+    up = frame.apply_image(a, interp="nearest")
+    assert up.shape[:2] == frame.size and up.dtype == a.dtype
+    np.testing.assert_array_equal(frame.invert_image(up, interp="nearest"), a)
+    assert frame.invert_image(frame.apply_image(a)).shape == a.shape  # linear: sizes exact, values resampled
+
+
+@FAST
+@given(h=st.integers(1, 50), w=st.integers(1, 50), long_side=st.integers(1, 1100), data=st.data())
+def test_longest_side_coords_and_boxes_round_trip(h, w, long_side, data):
+    frame = LongestSide((h, w), long_side)
+    xs = data.draw(st.lists(st.floats(0, w), min_size=2, max_size=2))
+    ys = data.draw(st.lists(st.floats(0, h), min_size=2, max_size=2))
+    pts = np.array([[xs[0], ys[0]], [xs[1], ys[1]]])
+    moved = frame.apply_coords(pts)
+    np.testing.assert_allclose(moved, pts * [frame.size[1] / w, frame.size[0] / h], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(frame.invert_coords(moved, frame.size), pts, rtol=1e-12, atol=1e-9)
+    box = np.array([[min(xs), min(ys), max(xs), max(ys)]])
+    np.testing.assert_allclose(frame.invert_boxes(frame.apply_boxes(box), frame.size), box, rtol=1e-12, atol=1e-9)
+
+
+def test_longest_side_pixel_centre_lands_on_its_resized_pixel():
+    frame = LongestSide((5, 7), 21)  # 3x
+    np.testing.assert_array_equal(frame.apply_coords(np.array([[6.5, 4.5]])), [[19.5, 13.5]])  # pixel (4, 6) centre
+
+
+def test_longest_side_pad_unpad_and_low_res():
+    frame = LongestSide((3, 5), 10)  # resized (6, 10), padded 10 x 10
+    a = np.arange(60, dtype=np.float32).reshape(6, 10)
+    padded = frame.pad(a)
+    assert padded.shape == (10, 10) and not padded[6:].any()
+    np.testing.assert_array_equal(frame.unpad(padded), a)
+    low = frame.to_low_res(np.ones((6, 10), np.float32), 5)  # 2x2 cells over the padded square
+    np.testing.assert_array_equal(low, [[1] * 5] * 3 + [[0] * 5] * 2)
+    back = frame.from_low_res(np.ones((5, 5), np.float32))
+    assert back.shape == (3, 5) and np.all(back == 1)
+    with pytest.raises(ValueError, match="resized size"):
+        frame.pad(np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="padded"):
+        frame.unpad(np.zeros((6, 10), np.float32))
+    with pytest.raises(ValueError, match="low_res"):
+        frame.to_low_res(a, 11)
+    with pytest.raises(ValueError, match="long_side"):
+        LongestSide((3, 5), 0)
+
+
+def test_bilinear_never_area_averages():
+    a = np.random.default_rng(1).random((9, 13), dtype=np.float32)
+    np.testing.assert_array_equal(resize(a, (4, 6), interp="bilinear"),
+                                  cv2.resize(a, (6, 4), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(resize(a, (4, 6)), cv2.resize(a, (6, 4), interpolation=cv2.INTER_AREA))

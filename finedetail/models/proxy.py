@@ -62,6 +62,7 @@ import cv2
 import numpy as np
 
 from finedetail.synthetic import class_keys
+from finedetail.transforms import LongestSide, resize
 from finedetail.types import ComponentPrompt, PromptPair, check_image
 
 __all__ = [
@@ -76,11 +77,9 @@ __all__ = [
     "cells_to_image",
     "class_key_maps",
     "key_of",
-    "long_side_size",
     "pool_mean",
     "proxy_sam_encode",
     "proxy_seggpt_maps",
-    "resize_longest",
     "seggpt_patch_prob",
     "segment_cells",
 ]
@@ -115,24 +114,6 @@ def class_key_maps(image: np.ndarray, num_classes: int) -> np.ndarray:
     return np.repeat(keys.max(axis=0)[None], num_classes, axis=0)
 
 
-def long_side_size(hw: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """(h, w) scaled so that max(h, w) == long_side, rounded half up like SAM's ``ResizeLongestSide``."""
-    h, w = hw
-    s = long_side / max(h, w)
-    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
-
-
-def resize_longest(image: np.ndarray, long_side: int) -> np.ndarray:
-    """Resize (H, W[, C]) so its long side is ``long_side``: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when
-    growing, a copy when the size already matches. Aspect ratio kept, no padding."""
-    h, w = image.shape[:2]
-    nh, nw = long_side_size((h, w), long_side)
-    if (nh, nw) == (h, w):
-        return image.copy()
-    flag = cv2.INTER_AREA if nh <= h and nw <= w else cv2.INTER_LINEAR
-    return cv2.resize(image, (nw, nh), interpolation=flag)
-
-
 def pool_mean(a: np.ndarray, cell: int) -> np.ndarray:
     """Mean of ``a`` (H, W) over a ``cell`` x ``cell`` grid anchored at (0, 0) -> (ceil(H/cell), ceil(W/cell))
     float32. A partial cell at the bottom/right is the mean over its valid pixels only."""
@@ -153,13 +134,6 @@ def seggpt_patch_prob(patch_mean: np.ndarray, *, level: float = 0.5) -> np.ndarr
     """ProxySegGPT's patch rule: ``clip((mean - level / 2) / level, 0, 1)`` float32 (>= 0.5 iff mean >= level)."""
     m = np.asarray(patch_mean, np.float64)
     return np.clip((m - level / 2) / level, 0.0, 1.0).astype(np.float32)
-
-
-def _upsample(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear (``INTER_LINEAR``, half-pixel centres like torch ``align_corners=False``) to hw; float32."""
-    if a.shape == tuple(hw):
-        return a.astype(np.float32, copy=True)
-    return cv2.resize(a.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,12 +195,13 @@ class ProxySegGPT:
 
 def proxy_seggpt_maps(image: np.ndarray, num_classes: int = 1, *, level: float = 0.5) -> np.ndarray:
     """ProxySegGPT on one image (H, W, 3) uint8 -> (num_classes, H, W) float32 in [0, 1], image frame."""
-    hw = image.shape[:2]
-    small = resize_longest(image, ProxySegGPT.input_size)
-    out = np.empty((num_classes, *hw), np.float32)
+    frame = LongestSide(image.shape[:2], ProxySegGPT.input_size)
+    small = frame.apply_image(image)
+    out = np.empty((num_classes, *frame.src), np.float32)
     for c, key in enumerate(class_key_maps(small, num_classes)):
         patches = seggpt_patch_prob(pool_mean(key, PATCH), level=level)
-        out[c] = np.clip(_upsample(_upsample(patches, small.shape[:2]), hw), 0.0, 1.0)
+        up = resize(patches, frame.size, interp="bilinear")
+        out[c] = np.clip(frame.invert_image(up, interp="bilinear"), 0.0, 1.0)
     return out
 
 
@@ -266,44 +241,42 @@ class ProxySAMConfig:
 class ProxySAMEmbedding:
     """ProxySAM's encoding of one image.
 
-    hw: the image's (h, w). resized_hw: its size in the 1024 frame (long side 1024). patches: (64, 64) float32 mean
-    key per 16-px patch. fine: (256, 256) float32 mean key per 4-px cell. Both over the zero-padded 1024 x 1024 frame.
+    frame: the image's ``LongestSide`` frame (``frame.src`` = the image's (h, w), ``frame.size`` its size in the 1024
+    frame). patches: (64, 64) float32 mean key per 16-px patch. fine: (256, 256) float32 mean key per 4-px cell. Both
+    over the zero-padded 1024 x 1024 frame.
     """
 
-    hw: tuple[int, int]
-    resized_hw: tuple[int, int]
+    frame: LongestSide
     patches: np.ndarray
     fine: np.ndarray
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.frame.src
 
 
 def proxy_sam_encode(image: np.ndarray, *, input_size: int = 1024) -> ProxySAMEmbedding:
     """Encode one (H, W, 3) uint8 image the way SAM sees it (module docstring)."""
     check_image(image)
-    resized = resize_longest(image, input_size)
-    rh, rw = resized.shape[:2]
-    key = np.zeros((input_size, input_size), np.float32)
-    key[:rh, :rw] = key_of(resized)
-    return ProxySAMEmbedding(
-        hw=(int(image.shape[0]), int(image.shape[1])),
-        resized_hw=(rh, rw),
-        patches=pool_mean(key, PATCH),
-        fine=pool_mean(key, FINE_CELL),
-    )
+    frame = LongestSide(image.shape[:2], input_size)
+    key = frame.pad(key_of(frame.apply_image(image)))
+    return ProxySAMEmbedding(frame=frame, patches=pool_mean(key, PATCH), fine=pool_mean(key, FINE_CELL))
 
 
-def _cell_index(xy: np.ndarray, scale_xy: tuple[float, float], n: int) -> tuple[int, int]:
-    """Continuous (x, y) in the image frame -> (row, col) of the low-res cell holding it, clipped to the grid."""
-    c = int(np.floor(xy[0] * scale_xy[0] / FINE_CELL))
-    r = int(np.floor(xy[1] * scale_xy[1] / FINE_CELL))
+def _cell_index(xy: np.ndarray, n: int) -> tuple[int, int]:
+    """Continuous (x, y) in the padded input frame -> (row, col) of the low-res cell holding it, clipped to the grid."""
+    c = int(np.floor(xy[0] / FINE_CELL))
+    r = int(np.floor(xy[1] / FINE_CELL))
     return min(max(r, 0), n - 1), min(max(c, 0), n - 1)
 
 
-def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[float, float], *,
+def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, frame: LongestSide, *,
                   config: ProxySAMConfig | None = None) -> np.ndarray:
     """ProxySAM's decoder rule for one prompt on the low-res grid (module docstring).
 
-    fine: (n, n) float32 pooled key (n = 256, ``ProxySAMEmbedding.fine``); prompt: in the image frame; scale_xy:
-    (sx, sy) from the image frame to the 1024 frame. Returns (n, n) bool, the cells decided object.
+    fine: (n, n) float32 pooled key (n = 256, ``ProxySAMEmbedding.fine``); prompt: in the image frame; frame: the
+    image's ``LongestSide`` frame, which maps the prompt into the 1024 frame. Returns (n, n) bool, the cells decided
+    object.
     """
     cfg = config or ProxySAMConfig()
     n = fine.shape[0]
@@ -311,11 +284,9 @@ def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[flo
     region = np.zeros_like(candidate)
     x0, y0, x1, y1 = (float(v) for v in prompt.box)
     ex, ey = cfg.box_expand * (x1 - x0), cfg.box_expand * (y1 - y0)
-    sx, sy = scale_xy
-    c0 = int(np.floor((x0 - ex) * sx / FINE_CELL))
-    r0 = int(np.floor((y0 - ey) * sy / FINE_CELL))
-    c1 = int(np.ceil((x1 + ex) * sx / FINE_CELL))
-    r1 = int(np.ceil((y1 + ey) * sy / FINE_CELL))
+    bx0, by0, bx1, by1 = frame.apply_boxes(np.array([[x0 - ex, y0 - ey, x1 + ex, y1 + ey]]))[0]
+    c0, r0 = int(np.floor(bx0 / FINE_CELL)), int(np.floor(by0 / FINE_CELL))
+    c1, r1 = int(np.ceil(bx1 / FINE_CELL)), int(np.ceil(by1 / FINE_CELL))
     if cfg.use_box:
         region[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
     mask_in = np.zeros_like(candidate)
@@ -329,31 +300,29 @@ def segment_cells(fine: np.ndarray, prompt: ComponentPrompt, scale_xy: tuple[flo
             region |= cv2.dilate(mask_in.astype(np.uint8), k) > 0
     out = (candidate & region) | mask_in
     labels = np.asarray(prompt.labels)
-    pos = [p for p, lab in zip(prompt.points, labels) if lab == 1]
+    points = frame.apply_coords(np.asarray(prompt.points, np.float64).reshape(-1, 2))
+    pos = [p for p, lab in zip(points, labels) if lab == 1]
     if pos and candidate.any():
         _, comp = cv2.connectedComponents(candidate.astype(np.uint8), connectivity=8)
         for p in pos:
-            r, c = _cell_index(p, scale_xy, n)
+            r, c = _cell_index(p, n)
             touched = np.unique(comp[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2])
             touched = touched[touched > 0]
             if touched.size:
                 out |= np.isin(comp, touched)
-    for p, lab in zip(prompt.points, labels):
+    for p, lab in zip(points, labels):
         if lab == 0:
-            r, c = _cell_index(p, scale_xy, n)
+            r, c = _cell_index(p, n)
             rad = cfg.neg_radius
             out[max(r - rad, 0):r + rad + 1, max(c - rad, 0):c + rad + 1] = False
     return out
 
 
-def cells_to_image(cells: np.ndarray, emb: ProxySAMEmbedding, *, input_size: int = 1024, logit: float = 8.0
-                   ) -> np.ndarray:
-    """Low-res (n, n) bool decision -> (H, W) float32 in [0, 1], image frame, via SAM's chain: logits ``±logit``,
-    bilinear to the padded ``input_size`` frame, crop the valid part, bilinear to the image size, sigmoid."""
-    low = np.where(cells, np.float32(logit), np.float32(-logit))
-    full = _upsample(low, (input_size, input_size))
-    rh, rw = emb.resized_hw
-    z = _upsample(np.ascontiguousarray(full[:rh, :rw]), emb.hw)
+def cells_to_image(cells: np.ndarray, emb: ProxySAMEmbedding, *, logit: float = 8.0) -> np.ndarray:
+    """Low-res (n, n) bool decision -> (H, W) float32 in [0, 1], image frame, via SAM's chain
+    (``LongestSide.from_low_res``): logits ``±logit``, bilinear to the padded frame, crop the valid part, bilinear to
+    the image size, sigmoid."""
+    z = emb.frame.from_low_res(np.where(cells, np.float32(logit), np.float32(-logit)))
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
@@ -386,12 +355,10 @@ class ProxySAM:
                             f"call refiner.encode([image]) first")
         h, w = embedding.hw
         out = np.zeros((len(prompts), h, w), np.float32)
-        rh, rw = embedding.resized_hw
-        scale_xy = (rw / w, rh / h)
         for i, prompt in enumerate(prompts):
             if prompt.mask.shape != (h, w):
                 raise ValueError(f"prompt {i}: mask is {prompt.mask.shape} but the encoded image is {(h, w)}; "
                                  f"prompts must be in the frame of the image passed to encode")
-            cells = segment_cells(embedding.fine, prompt, scale_xy, config=self.config)
-            out[i] = cells_to_image(cells, embedding, input_size=self.input_size, logit=self.config.logit)
+            cells = segment_cells(embedding.fine, prompt, embedding.frame, config=self.config)
+            out[i] = cells_to_image(cells, embedding, logit=self.config.logit)
         return out

@@ -1,7 +1,8 @@
 """SAM (segment-anything) as a ``PromptedRefiner``: one encoder pass per image, all components in batched decoder calls.
 
 Frames. The library's continuous frame puts pixel (r, c) on [c, c+1) x [r, r+1) with its centre at (c+0.5, r+0.5).
-SAM resizes the image so its long side is 1024 (``ResizeLongestSide``; the "input frame", size ``input_hw``), pads
+SAM resizes the image so its long side is 1024 (``ResizeLongestSide``; the "input frame", size ``input_hw``, is
+``finedetail.transforms.LongestSide(hw, 1024)``, which carries the size, the padding and the coordinate forms), pads
 bottom/right to 1024 x 1024, and its prompt encoder adds 0.5 to every coordinate it receives ("shift to centre of
 pixel"), i.e. it takes pixel-INDEX coordinates in the input frame. The conversions below are exact in that frame:
 
@@ -15,7 +16,10 @@ pixel"), i.e. it takes pixel-INDEX coordinates in the input frame. The conversio
 - mask input: ``ComponentPrompt.logits`` is already (256, 256) in SAM's padded 1024 frame
   (``prompts.mask_to_sam_logits``).
 - outputs: the chosen low-res logits go through ``Sam.postprocess_masks`` (upsample to 1024, crop the padding,
-  resize to (h, w), all bilinear) and a sigmoid: (N, H, W) float32 probabilities in the image frame.
+  resize to (h, w), all bilinear: ``LongestSide.from_low_res`` in torch, on the device) and a sigmoid: (N, H, W)
+  float32 probabilities in the image frame.
+- pixels: the image itself is resized by segment-anything's own ``ResizeLongestSide.apply_image`` (PIL bilinear),
+  so SAM sees exactly what ``SamPredictor`` feeds it; only its size comes from the frame.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from finedetail.models.checkpoints import resolve_device, resolve_dtype
 from finedetail.models.fast_attention import disable_fast_attention, enable_fast_attention
+from finedetail.transforms import LongestSide
 from finedetail.types import ComponentPrompt, check_image
 
 __all__ = [
@@ -49,21 +53,17 @@ __all__ = [
 MULTIMASK_MODES = ("coarse", "iou", "single")
 
 
-def to_sam_points(points: np.ndarray, hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+def to_sam_points(points: np.ndarray, frame: LongestSide) -> np.ndarray:
     """(N, 2) xy continuous image frame -> (N, 2) float64 pixel-index coordinates in SAM's input frame (see module
-    docstring): ``p * (input_w / w, input_h / h) - 0.5``."""
-    pts = np.asarray(points, np.float64).reshape(-1, 2)
-    scale = np.array([input_hw[1] / hw[1], input_hw[0] / hw[0]])
-    return pts * scale - 0.5
+    docstring): ``frame.apply_coords(p) - 0.5``."""
+    return frame.apply_coords(np.asarray(points, np.float64).reshape(-1, 2)) - 0.5
 
 
-def to_sam_boxes(boxes: np.ndarray, hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+def to_sam_boxes(boxes: np.ndarray, frame: LongestSide) -> np.ndarray:
     """(N, 4) XYXY continuous image frame -> (N, 4) float64 inclusive pixel-index boxes in SAM's input frame:
-    ``b * scale - (0, 0, 1, 1)``, with the max corner clamped to at least the min corner (a box thinner than one
-    input pixel collapses to a line instead of inverting)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scale = np.array([input_hw[1] / hw[1], input_hw[0] / hw[0]] * 2)
-    out = b * scale
+    ``frame.apply_boxes(b) - (0, 0, 1, 1)``, with the max corner clamped to at least the min corner (a box thinner
+    than one input pixel collapses to a line instead of inverting)."""
+    out = frame.apply_boxes(np.asarray(boxes, np.float64).reshape(-1, 4))
     out[:, 2:] = np.maximum(out[:, 2:] - 1.0, out[:, :2])
     return out
 
@@ -81,15 +81,12 @@ def pad_points(points: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tu
     return coords, labs
 
 
-def coarse_low_res(mask: np.ndarray, input_hw: tuple[int, int], *, image_size: int = 1024, low_res: int = 256
-                   ) -> np.ndarray:
-    """A component's (H, W) bool mask in the frame of SAM's low-res outputs: resized to ``input_hw`` (bilinear),
-    zero-padded to ``image_size``, area-averaged to ``low_res`` and thresholded at 0.5 -> (low_res, low_res) bool."""
-    h_in, w_in = input_hw
-    m = cv2.resize(mask.astype(np.float32), (w_in, h_in), interpolation=cv2.INTER_LINEAR)
-    canvas = np.zeros((image_size, image_size), np.float32)
-    canvas[:h_in, :w_in] = m
-    return cv2.resize(canvas, (low_res, low_res), interpolation=cv2.INTER_AREA) >= 0.5
+def coarse_low_res(mask: np.ndarray, frame: LongestSide, *, low_res: int = 256) -> np.ndarray:
+    """A component's (H, W) bool mask in the frame of SAM's low-res outputs: resized to ``frame.size`` (bilinear, no
+    area averaging), zero-padded to ``frame.long_side``, area-averaged to ``low_res`` and thresholded at 0.5 ->
+    (low_res, low_res) bool."""
+    resized = frame.apply_image(mask.astype(np.float32), interp="bilinear")
+    return frame.to_low_res(resized, low_res) >= 0.5
 
 
 def select_multimask(low_res_logits: np.ndarray, iou_pred: np.ndarray, *, mode: str,
@@ -123,14 +120,22 @@ class SamEmbedding:
     """One image encoded by a ``SamRefiner``.
 
     features: (1, C, 64, 64) float32 tensor on the refiner's device (C = 256 for the official models).
-    hw: (h, w) of the image that was encoded; input_hw: its size after ResizeLongestSide (long side 1024).
+    frame: the image's ``LongestSide`` frame; ``hw`` = ``frame.src`` is the (h, w) of the image that was encoded,
+    ``input_hw`` = ``frame.size`` its size after ResizeLongestSide (long side 1024).
     owner: the ``Sam`` module that encoded it; any ``SamRefiner`` wrapping that same module may decode it.
     """
 
     features: torch.Tensor
-    hw: tuple[int, int]
-    input_hw: tuple[int, int]
+    frame: LongestSide
     owner: object = field(repr=False)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.frame.src
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.frame.size
 
 
 class SamRefiner:
@@ -228,18 +233,22 @@ class SamRefiner:
         out: list[SamEmbedding] = []
         for start in range(0, len(images), self.encode_batch):
             chunk = images[start : start + self.encode_batch]
-            batch, sizes = [], []
+            batch, frames = [], []
             for image in chunk:
                 check_image(image)
+                frame = LongestSide(image.shape[:2], self.input_size)
                 resized = self.transform.apply_image(np.ascontiguousarray(image))
+                if resized.shape[:2] != frame.size:  # one size rule: ours and segment-anything's must agree
+                    raise RuntimeError(f"segment-anything resized {image.shape[:2]} to {resized.shape[:2]}, the "
+                                       f"frame expects {frame.size}; report this with the image size")
                 x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()
                 batch.append(self.sam.preprocess(x))
-                sizes.append((tuple(image.shape[:2]), tuple(resized.shape[:2])))
+                frames.append(frame)
             with torch.inference_mode(), self._autocast():
                 feats = self.sam.image_encoder(torch.stack(batch)).float()
             self.encoder_passes += len(chunk)
-            for i, (hw, input_hw) in enumerate(sizes):
-                out.append(SamEmbedding(features=feats[i : i + 1], hw=hw, input_hw=input_hw, owner=self.sam))
+            for i, frame in enumerate(frames):
+                out.append(SamEmbedding(features=feats[i : i + 1], frame=frame, owner=self.sam))
         return out
 
     def _check_embedding(self, embedding: Any) -> SamEmbedding:
@@ -285,12 +294,12 @@ class SamRefiner:
         dev = self.device
         points = boxes = masks = None
         if self.use_points and any(len(p.points) for p in prompts):
-            coords, labels = pad_points([to_sam_points(p.points, emb.hw, emb.input_hw) for p in prompts],
+            coords, labels = pad_points([to_sam_points(p.points, emb.frame) for p in prompts],
                                         [np.asarray(p.labels) for p in prompts])
             points = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
                       torch.as_tensor(labels, dtype=torch.int, device=dev))
         if self.use_box:
-            b = to_sam_boxes(np.stack([p.box for p in prompts]), emb.hw, emb.input_hw)
+            b = to_sam_boxes(np.stack([p.box for p in prompts]), emb.frame)
             boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
         if self.use_mask_input and prompts[0].logits is not None:
             m = np.stack([np.asarray(p.logits, np.float32).reshape(self.low_res, self.low_res) for p in prompts])
@@ -312,8 +321,7 @@ class SamRefiner:
             )
             coarse = None
             if multimask and self.multimask == "coarse":
-                coarse = np.stack([coarse_low_res(p.mask, emb.input_hw, image_size=self.input_size,
-                                                  low_res=low_res.shape[-1]) for p in prompts])
+                coarse = np.stack([coarse_low_res(p.mask, emb.frame, low_res=low_res.shape[-1]) for p in prompts])
             choice = select_multimask(low_res.float().cpu().numpy(), iou.float().cpu().numpy(),
                                       mode=self.multimask, coarse=coarse)
             pick = torch.as_tensor(choice, device=low_res.device)
