@@ -8,8 +8,9 @@ shows exactly the window, so ``x_crop = (x - win.x0) * cw / win.w`` and ``y_crop
 (the exact size ratio, not ``zoom``, which the rounding of ``ch, cw`` only approximates).
 
 Typical use: ``win = object_window(box, hw)``; ``z = zoom_for(win)``; run the model on ``crop_image(image, win,
-z)`` with prompts from ``to_crop_coords`` / ``to_crop_boxes``; bring its map back with ``from_crop_image`` and
-``paste`` it into the global map. Objects whose window is longer than the model's input go through
+z)`` with prompts made from the crop's own coarse map; bring its map back with ``from_crop_image`` and ``paste`` it
+into the global map (a point or box would map as ``transforms.Scale.to_size(win.hw, crop_size(win, z))`` after
+subtracting ``(win.x0, win.y0)``). Objects whose window is longer than the model's input go through
 ``split_window`` first.
 """
 
@@ -20,26 +21,19 @@ from typing import Sequence
 
 import numpy as np
 
+from finedetail.config import PASTE_MODES
 from finedetail.tiling import Window, tile_grid
 from finedetail.transforms import check_hw, resize
 
 __all__ = [
-    "PASTE_MODES",
     "crop_image",
     "crop_size",
-    "from_crop_boxes",
-    "from_crop_coords",
     "from_crop_image",
     "object_window",
     "paste",
     "split_window",
-    "to_crop_boxes",
-    "to_crop_coords",
     "zoom_for",
 ]
-
-PASTE_MODES = ("max", "replace")
-
 
 def object_window(box: np.ndarray, hw: Sequence[int], *, pad_frac: float = 0.25, min_pad: float = 16) -> Window:
     """Window around an object's box with context, clipped to the image.
@@ -104,51 +98,6 @@ def from_crop_image(crop_map: np.ndarray, win: Window, *, interp: str = "linear"
     """Crop-frame array (any size, e.g. a model's output on ``crop_image``) resampled to the window's original
     resolution ``(win.h, win.w)``, ready for ``paste``. Same dtype and channel layout."""
     return resize(crop_map, win.hw, interp=interp)
-
-
-def _ratios(win: Window, zoom: float) -> tuple[float, float]:
-    ch, cw = crop_size(win, zoom)
-    return cw / win.w, ch / win.h
-
-
-def to_crop_coords(pts: np.ndarray, win: Window, zoom: float) -> np.ndarray:
-    """(N, 2) xy, image frame -> (N, 2) float64 xy, crop frame of ``crop_image(., win, zoom)``."""
-    p = _points(pts)
-    sx, sy = _ratios(win, zoom)
-    return np.stack([(p[:, 0] - win.x0) * sx, (p[:, 1] - win.y0) * sy], axis=1)
-
-
-def from_crop_coords(pts: np.ndarray, win: Window, zoom: float) -> np.ndarray:
-    """(N, 2) xy, crop frame -> (N, 2) float64 xy, image frame (inverse of ``to_crop_coords``)."""
-    p = _points(pts)
-    sx, sy = _ratios(win, zoom)
-    return np.stack([p[:, 0] / sx + win.x0, p[:, 1] / sy + win.y0], axis=1)
-
-
-def to_crop_boxes(boxes: np.ndarray, win: Window, zoom: float) -> np.ndarray:
-    """(N, 4) XYXY, image frame -> (N, 4) float64 XYXY, crop frame (not clipped to the crop)."""
-    b = _boxes(boxes)
-    return np.concatenate([to_crop_coords(b[:, :2], win, zoom), to_crop_coords(b[:, 2:], win, zoom)], axis=1)
-
-
-def from_crop_boxes(boxes: np.ndarray, win: Window, zoom: float) -> np.ndarray:
-    """(N, 4) XYXY, crop frame -> (N, 4) float64 XYXY, image frame."""
-    b = _boxes(boxes)
-    return np.concatenate([from_crop_coords(b[:, :2], win, zoom), from_crop_coords(b[:, 2:], win, zoom)], axis=1)
-
-
-def _points(pts: np.ndarray) -> np.ndarray:
-    p = np.asarray(pts, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 2:
-        raise ValueError(f"points must be (N, 2) as (x, y), got shape {p.shape}; reshape with pts.reshape(-1, 2)")
-    return p
-
-
-def _boxes(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64)
-    if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"boxes must be (N, 4) XYXY, got shape {b.shape}; reshape with boxes.reshape(-1, 4)")
-    return b
 
 
 def paste(global_map: np.ndarray, crop_map: np.ndarray, win: Window, *, mode: str = "max") -> None:

@@ -12,13 +12,13 @@ coordinates the window is the box ``(x0, y0, x1, y1)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from finedetail.transforms import check_hw
 
-__all__ = ["Stitcher", "Window", "blend_weights", "map_tiles", "stitch", "tile_grid"]
+__all__ = ["Stitcher", "Window", "blend_weights", "tile_grid"]
 
 
 @dataclass(frozen=True)
@@ -206,36 +206,3 @@ class Stitcher:
         out = np.full(self.hw, np.nan if fill is None else fill, dtype=np.float64)
         np.divide(self._num, self._den, out=out, where=covered)
         return out.astype(np.float32)
-
-
-def stitch(
-    hw: Sequence[int], windows: Sequence[Window], probs: Iterable[np.ndarray], *, overlap: int
-) -> np.ndarray:
-    """Blend ``probs[i]`` ((windows[i].h, windows[i].w)) into an (H, W) float32 map; see ``Stitcher``.
-    ``overlap`` must be the one ``tile_grid`` was called with."""
-    probs = list(probs)
-    if len(probs) != len(windows):
-        raise ValueError(f"need one prediction per window, got {len(windows)} windows and {len(probs)} predictions")
-    st = Stitcher(hw, overlap=overlap)
-    for win, p in zip(windows, probs):
-        st.add(win, p)
-    return st.result()
-
-
-def map_tiles(
-    fn: Callable[[np.ndarray], np.ndarray],
-    image: np.ndarray,
-    *,
-    tile: int,
-    overlap: int,
-    offset: Sequence[int] = (0, 0),
-) -> np.ndarray:
-    """Run ``fn`` on each ``tile_grid`` window of ``image`` ((H, W) or (H, W, C)) and stitch the results.
-
-    ``fn(image[win.slices]) -> (win.h, win.w)`` map in the window's frame. Returns (H, W) float32."""
-    hw = image.shape[:2]
-    st = Stitcher(hw, overlap=overlap)
-    for win in tile_grid(hw, tile=tile, overlap=overlap, offset=offset):
-        st.add(win, fn(image[win.slices]))
-    return st.result()
-

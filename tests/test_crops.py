@@ -1,4 +1,4 @@
-"""Tests for finedetail.crops: object windows, zoom, crop frame <-> image frame, paste, split."""
+"""Tests for finedetail.crops: object windows, zoom, from_crop_image, paste, split."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ from hypothesis import strategies as st
 from finedetail.crops import (
     crop_image,
     crop_size,
-    from_crop_boxes,
-    from_crop_coords,
     from_crop_image,
     object_window,
     paste,
     split_window,
-    to_crop_boxes,
-    to_crop_coords,
     zoom_for,
 )
 from finedetail.tiling import Window
@@ -111,52 +107,6 @@ def test_crop_image_zoom_one_is_slice_and_integer_nearest_is_repeat():
 def test_crop_image_window_must_fit():
     with pytest.raises(ValueError, match="does not fit"):
         crop_image(np.zeros((10, 10, 3), np.uint8), Window(5, 5, 12, 8), 2.0)
-
-
-@pytest.mark.parametrize("zoom", [2.0, 3.0, 4.0])
-def test_crop_coords_follow_the_pixels(zoom):
-    # single pixel in the image: its box mapped into the crop frame is the tight box of where it landed
-    img = np.zeros((40, 50), bool)
-    img[17, 23] = True
-    win = Window(11, 19, 30, 33)
-    crop = crop_image(img, win, zoom, interp="nearest")
-    got = to_crop_boxes(np.array([[23.0, 17.0, 24.0, 18.0]]), win, zoom)
-    assert got.tolist() == [tight_box(crop).tolist()]
-    centre = to_crop_coords(np.array([[23.5, 17.5]]), win, zoom)
-    assert centre.tolist() == [[(23.5 - 19) * zoom, (17.5 - 11) * zoom]]
-
-
-@pytest.mark.parametrize("zoom", [1.7, 0.33, 5.123])
-def test_crop_frame_corners(zoom):
-    # the window's corners land on the crop's corners, whatever rounding made the crop size
-    win = Window(11, 19, 30, 33)
-    ch, cw = crop_size(win, zoom)
-    got = to_crop_boxes(win.box[None], win, zoom)
-    assert np.allclose(got, [[0, 0, cw, ch]], rtol=0, atol=1e-12)
-
-
-@FAST
-@given(
-    y0=st.integers(0, 100), x0=st.integers(0, 100), h=st.integers(1, 300), w=st.integers(1, 300),
-    zoom=st.floats(0.05, 16), pts=st.lists(st.tuples(st.floats(-50, 500), st.floats(-50, 500)), min_size=1,
-                                           max_size=6),
-)
-def test_crop_coords_round_trip(y0, x0, h, w, zoom, pts):
-    win = Window(y0, x0, y0 + h, x0 + w)
-    p = np.array(pts, dtype=np.float64)
-    assert np.allclose(from_crop_coords(to_crop_coords(p, win, zoom), win, zoom), p, rtol=0, atol=1e-9)
-    boxes = np.concatenate([p, p + 7.25], axis=1)
-    back = from_crop_boxes(to_crop_boxes(boxes, win, zoom), win, zoom)
-    assert np.allclose(back, boxes, rtol=0, atol=1e-9)
-
-
-def test_crop_coords_reject_bad_shapes():
-    with pytest.raises(ValueError, match=r"\(N, 2\)"):
-        to_crop_coords(np.zeros(2), Window(0, 0, 4, 4), 2.0)
-    with pytest.raises(ValueError, match=r"\(N, 4\)"):
-        from_crop_boxes(np.zeros((1, 2)), Window(0, 0, 4, 4), 2.0)
-    with pytest.raises(ValueError, match="zoom"):
-        to_crop_coords(np.zeros((1, 2)), Window(0, 0, 4, 4), 0.0)
 
 
 def test_from_crop_image_back_to_window_size():

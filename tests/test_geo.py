@@ -35,6 +35,7 @@ from finedetail import geo as fg
 from finedetail import tiling
 from finedetail.postprocess import _morphology, one_class_per_pixel
 from finedetail.tiling import Window
+from tilekit import stitch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ def test_blend_block_equals_stitch_restricted_to_the_block(block, classes):
     hw, overlap = (211, 307), 20
     wins = tiling.tile_grid(hw, tile=90, overlap=overlap, offset=(13, 5))
     maps = {w: rng.integers(0, 256, (classes, w.h, w.w), dtype=np.uint8) for w in wins}
-    want = np.stack([tiling.stitch(hw, wins, [maps[w][c] / 255.0 for w in wins], overlap=overlap)
+    want = np.stack([stitch(hw, wins, [maps[w][c] / 255.0 for w in wins], overlap=overlap)
                      for c in range(classes)])
     got = np.zeros_like(want)
     for b in fg.block_grid(hw, block=block):
@@ -390,7 +391,7 @@ def test_write_geojson_round_trip(tmp_path):
 
 
 def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(tmp_path):
-    """stitch_scene alone (no Ray): window maps on disk -> the blended, thresholded scene, exactly tiling.stitch."""
+    """stitch_scene alone (no Ray): window maps on disk -> the blended, thresholded scene, exactly tilekit.stitch."""
     from job.geo import encode_window_prob, scene_info, stitch_scene, window_prob_key
     from job.io import open_storage, write_bytes_atomic
 
@@ -416,7 +417,7 @@ def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(t
         maps[win] = np.clip(np.rint((truth[win.slices] + rng.normal(0, 0.02)) * 255), 0, 255).astype(np.uint8)[None]
         write_bytes_atomic(out, window_prob_key("s.tif", win), encode_window_prob(maps[win]))
     res = stitch_scene(cfg, info, wins)
-    want = tiling.stitch((h, w), wins, [maps[x][0] / 255.0 for x in wins], overlap=32).astype(np.float32)
+    want = stitch((h, w), wins, [maps[x][0] / 255.0 for x in wins], overlap=32).astype(np.float32)
     valid = np.ones((h, w), bool)
     valid[:100, :150] = False
     root = tmp_path / "out"
@@ -462,7 +463,7 @@ def test_scene_without_georeferencing_gets_the_image_paths_png_files(tmp_path, c
     for w in wins:
         write_bytes_atomic(out, window_prob_key("p.png", w), encode_window_prob(maps[w]))
     stitch_scene(cfg, info, wins)
-    want = np.stack([tiling.stitch(info.hw, wins, [maps[w][c] / 255.0 for w in wins], overlap=16)
+    want = np.stack([stitch(info.hw, wins, [maps[w][c] / 255.0 for w in wins], overlap=16)
                      for c in range(len(classes))]).astype(np.float32)
     masks = np.stack([_morphology(want[c] >= 0.5, cfg.pipeline.post) for c in range(len(classes))])
     masks = one_class_per_pixel(masks, want)  # post-processed per class, then one class per pixel (as fuse does)

@@ -24,6 +24,7 @@ from finedetail.models.proxy import (
 from finedetail.synthetic import make_scene, object_key
 from finedetail.transforms import Scale, parse_tta
 from finedetail.types import ComponentPrompt, PromptPair
+from tilekit import map_tiles
 
 RED = (255, 0, 0)
 
@@ -245,7 +246,7 @@ def test_2x_in_1024_tiles_recovers_the_line(wire_scene, overlap):
     img, gt = wire_scene
     up = Scale.by_factor(gt.shape, 2.0)
     sam = ProxySAM()
-    prob2 = tiling.map_tiles(lambda t: sam_map(np.ascontiguousarray(t), sam), up.apply_image(img),
+    prob2 = map_tiles(lambda t: sam_map(np.ascontiguousarray(t), sam), up.apply_image(img),
                              tile=1024, overlap=overlap)
     assert sam.encoder_passes == (4 if overlap == 0 else 9)
     prob = up.invert_image(prob2)
@@ -317,7 +318,7 @@ def test_wires_scene_story():
     up = Scale.by_factor((1024, 1024), 2.0)
     big = up.apply_image(scene.image)
     r_whole = recall(up.invert_image(sam_map(big, sam)), sk)
-    tiles = tiling.map_tiles(lambda t: sam_map(np.ascontiguousarray(t), sam), big, tile=1024, overlap=128)
+    tiles = map_tiles(lambda t: sam_map(np.ascontiguousarray(t), sam), big, tile=1024, overlap=128)
     r_tiles = recall(up.invert_image(tiles), sk)
     win = tiling.Window(256, 256, 512, 512)
     zoom = Scale.to_size(win.hw, (1024, 1024))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from finedetail.config import MULTIMASK_MODES
 from finedetail.models.checkpoints import resolve_device, resolve_dtype
 from finedetail.models.fast_attention import disable_fast_attention, enable_fast_attention
 from finedetail.transforms import LongestSide
@@ -49,9 +50,6 @@ __all__ = [
     "to_sam_boxes",
     "to_sam_points",
 ]
-
-MULTIMASK_MODES = ("coarse", "iou", "single")
-
 
 def to_sam_points(points: np.ndarray, frame: LongestSide) -> np.ndarray:
     """(N, 2) xy continuous image frame -> (N, 2) float64 pixel-index coordinates in SAM's input frame (see module
