@@ -1,7 +1,7 @@
 """Satellite-scale scenes: GeoTIFF in, georeferenced masks out, seam-free tiling of rasters far larger than memory.
 
-Needs the ``geo`` extra (``pip install 'finedetail[geo]'``: rasterio, which bundles GDAL, and shapely); rasterio is
-imported lazily, and a job that meets a raster needing it without the extra fails with that install line.
+Needs the ``geo`` extra (``pip install 'finedetail[geo]'``: rasterio, which bundles GDAL, shapely, and pyogrio for
+GeoPackage output); they are imported lazily, and a job that meets a raster needing it without the extra fails with that install line.
 
 Which inputs come here (``split_windowed``, called by ``job.run.run_job``): a raster with more than
 ``JobConfig.window_pixels`` pixels, and any GeoTIFF that a plain image decode would lose something of: georeferenced
@@ -52,7 +52,7 @@ How a scene flows (``run_windowed``):
    pixel coordinates so pieces of one object meet exactly), pieces touching a block edge are merged with shapely,
    simplified by ``vector_tolerance`` pixels (= ``vector_tolerance`` x pixel size in CRS units) and written in the
    raster's CRS to ``vectors/<stem>.geojson`` (GeoJSON with a ``crs`` member, as GDAL writes non-WGS84 GeoJSON) or
-   ``vectors/<stem>.gpkg`` (GeoPackage 1.2, one ``Polygon`` feature per object part, table ``mask``). Polygons are
+   ``vectors/<stem>.gpkg`` (GeoPackage written by GDAL via pyogrio, one ``Polygon`` feature per object part, table ``mask``). Polygons are
    held in memory until written: memory there grows with the number of objects, not with the pixel count.
 5. **Manifest**: one row per window (above) and one per scene (key = the input key, ``config_hash`` = the job's,
    so ``run_job`` skips a finished scene next time; sums of the windows' passes and stage seconds;
@@ -74,7 +74,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import posixpath
 import shutil
@@ -691,71 +690,20 @@ def _class_name(value: int, classes: Sequence[str]) -> str:
 
 def write_gpkg(path: str, features: list[tuple[int, Any]], *, classes: Sequence[str], crs_wkt: str | None,
                table: str = "mask") -> None:
-    """A GeoPackage 1.2 file with one feature table ``table`` (``fid``, ``geom`` POLYGON, ``class``, ``value``) in
-    the raster's CRS, written with sqlite3 (no OGR binding needed): the required ``gpkg_spatial_ref_sys``,
-    ``gpkg_contents`` and ``gpkg_geometry_columns`` tables, and geometries as GeoPackage binary (``GP`` header,
-    little-endian, XY envelope, then WKB)."""
-    import sqlite3
-    import struct
-
+    """A GeoPackage with one feature table ``table`` (``fid``, ``geom`` POLYGON, ``class``, ``value``) in the
+    raster's CRS (none when ``crs_wkt`` is None), written by GDAL through pyogrio (the ``geo`` extra)."""
+    import pyogrio.raw
     import shapely
-
-    from rasterio.crs import CRS
 
     if os.path.exists(path):
         os.unlink(path)
-    srs_id, org, org_id, definition, srs_name = -1, "NONE", -1, "undefined", "Undefined cartesian SRS"
-    if crs_wkt is not None:
-        crs = CRS.from_wkt(crs_wkt)
-        epsg = crs.to_epsg()
-        definition = crs.to_wkt(version="WKT1_GDAL")
-        srs_name = f"EPSG:{epsg}" if epsg else "the raster's CRS"
-        srs_id, org, org_id = (epsg, "EPSG", epsg) if epsg else (100000, "NONE", 100000)
-    con = sqlite3.connect(path)
-    try:
-        cur = con.cursor()
-        cur.execute("PRAGMA application_id = 1196444487")  # 'GPKG'
-        cur.execute("PRAGMA user_version = 10200")
-        cur.execute("CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY, "
-                    "organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, "
-                    "description TEXT)")
-        srs_rows = {
-            -1: ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate reference"),
-            0: ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference"),
-            4326: ("WGS 84 geodetic", 4326, "EPSG", 4326, CRS.from_epsg(4326).to_wkt(version="WKT1_GDAL"),
-                   "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid"),
-        }
-        if srs_id not in srs_rows:
-            srs_rows[srs_id] = (srs_name, srs_id, org, org_id, definition, "")
-        cur.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", list(srs_rows.values()))
-        cur.execute("CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, "
-                    "identifier TEXT UNIQUE, description TEXT DEFAULT '', last_change DATETIME NOT NULL DEFAULT "
-                    "(strftime('%Y-%m-%dT%H:%M:%fZ','now')), min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, "
-                    "srs_id INTEGER, CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES "
-                    "gpkg_spatial_ref_sys(srs_id))")
-        cur.execute("CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL, "
-                    "geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT "
-                    "NULL, CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name), CONSTRAINT fk_gc_tn "
-                    "FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name), CONSTRAINT fk_gc_srs FOREIGN KEY "
-                    "(srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id))")
-        cur.execute(f'CREATE TABLE "{table}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, '
-                    "class TEXT, value INTEGER)")
-        bounds = [math.inf, math.inf, -math.inf, -math.inf]
-        rows = []
-        for value, poly in features:
-            x0, y0, x1, y1 = poly.bounds
-            bounds = [min(bounds[0], x0), min(bounds[1], y0), max(bounds[2], x1), max(bounds[3], y1)]
-            header = b"GP" + struct.pack("<BBi4d", 0, 0b00000011, srs_id, x0, x1, y0, y1)
-            rows.append((header + shapely.to_wkb(poly, byte_order=1), _class_name(value, classes), value))
-        cur.executemany(f'INSERT INTO "{table}" (geom, class, value) VALUES (?, ?, ?)', rows)
-        if not rows:
-            bounds = [None] * 4
-        cur.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, min_x, min_y, max_x, max_y, "
-                    "srs_id) VALUES (?, 'features', ?, ?, ?, ?, ?, ?)", (table, table, *bounds, srs_id))
-        cur.execute("INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', 'POLYGON', ?, 0, 0)", (table, srs_id))
-        con.commit()
-    finally:
-        con.close()
+    geometry = shapely.to_wkb(np.array([p for _, p in features], dtype=object))
+    names = np.array([_class_name(v, classes) for v, _ in features], dtype=object)
+    values = np.array([v for v, _ in features], dtype=np.int64)
+    with warnings.catch_warnings():  # no CRS is deliberate for a raster without one
+        warnings.filterwarnings("ignore", message=".*'crs' was not provided", category=UserWarning)
+        pyogrio.raw.write(path, geometry, [names, values], ["class", "value"], layer=table, driver="GPKG",
+                          geometry_type="Polygon", crs=crs_wkt)
 
 
 # --------------------------------------------------------------------------------------------- stitch

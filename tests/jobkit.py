@@ -1,4 +1,5 @@
-"""Helpers shared by the job tests: example data on disk, tiny checkpoints, output checks."""
+"""Helpers shared by the job tests: example data on disk, tiny checkpoints, output checks; whole-window-set
+references for the tiling tests (``stitch``, ``map_tiles`` on ``finedetail.tiling.Stitcher``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from finedetail import synthetic
 from finedetail.codecs import decode_mask, encode_png
+from finedetail.tiling import Stitcher, Window, tile_grid
 
 CORRUPT = {
     "broken/empty.png": b"",
@@ -86,3 +89,20 @@ def read_manifest_rows(out: Path) -> list[dict]:
     for part in sorted((out / "manifest").glob("*.parquet")):
         rows.extend(pq.read_table(part).to_pylist())
     return rows
+
+
+def stitch(hw: Sequence[int], windows: Sequence[Window], probs: Sequence[np.ndarray], *, overlap: int) -> np.ndarray:
+    """Blend ``probs[i]`` ((windows[i].h, windows[i].w)) into an (H, W) float32 map with one ``Stitcher``."""
+    assert len(probs) == len(windows), "one prediction per window"
+    st = Stitcher(hw, overlap=overlap)
+    for win, p in zip(windows, probs):
+        st.add(win, p)
+    return st.result()
+
+
+def map_tiles(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, tile: int, overlap: int,
+              offset: Sequence[int] = (0, 0)) -> np.ndarray:
+    """``fn`` on each ``tile_grid`` window of ``image`` ((H, W[, C])), stitched -> (H, W) float32."""
+    hw = image.shape[:2]
+    wins = tile_grid(hw, tile=tile, overlap=overlap, offset=offset)
+    return stitch(hw, wins, [fn(image[w.slices]) for w in wins], overlap=overlap)

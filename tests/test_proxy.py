@@ -24,7 +24,7 @@ from finedetail.models.proxy import (
 from finedetail.synthetic import make_scene, object_key
 from finedetail.transforms import Scale, parse_tta
 from finedetail.types import ComponentPrompt, PromptPair
-from tilekit import map_tiles
+from jobkit import map_tiles
 
 RED = (255, 0, 0)
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finedetail.tiling import Stitcher, Window, blend_weights, tile_grid
-from tilekit import map_tiles, stitch
+from jobkit import map_tiles, stitch
 
 FAST = settings(max_examples=50, deadline=None)
 
