@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from finedetail.geo import block_grid
-from finedetail.postprocess import PostprocessConfig, _disk, close, open_plain
+from finedetail.postprocess import PostprocessConfig, disk, close, open_plain
 from finedetail.tiling import Window
 from finedetail.transforms import check_hw
 
@@ -245,7 +245,7 @@ def morphology_blocks(hw: Sequence[int], cfg: PostprocessConfig, *, block: int, 
         m = np.ascontiguousarray(_crop(m_ext, ext, b))
         p = _Pieces(m, m, 8, np.zeros(0, bool), b, hw)
         if erode:  # flag: a pixel of the component survives the erosion (its default border: outside = object)
-            core = _crop(cv2.erode(m_ext.view(np.uint8), _disk(erode)), ext, b) > 0
+            core = _crop(cv2.erode(m_ext.view(np.uint8), disk(erode)), ext, b) > 0
             p.flag = np.bincount(p.labels[core], minlength=p.n) > 0
         else:
             p.flag = np.ones(p.n, bool)

@@ -49,6 +49,7 @@ __all__ = [
     "PostprocessConfig",
     "close",
     "dense_crf",
+    "disk",
     "fast_guided_filter",
     "fill_holes",
     "guided_filter",
@@ -320,7 +321,7 @@ def _u8(mask: np.ndarray) -> np.ndarray:
     return mask.view(np.uint8)
 
 
-def _disk(size: int) -> np.ndarray:
+def disk(size: int) -> np.ndarray:
     """Digital disc of diameter 2 * size + 1: pixel centres within size + 0.5 of the centre."""
     y, x = np.mgrid[-size : size + 1, -size : size + 1]
     return (4 * (x * x + y * y) <= (2 * size + 1) ** 2).astype(np.uint8)
@@ -389,7 +390,7 @@ def _drop_components(mask: np.ndarray, *, max_area: int, erode_size: int) -> np.
     n, labels = _labels(mask, 8)
     drop = _counts(labels, n) <= max_area
     if erode_size:
-        eroded = cv2.erode(_u8(mask), _disk(erode_size))
+        eroded = cv2.erode(_u8(mask), disk(erode_size))
         # Labels outside the eroded mask set to 0: every label > 0 counts as with the mask (label 0 is never
         # dropped), and an unmasked histogram is ~3x faster than a masked one.
         drop |= _counts(np.multiply(labels, eroded, dtype=labels.dtype), n) == 0
@@ -424,7 +425,7 @@ def close(mask: np.ndarray, *, size: int) -> np.ndarray:
     # Zero padding = the plane outside the image is empty; cv2's own border would count it as foreground for the
     # erosion and glue anything within `size` px of the frame to it.
     padded = cv2.copyMakeBorder(_u8(mask), size, size, size, size, cv2.BORDER_CONSTANT, value=0)
-    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, _disk(size))
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk(size))
     return np.ascontiguousarray(closed[size:-size, size:-size]).view(bool)
 
 
@@ -438,7 +439,7 @@ def open_plain(mask: np.ndarray, *, size: int) -> np.ndarray:
     _check_nonneg_int(size, "size")
     if size == 0:
         return mask.copy()
-    return cv2.morphologyEx(_u8(mask), cv2.MORPH_OPEN, _disk(size)).view(bool)
+    return cv2.morphologyEx(_u8(mask), cv2.MORPH_OPEN, disk(size)).view(bool)
 
 
 def open_by_reconstruction(mask: np.ndarray, *, size: int) -> np.ndarray:

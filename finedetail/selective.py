@@ -24,6 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from finedetail.postprocess import disk
 from finedetail.tiling import Window, blend_weights
 
 __all__ = [
@@ -57,16 +58,10 @@ def variants_agree(maps: Sequence[np.ndarray], *, min_iou: float) -> bool:
     return True
 
 
-def _disc(radius: int) -> np.ndarray:
-    """Digital disc of diameter 2 * radius + 1: pixel centres within radius + 0.5."""
-    r = np.arange(-radius, radius + 1)
-    return ((r[:, None] ** 2 + r[None, :] ** 2) <= (radius + 0.5) ** 2).astype(np.uint8)
-
-
 def _thin_parts(mask: np.ndarray, radius: int) -> np.ndarray:
-    """(H, W) bool: mask pixels its opening by ``_disc(radius)`` removes (parts at most 2 * radius px wide)."""
+    """(H, W) bool: mask pixels its opening by ``disk(radius)`` removes (parts at most 2 * radius px wide)."""
     m = np.ascontiguousarray(mask, dtype=np.uint8)
-    opened = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disc(radius), borderType=cv2.BORDER_REPLICATE)
+    opened = cv2.morphologyEx(m, cv2.MORPH_OPEN, disk(radius), borderType=cv2.BORDER_REPLICATE)
     return mask & (opened == 0)
 
 

@@ -84,10 +84,10 @@ def _location(uri: str) -> str:
 
 def prompt_digest(uri: str) -> str:
     """SHA-256 over the prompt set's files that ``load_prompts`` reads, each with its path relative to ``uri``."""
-    from job.models import CLASSES_FILE, PROMPT_IMAGE_EXTS
+    from job.models import CLASSES_FILE
 
     storage = jio.open_storage(uri)[0]
-    names = [f"images/{k}" for k in jio.list_files(storage, "images", extensions=PROMPT_IMAGE_EXTS)]
+    names = [f"images/{k}" for k in jio.list_files(storage, "images", extensions=jio.IMAGE_EXTS)]
     names += [f"masks/{k}" for k in jio.list_files(storage, "masks", extensions=(".png",))]
     if jio.exists(storage, CLASSES_FILE):
         names.append(CLASSES_FILE)

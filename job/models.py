@@ -25,7 +25,6 @@ from job.config import JobConfig
 
 __all__ = ["CLASSES_FILE", "build_coarse", "build_refiner", "load_prompts", "read_prompt_classes", "resolve_classes"]
 
-PROMPT_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASSES_FILE = "classes.yaml"
 #: JobConfig's default class list: a job whose classes equal it did not name classes (``resolve_classes``)
 DEFAULT_CLASSES: tuple[str, ...] = next(f.default for f in dataclasses.fields(JobConfig) if f.name == "classes")
@@ -113,7 +112,7 @@ def load_prompts(uri: str, *, num_classes: int | None = None, classes: Sequence[
         n = len(named) if named is not None else 1
     names = classes or named or tuple(f"class {i + 1}" for i in range(n))
     storage = jio.open_storage(uri)[0]
-    images = jio.list_files(storage, "images", extensions=PROMPT_IMAGE_EXTS)
+    images = jio.list_files(storage, "images", extensions=jio.IMAGE_EXTS)
     if not images:
         raise ValueError(f"no prompt images under {uri}/images/; expected images/NAME.jpg + masks/NAME.png pairs")
     masks = set(jio.list_files(storage, "masks", extensions=(".png",)))

@@ -226,19 +226,19 @@ def test_fast_guided_filter_float64_guide_and_bad_subsample():
 
 
 def test_disk_structuring_elements():
-    np.testing.assert_array_equal(pp._disk(1), M("""
+    np.testing.assert_array_equal(pp.disk(1), M("""
         ###
         ###
         ###
     """))
-    np.testing.assert_array_equal(pp._disk(2), M("""
+    np.testing.assert_array_equal(pp.disk(2), M("""
         .###.
         #####
         #####
         #####
         .###.
     """))
-    np.testing.assert_array_equal(pp._disk(3), M("""
+    np.testing.assert_array_equal(pp.disk(3), M("""
         ..###..
         .#####.
         #######

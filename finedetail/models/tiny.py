@@ -14,7 +14,7 @@ SegGPT as a ``save_pretrained`` directory with its image-processor config next t
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +28,6 @@ __all__ = [
     "build_tiny_seggpt",
     "save_tiny_sam",
     "save_tiny_seggpt",
-    "sam_arch_dict",
     "tiny_seggpt_config",
 ]
 
@@ -243,8 +242,3 @@ def save_tiny_seggpt(directory: str | os.PathLike, *, canvas: int = 64, seed: in
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
-
-
-def sam_arch_dict(arch: SamArch) -> dict:
-    """``arch`` as a plain dict (for logs and manifests)."""
-    return asdict(arch)
