@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import finedetail.ensemble as ens_mod
-from finedetail.ensemble import RULES, ensemble
+from finedetail.ensemble import RULES, ensemble, majority, majority_or_confident, mean_threshold, union, weighted_mean
 
 A = np.array([[1.0, 0.6, 0.0], [0.2, 0.5, 0.0], [0.95, 0.0, 0.4]], np.float32)
 B = np.array([[1.0, 0.0, 0.7], [0.2, 0.5, 0.0], [0.10, 0.0, 0.4]], np.float32)
@@ -26,23 +26,6 @@ MAPS = [A, B, C]
 
 def fg(soft: np.ndarray) -> np.ndarray:
     return soft >= 0.5
-
-
-# the rules by name, through the one public entry point
-def union(maps):
-    return ensemble(maps, rule="union")
-
-
-def majority(maps, *, k):
-    return ensemble(maps, rule="majority", k=k)
-
-
-def mean_threshold(maps, *, tau=0.5, weights=None):
-    return ensemble(maps, rule="mean", tau=tau, weights=weights)
-
-
-def majority_or_confident(maps, *, k=None, tau_high=0.9):
-    return ensemble(maps, rule="majority_or_confident", k=k, tau_high=tau_high)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +56,7 @@ def test_rules_on_literal_maps(rule, kwargs, expected):
 def test_soft_values():
     np.testing.assert_array_equal(union(MAPS), np.max(MAPS, axis=0))
     np.testing.assert_array_equal(majority(MAPS, k=2), np.sort(MAPS, axis=0)[1])
+    np.testing.assert_allclose(weighted_mean(MAPS), np.mean(MAPS, axis=0), atol=1e-7)
     # tau shifts the mean: mean 2/3 at (0, 0) with tau 0.4 -> 2/3 + 0.1
     assert mean_threshold(MAPS, tau=0.4)[0, 0] == pytest.approx(2 / 3 + 0.1)
     # (2, 0): 1 vote, A = 0.95 -> confident term 0.95 - 0.9 + 0.5 = 0.55
@@ -187,7 +171,7 @@ def test_rounding_near_threshold_never_flips_the_decision(eps):
     np.testing.assert_array_equal(soft >= 0.5, float(np.float32(0.3)) >= tau)
 
 
-# --- the blocked implementation: k-th largest, row blocks, input checks in the pass ----------------------
+# --- the blocked implementation: selection networks, row blocks, input checks in the pass ----------------------
 # Tiny blocks (down to one row) make small inputs span several blocks, with a shorter last one.
 
 
@@ -208,7 +192,8 @@ def all_binary_columns(n: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n", range(1, 11))
-def test_kth_largest_on_every_binary_input(n):
+def test_selection_networks_on_every_binary_input(n):
+    # The 0-1 principle: a comparator network that selects rank k on every 0/1 input selects it on every input.
     maps = all_binary_columns(n)
     ref = np.sort(maps, axis=0)
     for k in range(1, n + 1):
@@ -268,6 +253,7 @@ def test_soft_values_equal_whole_array_reference_bit_for_bit(maps, data, tau, px
     acc /= w.sum()
     kth = np.sort(maps, axis=0)[n - k]
     with block_pixels(px):
+        np.testing.assert_array_equal(weighted_mean(maps, weights=weights), np.clip(acc, 0, 1).astype(np.float32))
         np.testing.assert_array_equal(mean_threshold(maps, tau=tau, weights=weights), _shifted_reference(acc, tau))
         np.testing.assert_array_equal(
             majority_or_confident(maps, k=k, tau_high=tau),
