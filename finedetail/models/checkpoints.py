@@ -309,6 +309,11 @@ def _download_http(url: str, dest: Path, *, target: Path, flag: str, retry: Retr
         with urllib.request.urlopen(_http_request(url), timeout=_HTTP_TIMEOUT_S) as response, \
                 open(dest, "wb") as out:
             shutil.copyfileobj(response, out, _CHUNK)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and out.tell() != int(length):
+                # http.client ends a body cut short by the server quietly: without this check (and without a
+                # digest) a truncated file would be cached as the checkpoint
+                raise http.client.IncompleteRead(b"", int(length) - out.tell())
 
     def fail(exc: BaseException, tries: int, transient: bool) -> CheckpointUnavailableError:
         reason = (f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError)
