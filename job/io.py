@@ -13,63 +13,11 @@ from __future__ import annotations
 import posixpath
 import re
 
-from finedetail.storage import (
-    IMAGE_EXTS,
-    ObjectNotFoundError,
-    RetryPolicy,
-    S3Settings,
-    Storage,
-    StorageError,
-    backoff_delay,
-    check_writable,
-    delete,
-    exists,
-    is_transient,
-    list_files,
-    open_storage,
-    read_bytes,
-    read_to_file,
-    read_uri,
-    redact,
-    relative_root,
-    remove_temp_files,
-    retry_call,
-    retrying,
-    safe_key,
-    write_bytes_atomic,
-    write_file,
-)
+from finedetail import storage
+from finedetail.storage import *  # noqa: F403 - the storage core, under the job's name
+from finedetail.storage import safe_key
 
-__all__ = [
-    "IMAGE_EXTS",
-    "ObjectNotFoundError",
-    "RetryPolicy",
-    "S3Settings",
-    "Storage",
-    "StorageError",
-    "backoff_delay",
-    "check_writable",
-    "delete",
-    "exists",
-    "is_transient",
-    "list_files",
-    "mask_key",
-    "open_storage",
-    "output_key",
-    "output_path",
-    "read_bytes",
-    "read_to_file",
-    "read_uri",
-    "redact",
-    "relative_root",
-    "remove_temp_files",
-    "retry_call",
-    "retrying",
-    "safe_key",
-    "write_bytes_atomic",
-    "write_file",
-]
-
+__all__ = [*storage.__all__, "mask_key", "output_key", "output_path"]
 
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*$")
 

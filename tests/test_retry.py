@@ -159,3 +159,15 @@ def test_no_module_has_a_retry_loop_of_its_own():
                     sleepers.add(path.relative_to(ROOT).as_posix())
     assert callers == {"finedetail/storage.py"}
     assert "finedetail/models/checkpoints.py" not in sleepers and "job/geo.py" not in sleepers
+
+
+def test_streamed_upload_and_download_round_trip_on_s3(s3_env, tmp_path):
+    """``write_file`` (job.geo publishes stitched rasters with it) and ``read_to_file`` (S3 checkpoints) on a real S3
+    server, in several chunks each."""
+    bucket = s3_env.make_bucket("stream-rt")
+    data = bytes(range(256)) * (40 << 10)  # 10 MiB: two 8 MiB chunks
+    (tmp_path / "big.tif").write_bytes(data)
+    out, _ = jio.open_storage(f"s3://{bucket}/run")
+    assert jio.write_file(out, "geo/big.tif", tmp_path / "big.tif") == f"s3://{bucket}/run/geo/big.tif"
+    jio.read_to_file(out, "geo/big.tif", tmp_path / "back.tif")
+    assert (tmp_path / "back.tif").read_bytes() == data
