@@ -119,9 +119,23 @@ def checkpoint_identity(uri: str, *, sha256: str | None = None) -> dict[str, Any
         return {"sha256": local_sha256(cached)}
 
 
-def _s3_head(uri: str) -> dict[str, Any]:
-    from finedetail.models.checkpoints import _s3_client
+def _s3_client():
+    """A boto3 S3 client on the endpoint and region the job's storage uses (``jio.S3Settings.from_env``).
 
+    The one boto3 use left: the identity of an S3 checkpoint is its ETag (a digest of the content, free with
+    HEAD / LIST); pyarrow's S3 filesystem, which every read and write goes through, reports size and mtime but no
+    ETag, and an mtime (1 s resolution) misses a same-size object replaced within that second."""
+    import boto3
+    from botocore.config import Config
+
+    s = jio.S3Settings.from_env()
+    endpoint = f"{s.scheme}://{s.endpoint}" if s.endpoint else None
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=s.connect_timeout,
+                    read_timeout=s.request_timeout, s3={"addressing_style": "path" if endpoint else "auto"})
+    return boto3.client("s3", endpoint_url=endpoint, region_name=s.region, config=config)
+
+
+def _s3_head(uri: str) -> dict[str, Any]:
     bucket, key = uri[len("s3://"):].split("/", 1)
     head = _s3_client().head_object(Bucket=bucket, Key=key)
     return {"etag": head.get("ETag"), "size": int(head["ContentLength"])}
@@ -144,8 +158,6 @@ def seggpt_identity(uri: str) -> dict[str, Any]:
 
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "s3":
-        from finedetail.models.checkpoints import _s3_client
-
         bucket, _, prefix = uri[len("s3://"):].partition("/")
         prefix = prefix.rstrip("/") + "/"
         objects = []

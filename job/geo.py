@@ -566,26 +566,15 @@ def _scratch(storage: jio.Storage) -> Iterator[str]:
 
 
 def _publish(storage: jio.Storage, key: str, local_path: str) -> str:
-    """Move a finished local file to ``key``: an atomic rename for local output, a streamed upload (retried like every
-    write of the job) for S3. Readers see the old object or the whole new one."""
+    """Move a finished local file to ``key``: an atomic rename for local output, a streamed upload (``jio.write_file``,
+    retried like every write of the job) for S3. Readers see the old object or the whole new one."""
     key = jio.safe_key(key)
     if storage.kind == "local":
         dest = storage.path(key)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.replace(local_path, dest)
         return storage.uri_for(key)
-    policy = storage.retry
-    for attempt in range(1, policy.max_tries + 1):
-        try:
-            with open(local_path, "rb") as f, storage.filesystem.open_output_stream(storage.path(key)) as out:
-                shutil.copyfileobj(f, out, length=8 << 20)
-            return storage.uri_for(key)
-        except OSError as exc:
-            if attempt == policy.max_tries or not jio.is_transient(exc):
-                raise jio.StorageError(f"cannot write {storage.uri_for(key)}: {_error_text(exc)}", uri=storage.uri,
-                                       key=key, op="write", attempts=attempt) from None
-            time.sleep(jio.backoff_delay(policy, attempt))
-    raise AssertionError("unreachable")
+    return jio.write_file(storage, key, local_path)
 
 
 def _png_copy(src_path: str, dst_path: str) -> None:

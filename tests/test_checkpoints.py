@@ -28,9 +28,11 @@ from finedetail.models.checkpoints import (
 )
 from finedetail.models.sam import SamRefiner
 from finedetail.models.tiny import SAM_ARCHS, SamArch, build_sam, build_tiny_sam, save_tiny_sam, save_tiny_seggpt
+from finedetail.storage import RetryPolicy
 from finedetail.types import ComponentPrompt
 
 TINY_KW = dict(global_attn_indexes=(1,))  # one global block, so inference has both block kinds to tell apart
+FAST = RetryPolicy(max_tries=3, base_delay=0.0, max_delay=0.0)  # nothing listening: don't wait out the default
 
 
 def sha(data: bytes) -> str:
@@ -255,9 +257,9 @@ def test_unreachable_url_says_how_to_work_offline(tmp_path):
     url = f"http://127.0.0.1:{port}/sam_vit_b_01ec64.pth"
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointUnavailableError) as info:
-        resolve_checkpoint(url, cache_dir=cache)
+        resolve_checkpoint(url, cache_dir=cache, retry=FAST)
     msg = str(info.value)
-    assert msg.startswith(f"cannot reach {url} (")
+    assert msg.startswith(f"cannot reach {url} (") and "3 tries" in msg
     assert "--sam-checkpoint PATH" in msg and str(cache_path_for(url, cache_dir=cache)) in msg
     assert files_under(cache) == []
 
@@ -338,7 +340,8 @@ def test_basic_auth_url_downloads_and_never_shows_the_password(auth_http_root, t
         "cached checksum": lambda: resolve_checkpoint(f"{base}/sam.pth", cache_dir=cache, sha256="0" * 64),
         "wrong password": lambda: resolve_checkpoint(base.replace(PASSWORD, "nope") + "/sam.pth",
                                                      cache_dir=tmp_path / "c2"),
-        "unreachable": lambda: resolve_checkpoint(f"http://{USER}:{PASSWORD}@127.0.0.1:9/x.pth", cache_dir=cache),
+        "unreachable": lambda: resolve_checkpoint(f"http://{USER}:{PASSWORD}@127.0.0.1:9/x.pth", cache_dir=cache,
+                                                  retry=FAST),
         "bad scheme": lambda: resolve_checkpoint(f"ftp://{USER}:{PASSWORD}@host/x.pth", cache_dir=cache),
         "s3 with keys": lambda: resolve_checkpoint(f"s3://AKIAIOSFODNN7EXAMPLE:{PASSWORD}@bucket/x.pth",
                                                    cache_dir=cache),

@@ -1,4 +1,5 @@
-"""job/io.py: local folders and a real S3 server (SeaweedFS on loopback, `s3_server` fixture)."""
+"""finedetail/storage.py through its job-facing name job/io.py: local folders and a real S3 server (SeaweedFS on
+loopback, `s3_server` fixture)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finedetail import storage as core
 from job import io
 from job.io import (
     IMAGE_EXTS,
@@ -371,7 +373,7 @@ def test_list_files_local(tree):
 
 
 def test_list_files_warns_about_unsafe_names(tree, caplog):
-    with caplog.at_level(logging.WARNING, logger="job.io"):
+    with caplog.at_level(logging.WARNING, logger="finedetail.storage"):
         keys = list_files(str(tree))
     assert "a/bad\\name.png" not in keys
     assert "skipped 1 file(s) with unsafe names" in caplog.text
@@ -543,7 +545,7 @@ def test_failed_local_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     def deny(src, dst):
         raise PermissionError(errno.EACCES, "Permission denied", dst)
 
-    monkeypatch.setattr(io.os, "replace", deny)
+    monkeypatch.setattr(os, "replace", deny)
     with pytest.raises(StorageError, match="permanent") as info:
         write_bytes_atomic(storage, "m/a.png", b"new")
     assert info.value.attempts == 1 and info.value.key == "m/a.png"
@@ -575,7 +577,7 @@ def test_hostile_keys_refused_by_operations(tmp_path, key):
 
 def test_transient_errors_are_retried(tmp_path, monkeypatch, caplog):
     storage, _ = open_storage(str(tmp_path), retry=RetryPolicy(max_tries=4, base_delay=0.0, max_delay=0.0))
-    real = io._write_local_atomic
+    real = core._write_local_atomic
     calls = []
 
     def flaky(path, data):
@@ -584,8 +586,8 @@ def test_transient_errors_are_retried(tmp_path, monkeypatch, caplog):
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
         real(path, data)
 
-    monkeypatch.setattr(io, "_write_local_atomic", flaky)
-    with caplog.at_level(logging.WARNING, logger="job.io"):
+    monkeypatch.setattr(core, "_write_local_atomic", flaky)
+    with caplog.at_level(logging.WARNING, logger="finedetail.storage"):
         write_bytes_atomic(storage, "a.png", b"ok")
     assert len(calls) == 3 and (tmp_path / "a.png").read_bytes() == b"ok"
     assert "try 1/4" in caplog.text and "try 2/4" in caplog.text
@@ -599,7 +601,7 @@ def test_retries_give_up_with_clear_error(tmp_path, monkeypatch):
         calls.append(path)
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(io, "_write_local_atomic", down)
+    monkeypatch.setattr(core, "_write_local_atomic", down)
     with pytest.raises(StorageError, match=r"still failing after 3 tries") as info:
         write_bytes_atomic(storage, "m/a.png", b"x")
     err = info.value
@@ -739,7 +741,7 @@ def test_s3_wrong_secret_is_permanent_and_redacted(s3_env, monkeypatch, caplog):
         "list": lambda: list_files(storage),
         "'.write-check-": lambda: check_writable(storage),
     }
-    with caplog.at_level(logging.DEBUG, logger="job.io"):
+    with caplog.at_level(logging.DEBUG, logger="finedetail.storage"):
         for named, call in calls.items():
             with pytest.raises(StorageError, match="permanent") as info:
                 call()

@@ -47,6 +47,28 @@ def test_pure_module_imports_neither_torch_nor_ray(module):
     assert out.stdout.strip() == "", f"importing {module} pulled in {out.stdout.strip()}"
 
 
+@pytest.mark.parametrize("module", ["finedetail.storage", "job.io"])
+def test_the_storage_layer_imports_neither_torch_nor_ray(module):
+    """Not pure numpy (pyarrow, sockets), but every Ray task and the checkpoint loader import it: no torch, no ray,
+    no model libraries."""
+    test_pure_module_imports_neither_torch_nor_ray(module)
+
+
+def test_finedetail_never_imports_job():
+    """job/ may import finedetail, never the reverse: the storage the checkpoint loader shares lives in finedetail."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "finedetail"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n == "job" or n.startswith("job.")]
+    assert offenders == []
+
+
 def test_finedetail_never_imports_ray():
     import pathlib
 

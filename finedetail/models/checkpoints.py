@@ -1,8 +1,11 @@
 """Find, fetch, verify and load model weights (SAM ``.pth`` files, SegGPT ``save_pretrained`` directories).
 
-URIs: a local path, ``file://PATH``, ``s3://bucket/key`` (boto3; honours ``AWS_ENDPOINT_URL_S3`` /
-``AWS_ENDPOINT_URL``, path-style addressing for custom endpoints), ``https://`` / ``http://`` (urllib; a
-``user:password@`` in the URL is sent as HTTP basic auth, never to a host it redirects to). Remote files land in a
+URIs: a local path, ``file://PATH``, ``s3://bucket/key`` (``finedetail.storage``: the pyarrow S3 filesystem the job
+reads its inputs with, honouring ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), ``https://`` / ``http://``
+(urllib; a ``user:password@`` in the URL is sent as HTTP basic auth, never to a host it redirects to; presigned
+URLs work as they are). Every download retries transient failures (connection refused / reset, timeouts, 5xx,
+429, a response cut short) through ``finedetail.storage.retry_call`` under a ``RetryPolicy``: the loop and policy
+the job's inputs and outputs use. Remote files land in a
 cache directory (``$FINEDETAIL_CACHE``, else ``~/.cache/finedetail``) under a readable path derived from the URI
 (credentials never appear in it), so a machine without network can be pre-seeded by copying the file there.
 Downloads go to a temporary file in the destination directory, are checked against an expected SHA-256 when one is
@@ -13,24 +16,28 @@ replaced: when its digest disagrees with the expected one, the error says both d
 ``sha256="skip"`` (``--sam-sha256 skip``) accepts the file knowingly. Every message that quotes a URI goes through
 ``finedetail.redaction.redact``.
 
-torch / transformers / boto3 are imported inside the functions that need them: importing this module is cheap.
+torch / transformers / pyarrow (``finedetail.storage``) are imported inside the functions that need them: importing
+this module is cheap.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from finedetail.redaction import redact
+
+if TYPE_CHECKING:
+    from finedetail.storage import RetryPolicy
 
 __all__ = [
     "ChecksumMismatchError",
@@ -77,7 +84,6 @@ SAM_SHA256: dict[str, str | None] = {
 DEFAULT_SEGGPT = "BAAI/seggpt-vit-large"
 SEGGPT_DEFAULT = DEFAULT_SEGGPT  # alias used by job/models.py
 
-_HTTP_ATTEMPTS = 3
 _HTTP_TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
 
@@ -218,7 +224,7 @@ def resolve_checkpoint(
     sha256: str | None = None,
     flag: str = "--sam-checkpoint",
     sha_flag: str = "--sam-sha256",
-    s3_client: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> Path:
     """A local path holding the file ``uri`` names, downloading it into the cache if needed.
 
@@ -227,7 +233,7 @@ def resolve_checkpoint(
         ``"skip"``: no check. A local or cached file that does not match raises ChecksumMismatchError and is KEPT
         (it may be the only copy on an offline machine): nothing is downloaded over it.
     flag, sha_flag: the CLI options named in the error hints (where the file comes from, its digest).
-    s3_client: a boto3 S3 client to use instead of one built from the environment.
+    retry: how downloads retry transient failures; None: ``RetryPolicy()``, the job's storage default.
 
     Raises FileNotFoundError (local path or S3 key missing), ChecksumMismatchError (a ValueError; a mismatching
     download is discarded, a mismatching local or cached file kept), CheckpointUnavailableError (network / endpoint
@@ -258,8 +264,7 @@ def resolve_checkpoint(
     fetch = _download_s3 if parsed.scheme == "s3" else _download_http
     tmp = _temp_in(target)
     try:
-        kwargs = {"s3_client": s3_client} if parsed.scheme == "s3" else {}
-        fetch(text, tmp, target=target, flag=flag, **kwargs)
+        fetch(text, tmp, target=target, flag=flag, retry=retry)
         _check_sha(tmp, sha256, source=redact(text),
                    then=f"the download was discarded; it is corrupt, truncated or another version: "
                         f"{_mismatch_advice(sha_flag)}")
@@ -297,65 +302,53 @@ def _http_request(url: str) -> urllib.request.Request:
     return request
 
 
-def _download_http(url: str, dest: Path, *, target: Path, flag: str) -> None:
-    last: object = None
-    for attempt in range(_HTTP_ATTEMPTS):
-        if attempt:
-            time.sleep(0.25 * 2 ** (attempt - 1))
-        try:
-            with urllib.request.urlopen(_http_request(url), timeout=_HTTP_TIMEOUT_S) as response, \
-                    open(dest, "wb") as out:
-                shutil.copyfileobj(response, out, _CHUNK)
-            return
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code} {exc.reason}"
-            if exc.code < 500 and exc.code != 429:
-                break  # a client error will not change on retry
-        except (urllib.error.URLError, OSError) as exc:
-            last = getattr(exc, "reason", None) or exc
-    raise _unreachable(url, last, target=target, flag=flag)
+def _download_http(url: str, dest: Path, *, target: Path, flag: str, retry: RetryPolicy | None) -> None:
+    from finedetail import storage
 
+    def get() -> None:
+        with urllib.request.urlopen(_http_request(url), timeout=_HTTP_TIMEOUT_S) as response, \
+                open(dest, "wb") as out:
+            shutil.copyfileobj(response, out, _CHUNK)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and out.tell() != int(length):
+                # http.client ends a body cut short by the server quietly: without this check (and without a
+                # digest) a truncated file would be cached as the checkpoint
+                raise http.client.IncompleteRead(b"", int(length) - out.tell())
 
-def _s3_client():
-    import boto3
-    from botocore.config import Config
+    def fail(exc: BaseException, tries: int, transient: bool) -> CheckpointUnavailableError:
+        reason = (f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError)
+                  else getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
+        return _unreachable(url, f"{reason}; {tries} {'try' if tries == 1 else 'tries'}", target=target, flag=flag)
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    config = Config(
-        retries={"max_attempts": 5, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
-        # Virtual-host addressing needs DNS per bucket, which local / on-prem endpoints rarely have.
-        s3={"addressing_style": "path" if endpoint else "auto"},
-    )
-    return boto3.client("s3", endpoint_url=endpoint, config=config)
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    parsed = urllib.parse.urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
+    storage.retry_call(get, retry or storage.RetryPolicy(), what=url, fail=fail,
+                       catch=(OSError, http.client.HTTPException))
 
 
 def _s3_call(fn, uri: str, *, target: Path, flag: str):
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    """``fn()``, its storage errors told as a checkpoint's: missing -> FileNotFoundError, else unreachable."""
+    from finedetail.storage import ObjectNotFoundError, StorageError
 
     try:
         return fn()
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-            raise FileNotFoundError(f"{redact(uri)} does not exist ({code}); check the bucket and key") from exc
-        raise _unreachable(uri, f"S3 error {code}: {exc}", target=target, flag=flag) from exc
-    except NoCredentialsError as exc:
-        raise _unreachable(uri, "no AWS credentials found", target=target, flag=flag) from exc
-    except BotoCoreError as exc:
-        raise _unreachable(uri, exc, target=target, flag=flag) from exc
+    except ObjectNotFoundError as exc:
+        raise FileNotFoundError(f"{redact(uri)} does not exist ({exc}); check the bucket and key") from None
+    except StorageError as exc:
+        raise _unreachable(uri, exc, target=target, flag=flag) from None
 
 
-def _download_s3(uri: str, dest: Path, *, target: Path, flag: str, s3_client: Any = None) -> None:
-    client = s3_client if s3_client is not None else _s3_client()
-    bucket, key = _split_s3(uri)
-    _s3_call(lambda: client.download_file(bucket, key, str(dest)), uri, target=target, flag=flag)
+def _s3_storage(uri: str, retry: RetryPolicy | None):
+    """(the ``finedetail.storage.Storage`` of ``s3://BUCKET/PREFIX``, PREFIX)."""
+    from finedetail import storage
+
+    parsed = urllib.parse.urlparse(uri)
+    return storage.open_storage(f"s3://{parsed.netloc}", retry=retry)[0], parsed.path.strip("/")
+
+
+def _download_s3(uri: str, dest: Path, *, target: Path, flag: str, retry: RetryPolicy | None) -> None:
+    from finedetail import storage
+
+    bucket, key = _s3_storage(uri, retry)
+    _s3_call(lambda: storage.read_to_file(bucket, key, dest), uri, target=target, flag=flag)
 
 
 def resolve_checkpoint_dir(
@@ -363,13 +356,15 @@ def resolve_checkpoint_dir(
     *,
     cache_dir: str | os.PathLike | None = None,
     flag: str = "--seggpt",
-    s3_client: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> Path:
     """A local directory holding everything under ``uri`` (a local dir, ``file://DIR`` or an ``s3://bucket/prefix``).
 
-    An S3 prefix is mirrored into ``CACHE/s3/BUCKET/PREFIX`` file by file (each file via a temp file + os.replace);
-    a ``.complete`` marker written last makes later calls skip the listing. Raises FileNotFoundError when nothing is
-    under the prefix, CheckpointUnavailableError when S3 cannot be reached.
+    An S3 prefix is mirrored into ``CACHE/s3/BUCKET/PREFIX`` file by file (each file via a temp file + os.replace,
+    so a file already there is whole and is not fetched again after an interrupted mirror); a ``.complete`` marker
+    written last makes later calls skip the listing. Hidden objects (a segment starting with ".") are not mirrored.
+    Raises FileNotFoundError when nothing is under the prefix, CheckpointUnavailableError when S3 cannot be reached
+    (``retry`` as in ``resolve_checkpoint``).
     """
     text = os.fspath(uri)
     parsed = urllib.parse.urlparse(text)
@@ -380,34 +375,25 @@ def resolve_checkpoint_dir(
         return path
     if parsed.scheme != "s3":
         raise ValueError(f"expected a directory, file:// or s3:// prefix, got {redact(text)!r}")
-    bucket, prefix = _split_s3(text)
-    prefix = prefix.rstrip("/")
-    target = cache_path_for(f"s3://{bucket}/{prefix}", cache_dir=cache_dir)
+    from finedetail import storage
+
+    target = cache_path_for(f"s3://{parsed.netloc}/{parsed.path.strip('/')}", cache_dir=cache_dir)
     marker = target / ".complete"
     if marker.is_file():
         return target
-    client = s3_client if s3_client is not None else _s3_client()
-
-    def listing() -> list[tuple[str, int]]:
-        out = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-            out += [(o["Key"], int(o["Size"])) for o in page.get("Contents", [])]
-        return out
-
-    objects = _s3_call(listing, text, target=target, flag=flag)
-    if not objects:
+    source, prefix = _s3_storage(text, retry)
+    keys = _s3_call(lambda: storage.list_files(source, prefix, extensions=None), text, target=target, flag=flag)
+    if not keys:
         raise FileNotFoundError(f"nothing under {redact(text)}/; expected the files of a save_pretrained directory")
-    for key, size in objects:
-        rel = key[len(prefix) + 1 :]
-        if not rel or rel.endswith("/"):
-            continue
+    for rel in keys:
         dest = target / _safe_relpath(rel, text)
-        if dest.is_file() and dest.stat().st_size == size:
+        if dest.is_file():
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
+        key = f"{prefix}/{rel}" if prefix else rel
         tmp = _temp_in(dest)
         try:
-            _s3_call(lambda: client.download_file(bucket, key, str(tmp)), f"s3://{bucket}/{key}", target=target,
+            _s3_call(lambda: storage.read_to_file(source, key, tmp), f"s3://{source.root}/{key}", target=target,
                      flag=flag)
             os.replace(tmp, dest)
         finally:
@@ -486,6 +472,7 @@ def resolve_sam_checkpoint(
     model_type: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     sha256: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Path:
     """The local file of the SAM weights ``load_sam`` would load (``uri``, ``model_type``, ``sha256`` as there),
     fetched into the cache and verified if needed, without loading it: a job's driver calls this before any worker
@@ -498,7 +485,7 @@ def resolve_sam_checkpoint(
     uri = os.fspath(uri)
     if sha256 is None:
         sha256 = next((SAM_SHA256[k] for k, url in SAM_URLS.items() if url == uri), None)
-    return resolve_checkpoint(uri, cache_dir=cache_dir, sha256=sha256)
+    return resolve_checkpoint(uri, cache_dir=cache_dir, sha256=sha256, retry=retry)
 
 
 def load_sam(
@@ -565,7 +552,7 @@ def load_seggpt(
     device: Any = "cpu",
     cache_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
-    s3_client: Any = None,
+    retry: RetryPolicy | None = None,
 ):
     """(``SegGptForImageSegmentation`` in eval mode, fp32, on ``device`` (None / "auto": cuda if available),
     ``SegGptImageProcessor``).
@@ -581,7 +568,7 @@ def load_seggpt(
 
     text = os.fspath(uri_or_dir)
     if not _is_hub_id(text):
-        source = resolve_checkpoint_dir(text, cache_dir=cache_dir, s3_client=s3_client)
+        source = resolve_checkpoint_dir(text, cache_dir=cache_dir, retry=retry)
         model = SegGptForImageSegmentation.from_pretrained(source, local_files_only=True)
         processor = SegGptImageProcessor.from_pretrained(source, local_files_only=True)
     else:
@@ -631,7 +618,7 @@ def resolve_seggpt_checkpoint(
     *,
     cache_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
-    s3_client: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> Path:
     """The local directory of the SegGPT weights ``load_seggpt`` would load (arguments as there), fetched into the
     cache if needed, without loading them: a job's driver calls this before any worker starts.
@@ -645,7 +632,7 @@ def resolve_seggpt_checkpoint(
 
     text = os.fspath(uri_or_dir)
     if not _is_hub_id(text):
-        return resolve_checkpoint_dir(text, cache_dir=cache_dir, s3_client=s3_client)
+        return resolve_checkpoint_dir(text, cache_dir=cache_dir, retry=retry)
     offline, hub_cache = _hub_settings(offline, cache_dir)
     errors: list[str] = []
     for local_only in (True,) if offline else (True, False):
