@@ -848,14 +848,14 @@ def build_window_dataset(cfg: JobConfig, items: list[dict[str, Any]], plan: Any,
     """The lazy Ray dataset of window manifest rows: read windows -> the model stages -> write window maps."""
     import ray
 
-    from finedetail import pipeline as fp
+    from finedetail import plan as fpl
     from job.run import _test_env, model_stages
 
     track = {"attempts": attempts}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # one window per read task: a window is already megabytes, and reads stay as small as one row
     ds = ds.map_batches(read_windows, batch_size=1, num_cpus=plan.io_cpus, batch_format="numpy",
-                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(cfg.pipeline)), **track}, **_test_env())
+                        fn_kwargs={"cfg": cfg, "views": len(fpl.tta_views(cfg.pipeline)), **track}, **_test_env())
     ds = model_stages(ds, cfg, plan, attempts=attempts)
     return ds.map_batches(write_windows, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
                           batch_format="numpy", fn_kwargs={"cfg": cfg, "geo_hash": ghash, **track}, **_test_env())

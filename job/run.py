@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from finedetail import pipeline as fp
+from finedetail import plan as fpl
 from job import io as jio
 from job import manifest as jm
 from job.config import JobConfig
@@ -79,7 +79,7 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     if r.gpu == "auto" and not use_gpu:
         log.warning("no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU "
                     "workers start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
-    n_model = len(fp.variants(cfg.pipeline)) + (cfg.coarse is None) + bool(cfg.pipeline.crop.enabled)
+    n_model = len(fpl.variants(cfg.pipeline)) + (cfg.coarse is None) + bool(cfg.pipeline.crop.enabled)
     share = 1.0 / n_model
     fit = lambda v: share if v is None else v  # noqa: E731 - explicit fractions are used as given
     io_cpus = fuse_cpus = min(1.0, cpus / 4)
@@ -160,7 +160,7 @@ def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -
     if cfg.coarse is None:
         ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
                             batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
-    for v in fp.variants(pc):
+    for v in fpl.variants(pc):
         ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
                             batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
     if pc.crop.enabled:
@@ -186,7 +186,7 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     nblocks = max(1, min(len(keys), -(-len(keys) // cfg.resources.read_batch)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
-                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(pc)), **track}, batch_format="numpy",
+                        fn_kwargs={"cfg": cfg, "views": len(fpl.tta_views(pc)), **track}, batch_format="numpy",
                         **_test_env())
     ds = model_stages(ds, cfg, plan, attempts=attempts)
     ds = ds.map_batches(stages.write_outputs, batch_size=bs, num_cpus=plan.io_cpus, batch_format="numpy",

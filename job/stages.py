@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from finedetail import pipeline as fp
+from finedetail import plan as fpl
 from finedetail.codecs import decode_image
 from finedetail.types import from_u8, to_u8
 from job import io as jio
@@ -319,7 +320,7 @@ class CoarseStage(_ModelStage):
     def _work(self, rows):
         images = [unpack(r["image"]) for r in rows]
         views, stats = fp.coarse_variants(images, self.model, self.cfg.pipeline)
-        names = fp.tta_views(self.cfg.pipeline)
+        names = fpl.tta_views(self.cfg.pipeline)
         for r, v, s in zip(rows, views, stats):
             r["coarse"] = pack(np.stack([to_u8(v[n]) for n in names]))
             r["passes_coarse"] += s.coarse_passes
@@ -327,7 +328,7 @@ class CoarseStage(_ModelStage):
 
 def _coarse_views(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
     packed = unpack(row["coarse"])
-    return {n: from_u8(packed[i]) for i, n in enumerate(fp.tta_views(cfg.pipeline))}
+    return {n: from_u8(packed[i]) for i, n in enumerate(fpl.tta_views(cfg.pipeline))}
 
 
 class VariantStage(_ModelStage):
@@ -351,7 +352,7 @@ class VariantStage(_ModelStage):
         return f"{self.stage}-{self.variant}"
 
     def _work(self, rows):
-        variant = next(v for v in fp.variants(self.cfg.pipeline) if v.name == self.variant)
+        variant = next(v for v in fpl.variants(self.cfg.pipeline) if v.name == self.variant)
         if self.refiner is None:  # refinement off: the variant's map is its view's coarse map
             for r in rows:
                 views = _coarse_views(r, self.cfg)
@@ -360,11 +361,11 @@ class VariantStage(_ModelStage):
         todo, refs = [], []
         for r in rows:
             done = _done_variant_maps(r, self.cfg)
-            if fp.skip_variant(variant, done, self.cfg.pipeline):
+            if fpl.skip_variant(variant, done, self.cfg.pipeline):
                 r[f"map_{self.variant}"] = b""  # selective compute: the views already run agree
                 continue
             todo.append(r)
-            refs.append(fp.reference_for(variant, done, self.cfg.pipeline))
+            refs.append(fpl.reference_for(variant, done, self.cfg.pipeline))
         if not todo:
             return
         images = [unpack(r["image"]) for r in todo]
@@ -380,7 +381,7 @@ class VariantStage(_ModelStage):
 def _done_variant_maps(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
     """Variant maps already in the row (earlier stages), by variant name; skipped variants are absent."""
     out = {}
-    for v in fp.variants(cfg.pipeline):
+    for v in fpl.variants(cfg.pipeline):
         packed = row.get(f"map_{v.name}", b"")
         if packed is not None and len(packed):
             out[v.name] = from_u8(unpack(packed))
@@ -446,7 +447,7 @@ class ChainStage:
         pc = cfg.pipeline
         refiner = build_refiner(cfg) if (pc.refine.enabled or pc.crop.enabled) else None
         self.stages: list[_ModelStage] = [CoarseStage(cfg, attempts)] if cfg.coarse is None else []
-        self.stages += [VariantStage(cfg, v.name, attempts, refiner=refiner) for v in fp.variants(pc)]
+        self.stages += [VariantStage(cfg, v.name, attempts, refiner=refiner) for v in fpl.variants(pc)]
         if pc.crop.enabled:
             self.stages.append(CropStage(cfg, attempts, refiner=refiner))
         self.stages.append(FuseStage(cfg, attempts))

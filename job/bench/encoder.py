@@ -133,7 +133,8 @@ def pipeline_passes(hw: tuple[int, int] = (768, 1024)) -> dict[str, Any]:
     from finedetail import prompts as pr
     from finedetail.config import PipelineConfig
     from finedetail.models.proxy import ProxySAM, ProxySegGPT
-    from finedetail.pipeline import run_image, variants
+    from finedetail.execute import run_image
+    from finedetail.plan import variants
     from finedetail.types import PromptPair
 
     image, mask = three_objects(hw, seed=0)

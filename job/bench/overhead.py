@@ -93,7 +93,7 @@ def run_loop(cfg: Any, keys: Sequence[str]) -> int:
     """The job's work for ``keys`` as a plain in-process loop (see module docstring); returns images written."""
     from finedetail.codecs import decode_image
     from finedetail.outputs import render_outputs
-    from finedetail.pipeline import run_image
+    from finedetail.execute import run_image
     from job import io as jio
     from job.models import build_coarse, build_refiner, load_prompts, resolve_classes
 

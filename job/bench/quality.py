@@ -48,7 +48,7 @@ import numpy as np
 from finedetail import metrics
 from finedetail.config import config_from_dict
 from finedetail.models.proxy import ProxySAM, ProxySegGPT
-from finedetail.pipeline import run_image
+from finedetail.execute import run_image
 from finedetail.synthetic import KINDS, make_prompt_pair, make_scene
 from finedetail.types import PromptPair
 

@@ -35,7 +35,7 @@ import numpy as np
 from finedetail import metrics, synthetic
 from finedetail.config import PipelineConfig, config_from_dict
 from finedetail.models.proxy import ProxySAM, ProxySegGPT
-from finedetail.pipeline import run_image
+from finedetail.execute import run_image
 from finedetail.presets import preset_dict
 from finedetail.types import PromptPair
 
