@@ -21,7 +21,8 @@ import numpy as np
 
 from finedetail.codecs import decode_image
 from finedetail.execute import Models, run_steps
-from finedetail.plan import build_plan
+from finedetail.plan import Step, build_plan
+from finedetail.state import ImageState
 from job import io as jio
 from job.config import JobConfig
 from job.manifest import STAGES
@@ -287,7 +288,7 @@ class PlanStage:
             if not live:
                 break
             t0 = time.perf_counter()
-            _guarded(live, self.attempts, step.name, lambda todo: self._run(step, todo, states))
+            _guarded(live, self.attempts, step.name, lambda todo, step=step: self._run(step, todo, states))
             share = (time.perf_counter() - t0) / len(live)
             for r in live:
                 r[f"seconds_{step.stage}"] = r.get(f"seconds_{step.stage}", 0.0) + share
@@ -299,7 +300,7 @@ class PlanStage:
                 r["components"] = st.stats.components
         return _batch(rows)
 
-    def _run(self, step: Any, live: list[dict[str, Any]], states: dict[int, Any]) -> None:
+    def _run(self, step: Step, live: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
         try:
             run_steps([step], [states[id(r)] for r in live], self.models, self.cfg.pipeline)
         except Exception:  # the batch failed as a whole: retry image by image to isolate the culprit

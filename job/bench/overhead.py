@@ -7,7 +7,7 @@ The same generated images (PNG files, ``finedetail.synthetic.make_scene``) and p
 - ray:  ``job.run.run_job`` (read + decode tasks, coarse / variant / crop / fuse actor pools, write tasks; the
         plan ``job.run.plan_resources`` picks for the local Ray), output folder A;
 - loop: in this process, per image: ``job.io.read_bytes`` + ``finedetail.codecs.decode_image``,
-        ``finedetail.pipeline.run_image`` with the same models (``job.models.build_coarse`` / ``build_refiner``
+        ``finedetail.execute.run_image`` with the same models (``job.models.build_coarse`` / ``build_refiner``
         from the same ``JobConfig``), ``finedetail.outputs.render_outputs`` and ``job.io.write_bytes_atomic`` of
         every file, output folder B (the job's per-batch manifest parts are not written: a few ms).
 

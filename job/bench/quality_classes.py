@@ -7,7 +7,7 @@ same kind (seed 500 + seed). Methods:
 
 - ``coarse``: the in-context segmenter alone, each class thresholded at 0.5, a pixel in several classes kept by the
   class of highest probability (the rule ``finedetail.pipeline.fuse`` applies);
-- ``full``: ``finedetail.pipeline.run_image`` with ``PipelineConfig`` defaults, or ``--preset``.
+- ``full``: ``finedetail.execute.run_image`` with ``PipelineConfig`` defaults, or ``--preset``.
 
 Per class c and image:
 
