@@ -119,8 +119,11 @@ def _crop(steps, states, models, cfg):
     refiner = models.get(step)
     results = []
     for st in states:
+        t0 = time.perf_counter()
         prov = pl.provisional([st.map(n) for n in _inputs(st, step)], cfg)
-        results.append(pl.refine_crops(st.image, prov, refiner, cfg))
+        crop_map, s = pl.refine_crops(st.image, prov, refiner, cfg)
+        s.seconds["crop"] = time.perf_counter() - t0  # the provisional ensemble included
+        results.append((crop_map, s))
     for st, (crop_map, s) in zip(states, results):
         st.put_map("crop", crop_map)
         st.stats = st.stats.merge(s)

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from finedetail.postprocess import one_class_per_pixel
 from finedetail.tiling import Window, blend_weights, tile_grid
 from finedetail.transforms import check_hw
 
@@ -281,11 +282,7 @@ def masks_from_probs(prob: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
     p = np.asarray(prob)
     if p.ndim != 3:
         raise ValueError(f"prob must be (C, h, w), got shape {p.shape}")
-    mask = p >= threshold
-    if p.shape[0] > 1:
-        winner = np.argmax(np.where(mask, p, -1.0), axis=0)
-        mask &= np.arange(p.shape[0])[:, None, None] == winner[None]
-    return mask
+    return one_class_per_pixel(p >= threshold, p)
 
 
 class BlockStitcher:

@@ -30,7 +30,7 @@ from finedetail import crops, ensemble as ens, prompts as pr, tiling
 from finedetail.config import PipelineConfig
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
 from finedetail.plan import Variant, tta_views, variants
-from finedetail.postprocess import postprocess
+from finedetail.postprocess import one_class_per_pixel, postprocess
 from finedetail.selective import cover_windows, detail_map, has_prompts, object_needs_crop, window_has_detail
 from finedetail.state import Stats
 from finedetail.transforms import Compose, Scale, parse_tta
@@ -60,7 +60,9 @@ def coarse_variants(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: P
                     ) -> tuple[list[dict[str, np.ndarray]], list[Stats]]:
     """Coarse maps of every distinct TTA view of every image, one batched ``predict`` call.
 
-    Returns per image a dict view name -> (C, H, W) float32 in the ORIGINAL frame, and per image its Stats.
+    Returns per image a dict view name -> (C, H, W) float32 in the ORIGINAL frame, and per image its Stats (the one
+    ``predict`` call's passes and seconds split by the image's share of the views in it: equal shares, since every
+    image has the same views and the model works on a fixed-size canvas).
     """
     names = tta_views(cfg)
     batch, index = [], []
@@ -165,7 +167,9 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
     None) lets a >1x variant skip windows (``_skipped_windows``: no tiling needed, no prompt or no fine detail in
     the reference there, or detail other windows own); a skipped window takes the reference's values instead of an
     encoder pass and blends at 1 % weight, so it only fills what no run window covers well.
-    Returns per image: variant name -> (C, H, W) float32 in the ORIGINAL frame; and per image its Stats.
+    Returns per image: variant name -> (C, H, W) float32 in the ORIGINAL frame; and per image its Stats, whose
+    ``seconds["refine"]`` is the time spent on that image: its own preparation, prompting and stitching, plus the
+    shared encode call's time split by the windows it encoded for the image.
     """
     chosen = [v for v in variants(cfg) if only is None or v.name in only]
     unknown = set(only or ()) - {v.name for v in variants(cfg)}
@@ -173,8 +177,10 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; this config has {[v.name for v in variants(cfg)]}")
     all_stats = [Stats() for _ in images]
     jobs, tiles = [], []  # job: (image index, variant, transform, window, transformed coarse, transformed hw)
-    t0 = time.perf_counter()
+    own = [0.0] * len(images)  # seconds spent on each image alone (the shared encode call is split by tiles below)
+    tile_owner: list[int] = []
     for i, image in enumerate(images):
+        t_img = time.perf_counter()
         check_image(image)
         hw = image.shape[:2]
         for v in chosen:
@@ -200,11 +206,18 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
                 jobs.append((i, v, tr, win, coarse_t, img_t.shape[:2], fixed, run))
                 if run:
                     tiles.append(np.ascontiguousarray(img_t[win.slices]))
+                    tile_owner.append(i)
+        own[i] += time.perf_counter() - t_img
     before = refiner.encoder_passes
+    t_enc = time.perf_counter()
     embeddings = iter(refiner.encode(tiles) if tiles else [])
+    t_enc = time.perf_counter() - t_enc
+    for i in tile_owner:  # one batched encode for every image: each pays for its own windows
+        own[i] += t_enc / len(tile_owner)
     passes = refiner.encoder_passes - before
     results: list[dict[str, Any]] = [{} for _ in images]
     for i, v, tr, win, coarse_t, hw_t, fixed, run in jobs:
+        t_job = time.perf_counter()
         st = all_stats[i]
         if run:
             st.tiles += 1
@@ -223,15 +236,16 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         weights = None if fixed is None else tiling.blend_weights(win, hw_t, overlap=cfg.tile_overlap) * 0.01
         for c, stitcher in enumerate(results[i][v.name][1]):
             stitcher.add(win, window_map[c], weights=weights)
+        own[i] += time.perf_counter() - t_job
     outs = []
-    elapsed = time.perf_counter() - t0
     for i, res in enumerate(results):
+        t_img = time.perf_counter()
         out = {}
         for name, (tr, stitchers) in res.items():
             out[name] = np.stack([np.clip(tr.invert_image(st.result()), 0.0, 1.0) for st in stitchers]
                                  ).astype(np.float32)
         outs.append(out)
-        all_stats[i].seconds["refine"] = elapsed / max(1, len(images))
+        all_stats[i].seconds["refine"] = own[i] + time.perf_counter() - t_img
     return outs, all_stats
 
 
@@ -329,8 +343,4 @@ def fuse(image: np.ndarray, maps: Sequence[np.ndarray], cfg: PipelineConfig, *,
         probs.append(p)
         masks.append(m)
     prob = np.stack(probs).astype(np.float32)
-    mask = np.stack(masks)
-    if mask.shape[0] > 1:
-        winner = np.argmax(np.where(mask, prob, -1.0), axis=0)
-        mask &= np.arange(mask.shape[0])[:, None, None] == winner[None]
-    return prob, mask
+    return prob, one_class_per_pixel(np.stack(masks), prob)

@@ -53,6 +53,7 @@ __all__ = [
     "fill_holes",
     "guided_filter",
     "open_by_reconstruction",
+    "one_class_per_pixel",
     "open_plain",
     "postprocess",
     "remove_islands",
@@ -608,3 +609,13 @@ def postprocess(
         prob = dense_crf(image, prob, iters=cfg.crf_iters)
     mask = prob >= np.float32(cfg.threshold)
     return prob, _morphology(mask, cfg)
+
+
+def one_class_per_pixel(mask: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """The multi-class rule: ``mask`` (C, H, W) bool, each class post-processed on its own, keeps at each pixel only
+    the class of highest ``prob`` (C, H, W) among those set there (ties -> lower index). In place; returns ``mask``.
+    One class: unchanged."""
+    if mask.shape[0] > 1:
+        winner = np.argmax(np.where(mask, prob, -1.0), axis=0)
+        mask &= np.arange(mask.shape[0])[:, None, None] == winner[None]
+    return mask

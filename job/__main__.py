@@ -46,7 +46,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "proxy (benchmarks only)")
     m.add_argument("--sam-checkpoint", help="SAM .pth: local path, s3:// or https:// (default: official vit_h URL)")
     m.add_argument("--sam-model-type", choices=("vit_h", "vit_l", "vit_b"), help="default: inferred from weights")
-    m.add_argument("--sam-sha256", help="expected SHA-256 of the SAM checkpoint")
+    m.add_argument("--sam-sha256", metavar="HEX|skip",
+                   help="expected SHA-256 of the SAM checkpoint. Default: the official URLs are checked against "
+                        "their pinned digests, other sources are not. A local or cached file that does not match is "
+                        "reported and kept, never deleted; 'skip' accepts it unchecked")
     m.add_argument("--seggpt-checkpoint", help="SegGPT: transformers directory, s3:// prefix or hub id "
                                                "(default BAAI/seggpt-vit-large)")
     m.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
+from finedetail.models.checkpoints import check_sha256_option
 
 __all__ = ["BACKENDS", "JobConfig", "Resources", "job_config_from_dict", "load_yaml"]
 
@@ -85,6 +86,8 @@ class JobConfig:
     backend: str = "seggpt-sam"
     sam_checkpoint: str | None = None
     sam_model_type: str | None = None
+    #: expected SHA-256 of the SAM checkpoint; None checks the official URLs against their pinned digests and
+    #: nothing else; "skip" checks nothing (a file you trust whose digest differs)
     sam_sha256: str | None = None
     seggpt_checkpoint: str | None = None
     device: str | None = None
@@ -111,6 +114,9 @@ class JobConfig:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     resources: Resources = field(default_factory=Resources)
+    #: contents the outputs depend on (prompt bytes, weights' digests): ``job.fingerprint.fingerprint``, computed
+    #: once by the driver (``with_fingerprint``) and carried to the workers; None = computed on first use
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.input:
@@ -127,6 +133,7 @@ class JobConfig:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels=}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {self.max_tries=}")
+        check_sha256_option(self.sam_sha256)
         if self.sam_model_type not in (None, "vit_h", "vit_l", "vit_b"):
             raise ValueError(f"sam_model_type must be vit_h, vit_l or vit_b, got {self.sam_model_type=}")
         if not self.classes:
@@ -145,13 +152,27 @@ class JobConfig:
 
     @property
     def config_hash(self) -> str:
-        """What decides an output's pixels: the method's config, the backend and its weights, the coarse source."""
-        return config_hash(self.pipeline, self.backend, self.sam_checkpoint, self.sam_model_type,
-                           self.seggpt_checkpoint, self.coarse, self.prompts, list(self.classes),
-                           dict(self.backend_options))
+        """What decides an output's pixels: the method's config, the backend, the classes and the contents of the
+        prompts and weights (``fingerprint``; never how their paths are spelled). Resource flags are left out."""
+        digest = self.fingerprint or self.__dict__.get("_fingerprint")
+        if digest is None:
+            from job.fingerprint import fingerprint
+
+            digest = fingerprint(self)
+            object.__setattr__(self, "_fingerprint", digest)  # a cache, not a field: replace() recomputes it
+        return config_hash(self.pipeline, self.backend, self.sam_model_type, list(self.classes),
+                           dict(self.backend_options), digest)
+
+    def with_fingerprint(self) -> "JobConfig":
+        """This config with ``fingerprint`` computed now (reads the prompts, hashes or asks for the weights' digests:
+        call once, in the driver)."""
+        from job.fingerprint import fingerprint
+
+        return dataclasses.replace(self, fingerprint=fingerprint(self))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("pipeline", "resources")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("pipeline", "resources", "fingerprint")}
         d["classes"] = list(self.classes)
         d["backend_options"] = dict(self.backend_options)
         d.update(config_to_dict(self.pipeline))
@@ -180,7 +201,7 @@ def job_config_from_dict(values: Mapping[str, Any]) -> JobConfig:
     if preset:
         base = _merge(base, preset_dict(preset))
     values = _merge(base, values)
-    job_names = {f.name for f in dataclasses.fields(JobConfig)} - {"pipeline", "resources"}
+    job_names = {f.name for f in dataclasses.fields(JobConfig)} - {"pipeline", "resources", "fingerprint"}
     pipeline_values = {k: values.pop(k) for k in list(values) if k in _PIPELINE_KEYS}
     res_values = values.pop("resources", {}) or {}
     unknown = sorted(set(values) - job_names)

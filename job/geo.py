@@ -35,9 +35,15 @@ How a scene flows (``run_windowed``):
 4. **Streaming stitch** (a Ray task per scene, started as soon as its last window is written): output blocks of
    512 x 512 are visited row-major; for each, only the windows overlapping it are decoded
    (``finedetail.geo.BlockStitcher``) and blended with the core library's tiling weights
-   (``tiling.blend_weights`` with the window overlap), thresholded at 0.5, and written into tiled GeoTIFFs. Memory
-   is a few windows, never the scene, so a structure crossing a window edge comes out as one piece without the
-   scene ever being assembled. The tiled files are then copied with GDAL's COG driver (overviews: nearest for the
+   (``tiling.blend_weights`` with the window overlap) and written into tiled GeoTIFFs; then the image path's
+   post-processing runs on the stitched map: ``post.threshold``, and the morphology of ``post`` (closing, hole
+   filling, opening, island removal) per class, block by block with ``finedetail.blockmorph`` (exactly the
+   whole-image result: halos for the local operations, a two-pass union-find across block seams for the
+   component ones; its intermediate masks are scratch GeoTIFFs), then one class per pixel. Memory is a few windows
+   and blocks, never the scene, so a structure crossing a window edge comes out as one piece without the scene
+   ever being assembled. What differs from the image path on the same pixels is upstream of this: the models and
+   the guided filter see each window with its context only (blended across the overlaps), and window maps are
+   stored as uint8, so the threshold sees the blend of 1/255 steps. The tiled files are then copied with GDAL's COG driver (overviews: nearest for the
    mask, average for probabilities) to ``masks/<stem>.tif`` and ``probs/<stem>.tif`` with the input's CRS and
    transform. Input nodata (nodata value, alpha band or mask band) is carried as the outputs' GDAL mask band (an
    internal per-dataset mask, valid = 255), because a nodata *value* would collide with the masks' own values
@@ -422,7 +428,7 @@ def _window_item(info: SceneInfo, win: Window) -> dict[str, Any]:
 
 
 def read_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, attempts: Any = None) -> dict[str, np.ndarray]:
-    """CPU task: read each row's window (bands -> RGB, stretch) into ``image``; with ``cfg.coarse``, also the window
+    """CPU task: read each row's window (bands -> RGB, stretch) into its state; with ``cfg.coarse``, also the window
     of the scene's coarse mask raster. A failure becomes an error row; the batch goes on. The rows get every column
     ``job.stages.read_decode`` gives an image row, plus the window columns. ``attempts`` (the run's
     ``job.stages.AttemptLog``) bounds the tries of a window that kills its worker (a crash in GDAL), as for images."""
@@ -764,24 +770,56 @@ def _final_outputs(info: SceneInfo, paths: dict[str, str], classes: Sequence[str
         (f"vrt://{paths['prob']}?bands={c + 1}", f"probs/{name}", "average") for c, name in enumerate(classes)]
 
 
+class _TiffMaskStore:
+    """``finedetail.blockmorph.MaskStore`` on a tiled GeoTIFF (one band, uint8 0/1) in the stitch's scratch folder:
+    the intermediate masks of the block-wise post-processing stay on disk, never in memory."""
+
+    def __init__(self, path: str, profile: dict[str, Any], stack: contextlib.ExitStack) -> None:
+        self.path, self.profile, self.stack = path, profile, stack
+        self._ds: Any = None
+
+    def write(self, block: Window, mask: np.ndarray) -> None:
+        rio = require_rasterio()
+        if self._ds is None:
+            self._ds = rio.open(self.path, "w", count=1, **self.profile)
+        self._ds.write(mask.astype(np.uint8), 1, window=_rwin(block))
+
+    def finish(self):
+        self._ds.close()
+        ds = self.stack.enter_context(require_rasterio().open(self.path))
+        return lambda win: ds.read(1, window=_rwin(win)) > 0
+
+
+def _rwin(win: Window) -> Any:
+    return require_rasterio().windows.Window(win.x0, win.y0, win.w, win.h)
+
+
 def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> dict[str, Any]:
     """Blend a scene's window maps block by block into ``masks/<stem>.tif`` and ``probs/<stem>.tif`` (COG; PNG for
-    a scene without georeferencing), and the optional vector file (module docstring, step 4). Returns
-    ``{"mask_area", "objects", "seconds", "window_loads", "max_windows_held"}``."""
+    a scene without georeferencing), and the optional vector file (module docstring, step 4). The mask gets the
+    image path's post-processing: ``post.threshold`` on the blended probability, then the morphology of
+    ``cfg.pipeline.post`` (closing, hole filling, opening, island removal) per class, block by block
+    (``finedetail.blockmorph``, exact, with its intermediate masks in scratch GeoTIFFs), then one class per pixel.
+    Returns ``{"mask_area", "objects", "seconds", "window_loads", "max_windows_held", "pieces"}``."""
+    from finedetail.blockmorph import morphology_blocks
+    from finedetail.postprocess import one_class_per_pixel
+
     rio = require_rasterio()
     if cfg.vector:
         _require_shapely()
     t0 = time.perf_counter()
     out = jio.open_storage(cfg.output)[0]
     n_cls = len(cfg.classes)
+    post = cfg.pipeline.post
     h, w = info.hw
+    blocks = fg.block_grid(info.hw, block=OUTPUT_BLOCK)
 
     def load(win: Window) -> np.ndarray:
         return decode_window_prob(jio.read_bytes(out, window_prob_key(info.key, win)), n_cls, win)
 
     stitcher = fg.BlockStitcher(info.hw, windows, load, overlap=cfg.window_overlap)
     polygons = _Polygons(info.hw) if cfg.vector else None
-    area = 0
+    area, pieces = 0, 0
     src_storage = out if info.source_in_output else jio.open_storage(cfg.input)[0]
     with _scratch(out) as tmp, contextlib.ExitStack() as stack:
         stack.enter_context(rio.Env(**GDAL_ENV))
@@ -790,33 +828,62 @@ def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> 
         transform = rio.Affine.from_gdal(*info.transform)
         profile = dict(driver="GTiff", width=w, height=h, dtype="uint8", crs=crs, transform=transform, tiled=True,
                        blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", BIGTIFF="IF_SAFER")
-        paths = {"mask": os.path.join(tmp, "mask.tif"), "prob": os.path.join(tmp, "prob.tif")}
-        dm = stack.enter_context(rio.open(paths["mask"], "w", count=1, **profile))
-        dp = stack.enter_context(rio.open(paths["prob"], "w", count=n_cls, **profile))
+        paths = {name: os.path.join(tmp, f"{name}.tif") for name in ("mask", "prob", "raw", "post")}
         src = stack.enter_context(open_raster(src_storage, info.source)) if info.masked else None
-        for block in fg.block_grid(info.hw, block=OUTPUT_BLOCK):
-            rwin = rio.windows.Window(block.x0, block.y0, block.w, block.h)
-            prob = stitcher.block(block)
-            masks = fg.masks_from_probs(prob, threshold=0.5)
-            if src is not None:
-                valid = src.dataset_mask(window=rwin) > 0
-                masks &= valid[None]
-                prob = prob * valid[None]
-                dm.write_mask(valid.astype(np.uint8) * 255, window=rwin)
-                dp.write_mask(valid.astype(np.uint8) * 255, window=rwin)
-            if n_cls == 1:
-                labels = masks[0].astype(np.uint8)
-                dm.write(labels[None] * np.uint8(255), window=rwin)
-            else:
-                labels = np.zeros(masks.shape[1:], np.uint8)
-                for c in range(n_cls):
-                    labels[masks[c]] = c + 1
-                dm.write(labels[None], window=rwin)
-            dp.write(to_u8(prob), window=rwin)
-            area += int(masks.sum())
-            if polygons is not None:
-                polygons.add_block(labels, block)
-        stack.close()  # closes the GeoTIFFs (flushes) before the COG copies read them
+
+        def valid_of(rwin: Any) -> np.ndarray | None:
+            return None if src is None else src.dataset_mask(window=rwin) > 0
+
+        # 1. blend: probabilities (published) and each class's thresholded mask (scratch), nodata = background
+        with rio.open(paths["prob"], "w", count=n_cls, **profile) as dp, \
+                rio.open(paths["raw"], "w", count=n_cls, **profile) as dr:
+            for block in blocks:
+                rwin = _rwin(block)
+                prob = stitcher.block(block)
+                raw = prob >= np.float32(post.threshold)
+                valid = valid_of(rwin)
+                if valid is not None:
+                    raw &= valid[None]
+                    prob = prob * valid[None]
+                    dp.write_mask(valid.astype(np.uint8) * 255, window=rwin)
+                dp.write(to_u8(prob), window=rwin)
+                dr.write(raw.astype(np.uint8), window=rwin)
+        # 2. the morphology, per class, block by block
+        raw_ds = stack.enter_context(rio.open(paths["raw"]))
+        with rio.open(paths["post"], "w", count=n_cls, **profile) as dq:
+            for c in range(n_cls):
+                store_profile = {k: v for k, v in profile.items() if k not in ("crs", "transform")}
+                pieces += morphology_blocks(
+                    info.hw, post, block=OUTPUT_BLOCK,
+                    read=lambda win, band=c + 1: raw_ds.read(band, window=_rwin(win)) > 0,
+                    write=lambda b, m, band=c + 1: dq.write(m.astype(np.uint8), band, window=_rwin(b)),
+                    scratch=lambda c=c: _TiffMaskStore(os.path.join(tmp, f"holes{c}.tif"), store_profile, stack),
+                )["pieces"]
+        # 3. one class per pixel, nodata, labels, polygons
+        post_ds = stack.enter_context(rio.open(paths["post"]))
+        again = fg.BlockStitcher(info.hw, windows, load, overlap=cfg.window_overlap) if n_cls > 1 else None
+        with rio.open(paths["mask"], "w", count=1, **profile) as dm:
+            for block in blocks:
+                rwin = _rwin(block)
+                masks = post_ds.read(window=rwin) > 0
+                if again is not None:  # the rule needs the blended probabilities: blend once more
+                    one_class_per_pixel(masks, again.block(block))
+                valid = valid_of(rwin)
+                if valid is not None:
+                    masks &= valid[None]
+                    dm.write_mask(valid.astype(np.uint8) * 255, window=rwin)
+                if n_cls == 1:
+                    labels = masks[0].astype(np.uint8)
+                    dm.write(labels[None] * np.uint8(255), window=rwin)
+                else:
+                    labels = np.zeros(masks.shape[1:], np.uint8)
+                    for c in range(n_cls):
+                        labels[masks[c]] = c + 1
+                    dm.write(labels[None], window=rwin)
+                area += int(masks.sum())
+                if polygons is not None:
+                    polygons.add_block(labels, block)
+        stack.close()  # closes every GeoTIFF (flushes) before the COG copies read them
         t_blocks = time.perf_counter() - t0
         for i, (source, folder, resampling) in enumerate(_final_outputs(info, paths, cfg.classes)):
             final = os.path.join(tmp, f"out{i}{info.output_suffix}")
@@ -834,10 +901,12 @@ def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> 
             writer = write_geojson if cfg.vector == "geojson" else write_gpkg
             writer(vpath, feats, classes=cfg.classes, crs_wkt=info.crs_wkt)
             _publish(out, jio.output_key("vectors", info.key, suffix=ext), vpath)
-    log.info("stitched %s: %d windows, %d blocks in %.1f s (+ COG %.1f s)", info.key, len(windows),
-             len(fg.block_grid(info.hw, block=OUTPUT_BLOCK)), t_blocks, time.perf_counter() - t0 - t_blocks)
+    log.info("stitched %s: %d windows, %d blocks in %.1f s (+ COG %.1f s)", info.key, len(windows), len(blocks),
+             t_blocks, time.perf_counter() - t0 - t_blocks)
+    held = max(stitcher.max_cached, again.max_cached if again is not None else 0)
     return {"mask_area": area, "objects": objects, "seconds": time.perf_counter() - t0,
-            "window_loads": stitcher.loads, "max_windows_held": stitcher.max_cached}
+            "window_loads": stitcher.loads + (again.loads if again is not None else 0), "max_windows_held": held,
+            "pieces": pieces}
 
 
 # --------------------------------------------------------------------------------------------- the driver
@@ -963,7 +1032,7 @@ def run_windowed(cfg: JobConfig, keys: Sequence[str], plan: Any) -> list[dict[st
             results[key] = _scene_row(cfg, key, status="ok", hw=info.hw, windows=wrows, stitched=stitched)
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc
-            log.warning("stitching %s failed:\n%s", key, traceback.format_exc())
+            log.warning("stitching %s failed:\n%s", key, jio.redact(traceback.format_exc()))
             results[key] = _scene_row(cfg, key, status="error", hw=info.hw, windows=wrows,
                                       error=f"stitch: {_error_text(cause)}")
         jm.write_part(out, [results[key]])

@@ -19,6 +19,13 @@ Backends:
     itself from the standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
     AWS_SESSION_TOKEN, ~/.aws files, instance metadata).
 
+Symbolic links (local roots): followed only while they stay inside the root. A key whose real location (every
+link resolved, the root's own included) lies outside the root's real location is refused with a permanent
+`StorageError`: reading it, or writing or deleting through a linked folder. So an archive cannot make the job read
+a file from elsewhere on the machine (and write its pixels into the outputs as overlays), and a linked output
+sub-folder cannot make it write elsewhere; links between folders of one archive, and a root that is itself a
+link, work. The check runs right before each operation (a link swapped in between is not caught).
+
 Every operation retries transient failures (connection refused / reset,
 timeouts, 5xx, throttling) with exponential backoff and jitter
 (`RetryPolicy`); what still fails raises `StorageError`, whose message names
@@ -45,6 +52,8 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from finedetail.redaction import redact
 
 __all__ = [
     "IMAGE_EXTS",
@@ -112,41 +121,6 @@ class StorageError(Exception):
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The key does not exist.  Never retried."""
-
-
-# --------------------------------------------------------------------------- redaction
-
-_SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
-_MIN_SECRET_LEN = 4  # shorter env values are not credentials and would shred the message
-_MASK = "***"
-_ACCESS_KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA|APKA|ABIA|ACCA)[A-Z0-9]{12,}\b")
-_ASSIGNMENT_RE = re.compile(
-    r"(?i)(\b[\w.-]*(?:secret|token|password|passwd|credential|signature|access[_-]?key)[\w.-]*"
-    r"[\"']?\s*[=:]\s*[\"']?)([^\s\"'&;,]+)"
-)
-_AUTH_HEADER_RE = re.compile(r"(?i)(\bauthorization\s*[:=]\s*)([^\r\n]+)")
-_URL_USERINFO_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)@", re.IGNORECASE)
-
-
-def redact(text: object, *, secrets: Iterable[str] = ()) -> str:
-    """`text` as str with credentials replaced by ``***``.
-
-    Removes: the values of AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
-    AWS_SECURITY_TOKEN and AWS_ACCESS_KEY_ID found in the environment (values
-    of at least 4 characters) and any extra `secrets`; AWS access key IDs
-    (AKIA..., ASIA..., ...); the value of ``name=value`` / ``name: value``
-    pairs whose name mentions secret, token, password, credential, signature or
-    access key (covers presigned-URL query parameters); Authorization headers;
-    passwords in ``scheme://user:password@host``.
-    """
-    out = str(text)
-    values = {os.environ.get(name, "") for name in _SECRET_ENV_VARS} | set(secrets)
-    for value in sorted((v for v in values if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True):
-        out = out.replace(value, _MASK)
-    out = _AUTH_HEADER_RE.sub(lambda m: m.group(1) + _MASK, out)
-    out = _URL_USERINFO_RE.sub(lambda m: m.group(1) + _MASK + "@", out)
-    out = _ASSIGNMENT_RE.sub(lambda m: m.group(1) + _MASK, out)
-    return _ACCESS_KEY_ID_RE.sub(_MASK, out)
 
 
 # --------------------------------------------------------------------------- retries
@@ -488,6 +462,16 @@ def _make_filesystem(storage: Storage) -> pafs.FileSystem:
     )
 
 
+def _inside_root(storage: Storage, op: str, key: str, path: str) -> None:
+    """Raise a permanent StorageError when local ``path`` resolves (symlinks followed) outside the root."""
+    real_root, real = os.path.realpath(storage.root), os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise StorageError(
+            f"cannot {op} {storage.uri} key {key!r}: a symbolic link takes it to {real}, outside the root "
+            f"{real_root}; links are followed only inside the root: copy the file in, or use a root that holds it",
+            uri=storage.uri, key=key, op=op, attempts=0)
+
+
 def _retrying(storage: Storage, op: str, key: str | None, fn: Callable[[], T],
               *, sleep: Callable[[float], None] = time.sleep) -> T:
     """Run `fn`, retrying transient errors per `storage.retry`; wrap the final failure in StorageError."""
@@ -544,7 +528,8 @@ def _list_local(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", folder)
     keys = []
-    # Symlinked folders are not followed (no cycles); symlinked files are listed.
+    # Symlinked folders are not followed (no cycles); symlinked files are listed, and reading one that points
+    # outside the root is refused (see "Symbolic links" above), so it becomes an error row, not a silent skip.
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, folder)
@@ -620,6 +605,8 @@ def read_bytes(uri_or_storage: str | Storage, key: str) -> bytes:
     path = storage.path(key)
     key = safe_key(key)
     if storage.kind == "local":
+        _inside_root(storage, "read", key, path)
+
         def read() -> bytes:
             with open(path, "rb") as f:
                 return f.read()
@@ -666,6 +653,8 @@ def write_bytes_atomic(storage: str | Storage, key: str, data: bytes | bytearray
     key = safe_key(key)
     payload = bytes(data)
     if storage.kind == "local":
+        _inside_root(storage, "write", key, os.path.dirname(path))  # the file itself: os.replace swaps a link out
+
         def write() -> None:
             _write_local_atomic(path, payload)
     else:
@@ -692,6 +681,9 @@ def delete(storage: str | Storage, key: str, *, missing_ok: bool = True) -> None
     path = storage.path(key)
     key = safe_key(key)
 
+    if storage.kind == "local":
+        _inside_root(storage, "delete", key, os.path.dirname(path))  # os.unlink removes a link, not its target
+
     def remove() -> None:
         try:
             if storage.kind == "local":
@@ -713,10 +705,14 @@ def read_uri(uri: str, *, retry: RetryPolicy | None = None) -> bytes:
         if not key:
             raise ValueError(f"URI must name an object, got the bucket {uri!r}; expected s3://bucket/key")
         parent, _ = open_storage(f"s3://{bucket}", retry=retry, s3=storage.s3)
-    else:
-        folder, key = os.path.split(root)
-        parent, _ = open_storage(folder, retry=retry)
-    return read_bytes(parent, key)
+        return read_bytes(parent, key)
+    # the user named this very file: a link (a dotfiles-managed job.yaml) is followed wherever it goes
+
+    def read() -> bytes:
+        with open(root, "rb") as f:
+            return f.read()
+
+    return _retrying(storage, "read", None, read)
 
 
 _TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$|^\.write-check-[0-9a-f]{12}$")

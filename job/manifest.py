@@ -16,27 +16,32 @@ import pyarrow.parquet as pq
 
 from job import io as jio
 
-__all__ = ["SCHEMA", "STAGES", "done_keys", "read_manifest", "write_part"]
+__all__ = ["COLUMNS", "SCHEMA", "STAGES", "done_keys", "read_manifest", "write_part"]
 
 STAGES = ("decode", "coarse", "refine", "crop", "fuse", "write")
-SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("encoder_passes", pa.int32()),
-        ("coarse_passes", pa.int32()),
-        ("refiner_passes", pa.int32()),
-        ("components", pa.int32()),
-        ("mask_area", pa.int64()),
-        *[(f"seconds_{s}", pa.float64()) for s in STAGES],
-        ("config_hash", pa.string()),
-        ("attempts", pa.int32()),
-        ("finished_at", pa.float64()),
-    ]
-)
+SECONDS_DESCRIPTION = (
+    "seconds this input spent in the {stage} stage, per input: the stage's own work on it, plus its share of a "
+    "model call batched over several inputs (split by the windows / views the call ran for it), plus an equal "
+    "share of the batch's remaining overhead; a raster scene sums its windows' (seconds_write adds the stitch)")
+#: every column with its description (also stored as the Parquet field's ``description`` metadata)
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "key": (pa.string(), "the input's path relative to --input (a raster window: '<scene>#<y0>_<x0>')"),
+    "status": (pa.string(), "ok or error"),
+    "error": (pa.string(), "what went wrong (empty when ok)"),
+    "height": (pa.int32(), "input height in pixels (after EXIF rotation)"),
+    "width": (pa.int32(), "input width in pixels (after EXIF rotation)"),
+    "encoder_passes": (pa.int32(), "coarse_passes + refiner_passes: the method's cost unit"),
+    "coarse_passes": (pa.int32(), "SegGPT forwards run for this input: one per (prompt pair, TTA view)"),
+    "refiner_passes": (pa.int32(), "SAM image-encoder forwards run for this input (windows, views, crops)"),
+    "components": (pa.int32(), "coarse-mask components prompted to the refiner"),
+    "mask_area": (pa.int64(), "foreground pixels of the final mask"),
+    **{f"seconds_{s}": (pa.float64(), SECONDS_DESCRIPTION.format(stage=s)) for s in STAGES},
+    "config_hash": (pa.string(), "hash of everything the outputs depend on (README, Resuming)"),
+    "attempts": (pa.int32(), "tries this input took (a worker that died on it counts one)"),
+    "finished_at": (pa.float64(), "when the row was written (Unix time, seconds)"),
+}
+SCHEMA = pa.schema([pa.field(name, dtype, metadata={"description": text})
+                    for name, (dtype, text) in COLUMNS.items()])
 
 
 def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:

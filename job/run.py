@@ -29,8 +29,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 class JobFailed(RuntimeError):
     """The job stopped part-way because storage failed for good (e.g. the output bucket vanished or turned
-    read-only): the message is the storage error's. Rows finished before it are in the manifest with their files;
-    nothing unfinished is; re-running the same command resumes."""
+    read-only) or a model stage could not build its model ``max_tries`` times (a corrupt checkpoint, no GPU memory
+    for it): the message is that error's, on one line. Rows finished before it are in the manifest with their files;
+    nothing unfinished is; re-running the same command resumes. The command line exits with status 1."""
 
 
 class JobRefused(ValueError):
@@ -134,7 +135,8 @@ def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size
         # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
         # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few
         # unrelated deaths. What bounds an input that kills every worker is the stages' attempt accounting
-        # (job.stages.AttemptLog, JobConfig.max_tries), which turns it into an error row.
+        # (job.stages.AttemptLog, JobConfig.max_tries), which turns it into an error row; what bounds a model that
+        # cannot be built is job.stages.build_bounded (max_tries failed builds in a row fail the job).
         "max_restarts": -1,
         "max_task_retries": -1,
         **_test_env(),
@@ -191,8 +193,9 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy",
                         **_test_env())
     ds = model_stages(ds, cfg, plan, attempts=attempts)
-    ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus, batch_format="numpy",
-                        fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track}, **_test_env())
+    ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
+                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track},
+                        **_test_env())
     return ds
 
 
@@ -224,8 +227,8 @@ def validate_up_front(cfg: JobConfig) -> None:
         raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {jio.redact(exc)}") from exc
 
 
-def _storage_error_in(exc: BaseException) -> str | None:
-    """The message of the `job.io.StorageError` behind an exception Ray re-raised on the driver, or None.
+def _error_in(exc: BaseException, cls: type[BaseException]) -> str | None:
+    """The message of the ``cls`` error (or a subclass's) behind an exception Ray re-raised on the driver, or None.
 
     Ray wraps a task's exception (``RayTaskError(UserCodeException)``) and the original's ``__cause__`` does not
     survive the trip, so after looking for the object itself this reads the traceback text Ray carries."""
@@ -235,13 +238,31 @@ def _storage_error_in(exc: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, jio.StorageError):
+        if isinstance(e, cls):
             return jio.redact(e)
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    names = "|".join(c.__name__ for c in (cls, *cls.__subclasses__()))
     for line in reversed(str(exc).splitlines()):
-        m = re.match(r"\s*job\.io\.(?:StorageError|ObjectNotFoundError): (.+)$", line)
+        m = re.match(rf"\s*{re.escape(cls.__module__)}\.(?:{names}): (.+)$", line)
         if m:
             return jio.redact(m.group(1))
+    return None
+
+
+def _job_failed(exc: BaseException, rows: list[dict[str, Any]], total: int) -> JobFailed | None:
+    """The `JobFailed` for an exception that stopped the dataset, when it is one the job explains (a model that
+    cannot be built, storage that failed for good); None for anything else (a bug: re-raised as it is)."""
+    from job.stages import ModelInitError
+
+    ok = sum(r["status"] == "ok" for r in rows)
+    model_error = _error_in(exc, ModelInitError)
+    if model_error is not None:
+        return JobFailed(f"job failed after {ok} of {total} images were done: {model_error}")
+    storage_error = _error_in(exc, jio.StorageError)
+    if storage_error is not None:
+        return JobFailed(f"job failed after at least {ok} of {total} images were done: {storage_error}. "
+                         "Every image in the manifest has all its files; fix the storage and re-run the same "
+                         "command to resume")
     return None
 
 
@@ -280,6 +301,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
 
     cfg = resolve_classes(cfg)  # class names from the prompts' classes.yaml unless given
     validate_up_front(cfg)
+    cfg = cfg.with_fingerprint()  # contents of prompts and weights, hashed once here; workers get the result
     refused: list[str] = []
     keys = list_inputs(cfg, refused=refused)
     if not keys and not refused:
@@ -316,18 +338,25 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
                 rows.extend({k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
                             for i in range(n))
         except Exception as exc:
-            storage_error = _storage_error_in(exc)
-            if storage_error is None:
+            failed = _job_failed(exc, rows, len(todo) + len(windowed))
+            if failed is None:
                 raise
-            ok = sum(r["status"] == "ok" for r in rows)
-            raise JobFailed(f"job failed after at least {ok} of {len(todo)} images were done: {storage_error}. "
-                            "Every image in the manifest has all its files; fix the storage and re-run the same "
-                            "command to resume") from exc
+            try:
+                attempts.clear()
+            except jio.StorageError:
+                pass  # the storage is what failed; the next run clears the notes
+            raise failed from exc
         attempts.clear()
     if windowed:
         from job.geo import run_windowed
 
-        rows.extend(run_windowed(cfg, windowed, plan))
+        try:
+            rows.extend(run_windowed(cfg, windowed, plan))
+        except Exception as exc:
+            failed = _job_failed(exc, rows, len(todo) + len(windowed))
+            if failed is None:
+                raise
+            raise failed from exc
     if cfg.coco:
         from job.coco import write_dataset_coco
 

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -30,7 +30,9 @@ from job.rows import column, new_state, read_state
 
 log = logging.getLogger("finedetail.job")
 
-__all__ = ["AttemptLog", "PlanStage", "read_decode", "write_outputs"]
+__all__ = ["AttemptLog", "ModelInitError", "PlanStage", "build_bounded", "read_decode", "write_outputs"]
+
+T = TypeVar("T")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -60,6 +62,13 @@ def _batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 # never count against a later run: a killed driver is not a crash of the input) and are removed as they stop
 # mattering and at the end of the run. Ray's own retry limits are set unbounded in ``job.run`` so that this
 # accounting, not Ray, decides when to give up.
+#
+# The same unbounded restarts would rebuild a model that cannot be built (a corrupt checkpoint, a GPU without room
+# for it) for ever, so each actor also counts its own constructor attempts (``build_bounded``): a note per actor
+# (Ray keeps an actor's id across restarts) written before the model is built and removed once it is. A raising
+# constructor is retried in place; after ``max_tries`` failed attempts, whether the constructor raised or its
+# process died, the actor stays up but broken: its first batch raises `ModelInitError` with the constructor's
+# error, which fails the job (`JobFailed`).
 
 ATTEMPTS_PREFIX = "_attempts"
 
@@ -173,9 +182,69 @@ def _guarded(rows: list[dict[str, Any]], attempts: AttemptLog | None, stage: str
     attempts.set(batch_marker, 0)
 
 
+class ModelInitError(RuntimeError):
+    """A model stage's actor could not build its model ``max_tries`` times in a row. Raised by the actor's
+    ``__call__``; the message is one redacted line naming the stage and the constructor's error."""
+
+
+def _actor_id() -> str | None:
+    """This Ray actor's id (kept across its restarts), or None outside an actor."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no runtime context: not in an actor
+        return None
+
+
+def build_bounded(attempts: AttemptLog | None, stage: str, build: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``(build(), None)``, or ``(None, error)`` once this actor has failed to build ``attempts.max_tries`` times.
+
+    A constructor that raises is retried here, in the same process, after a short pause (a network blip while
+    fetching weights, memory still held by a dying neighbour): Ray would not restart an actor whose constructor
+    raised, and Ray Data would fail the job on the first such death with a raw traceback. A process that dies
+    while building (no Python error to catch) is restarted by Ray; the note counts those attempts too. Outside an
+    actor, or without ``attempts``, it is plain ``build()``. ``error`` is one redacted line for `ModelInitError`.
+    """
+    actor = _actor_id()
+    if attempts is None or actor is None:
+        return build(), None
+    marker = attempts.marker(f"init-{stage}", "actor", [actor])
+    tried = attempts.count(marker)  # earlier attempts of this actor that did not finish building
+    why = "the process died with no Python error (killed for lack of memory? a crash in native code?)"
+    while tried < attempts.max_tries:
+        if tried:
+            time.sleep(min(5.0, 0.5 * 2 ** (tried - 1)))
+        attempts.set(marker, tried + 1)  # stays if the process dies in build()
+        try:
+            _test_init_failure(stage)
+            model = build()
+        except Exception as exc:
+            tried += 1
+            why = (_error_text(exc).strip().splitlines() or [""])[0]
+            log.warning("%s: building the model failed (attempt %d of %d): %s", stage, tried, attempts.max_tries,
+                        why)
+            continue
+        attempts.set(marker, 0)
+        return model, None
+    return None, (f"{stage}: cannot build the model ({why}); {tried} failed attempt(s), max_tries="
+                  f"{attempts.max_tries}. Fix the cause and re-run the same command")
+
+
 _CRASH_ENV = "FINEDETAIL_TEST_CRASH"
 _CRASH_DIR_ENV = "FINEDETAIL_TEST_CRASH_DIR"
-TEST_ENV_VARS = (_CRASH_ENV, _CRASH_DIR_ENV)
+_INIT_FAIL_ENV = "FINEDETAIL_TEST_INIT_FAIL"
+TEST_ENV_VARS = (_CRASH_ENV, _CRASH_DIR_ENV, _INIT_FAIL_ENV)
+
+
+def _test_init_failure(stage: str) -> None:
+    """TEST HOOK: ``FINEDETAIL_TEST_INIT_FAIL`` = ``{"stage": PREFIX, "how": "exit" | "raise"}`` makes every model
+    build of a matching stage kill its process (``os._exit``) or raise. Unset outside tests."""
+    spec = os.environ.get(_INIT_FAIL_ENV)
+    if spec and stage.startswith(json.loads(spec)["stage"]):
+        if json.loads(spec).get("how") == "exit":
+            os._exit(71)
+        raise RuntimeError(f"test hook: {stage} cannot build its model")
 
 
 def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
@@ -262,11 +331,17 @@ class PlanStage:
 
     ``steps``: the names of the steps it runs, in order (one for a pool per step; None = every step, the chained
     shape of ``Resources.chain``). Each step runs through ``finedetail.execute.run_steps`` under its own attempt
-    accounting (``_guarded``, the step's name in the ``_attempts`` notes: coarse, refine-<variant>, crop, fuse) and
-    timing (``seconds_<stage>``); a step that fails for a batch is run again image by image, and an image it still
-    fails on becomes an error row ("<stage>: <error>"). The actor builds only the models its steps need, once: a
-    chained actor shares one refiner between its refine and crop steps. States are decoded once per batch and
-    encoded once after its last step."""
+    accounting (``_guarded``, the step's name in the ``_attempts`` notes: coarse, refine-<variant>, crop, fuse); a
+    step that fails for a batch is run again image by image, and an image it still fails on becomes an error row
+    ("<stage>: <error>"). The actor builds only the models its steps need, once, each through ``build_bounded``
+    (named after its step, or "refiner" when a chained actor shares one refiner between its refine and crop steps);
+    a model that cannot be built makes every batch raise `ModelInitError`. States are decoded once per batch and
+    encoded once after its last step.
+
+    Seconds per image (``seconds_<stage>``): each row gets its own time in the step (its ``Stats.seconds[stage]``:
+    work done for that image alone plus its share of a model call batched over several images, split by what the
+    call did for it); the rest of the step's wall time over the batch (decoding and encoding states, a failed batch
+    attempt) is split equally, so the column sums to the wall time."""
 
     def __init__(self, cfg: JobConfig, steps: Sequence[str] | None = None, attempts: AttemptLog | None = None):
         from job.models import build_coarse, build_refiner, load_prompts
@@ -275,30 +350,43 @@ class PlanStage:
         plan = build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
         self.cfg, self.attempts = cfg, attempts
         self.steps = list(plan.steps) if steps is None else [plan.step(n) for n in steps]
-        needs = {s.model for s in self.steps}
-        self.models = Models(
-            coarse=build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes)) if "coarse" in needs else None,
-            refiner=build_refiner(cfg) if "refiner" in needs else None)
+        self.models, self.init_error = Models(), None
+        users = {m: [s.name for s in self.steps if s.model == m] for m in ("refiner", "coarse")}
+        builders = {"refiner": lambda: build_refiner(cfg),
+                    "coarse": lambda: build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes))}
+        for model, names in users.items():
+            if names and not self.init_error:
+                name = names[0] if len(names) == 1 else model
+                built, self.init_error = build_bounded(attempts, name, builders[model])
+                setattr(self.models, model, built)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.init_error:
+            raise ModelInitError(self.init_error)
+        t0 = time.perf_counter()
         rows = _rows(batch)
         states = {id(r): read_state(r) for r in rows if r["status"] == "ok"}
-        for step in self.steps:
+        for k, step in enumerate(self.steps):
             live = [r for r in rows if r["status"] == "ok"]
-            if not live:
+            if not live:  # every row failed before this step
+                self._finish(rows, states)
                 break
-            t0 = time.perf_counter()
+            before = [states[id(r)].stats.seconds.get(step.stage, 0.0) for r in live]
             _guarded(live, self.attempts, step.name, lambda todo, step=step: self._run(step, todo, states))
-            share = (time.perf_counter() - t0) / len(live)
-            for r in live:
-                r[f"seconds_{step.stage}"] = r.get(f"seconds_{step.stage}", 0.0) + share
+            own = [states[id(r)].stats.seconds.get(step.stage, 0.0) - b for r, b in zip(live, before)]
+            if k == len(self.steps) - 1:  # the last step also pays for encoding the states
+                self._finish(rows, states)
+            _share_seconds(live, step.stage, own, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+        return _batch(rows)
+
+    def _finish(self, rows: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
         for r in rows:
             st = states.get(id(r))
             if st is not None:
                 r["state"] = st.to_bytes() if r["status"] == "ok" else b""
                 r["passes_coarse"], r["passes_refiner"] = st.stats.coarse_passes, st.stats.refiner_passes
                 r["components"] = st.stats.components
-        return _batch(rows)
 
     def _run(self, step: Step, live: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
         try:
@@ -312,6 +400,13 @@ class PlanStage:
                     run_steps([step], [states[id(r)]], self.models, self.cfg.pipeline)
                 except Exception as exc:
                     r["status"], r["error"] = "error", f"{step.stage}: {_error_text(exc)}"
+
+
+def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], total: float) -> None:
+    """Add to each row's ``seconds_<stage>`` its own seconds plus an equal share of the rest of ``total``."""
+    rest = max(0.0, total - sum(own)) / len(rows)
+    for r, s in zip(rows, own):
+        r[f"seconds_{stage}"] = r.get(f"seconds_{stage}", 0.0) + s + rest
 
 
 def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: str,

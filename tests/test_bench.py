@@ -74,3 +74,13 @@ def test_overhead_bench(ray_local, capsys, tmp_path, backend):
                                       "--workdir", str(tmp_path)])
     assert res["n"] == 2 and res["ray_s"] > 0 and res["loop_s"] > 0
     assert res["ratio"] == pytest.approx(res["ray_s"] / res["loop_s"])
+
+
+def test_stitch_bench(capsys):
+    from job.bench import stitch
+
+    res = _json_of(capsys, stitch, ["--sizes", "300x520", "--window", "128", "--overlap", "16"])
+    rows = {r["post"]: r for r in res["rows"]}
+    assert set(rows) == {"off", "post"} and rows["off"]["windows"] == rows["post"]["windows"] == 15
+    assert rows["post"]["pieces"] > 0 and rows["post"]["mask_area"] != rows["off"]["mask_area"]
+    assert all(r["peak_rss_mb"] > 0 and r["seconds"] > 0 for r in rows.values())

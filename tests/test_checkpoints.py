@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import http.server
 import socket
@@ -16,6 +18,7 @@ from finedetail.models.checkpoints import (
     SAM_SHA256,
     SAM_URLS,
     CheckpointUnavailableError,
+    ChecksumMismatchError,
     cache_path_for,
     default_cache_dir,
     infer_sam_arch,
@@ -98,9 +101,10 @@ def test_tiny_sam_round_trips_through_load_sam(tiny_pth):
 def test_file_uri_and_sha_of_a_local_file(tiny_pth):
     digest = sha(tiny_pth.read_bytes())
     assert resolve_checkpoint(f"file://{tiny_pth}", sha256=digest) == tiny_pth
-    with pytest.raises(ValueError, match=f"expected sha256 {'0' * 64}, got {digest}"):
+    with pytest.raises(ValueError, match=f"expected sha256 {'0' * 64}, found {digest}"):
         resolve_checkpoint(tiny_pth, sha256="0" * 64)
     assert tiny_pth.exists()  # a user's own file is never deleted
+    assert resolve_checkpoint(tiny_pth, sha256="skip") == tiny_pth
 
 
 def test_missing_local_file():
@@ -151,12 +155,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A directory served over HTTP on 127.0.0.1 by a thread; yields (root dir, base URL, request log)."""
-    root = tmp_path / "www"
+@contextlib.contextmanager
+def _serve(root: Path, base: type):
+    """Serve a new directory ``root`` over HTTP on 127.0.0.1 from a thread, with a ``base`` subclass that has its own
+    request log; yields (root, base URL, request log)."""
     root.mkdir()
-    handler = type("Handler", (_Handler,), {"requests": []})
+    handler = type(base.__name__, (base,), {"requests": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -166,6 +170,37 @@ def http_root(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A directory served over HTTP on 127.0.0.1 by a thread; yields (root dir, base URL, request log)."""
+    with _serve(tmp_path / "www", _Handler) as served:
+        yield served
+
+
+USER, PASSWORD = "alice", "s3cr3t-Pw"
+
+
+class _AuthHandler(_Handler):
+    """Serves only requests that carry HTTP basic auth for USER:PASSWORD (401 otherwise)."""
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        if self.headers.get("Authorization") != expected:
+            type(self).requests.append(f"401 {self.path}")
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="weights"')
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def auth_http_root(tmp_path):
+    """Like http_root, behind basic auth; yields (root dir, base URL with USER:PASSWORD@ in it, request log)."""
+    with _serve(tmp_path / "www-auth", _AuthHandler) as (root, base, requests):
+        yield root, base.replace("http://", f"http://{USER}:{PASSWORD}@"), requests
 
 
 def test_http_download_verified_and_cached(http_root, tmp_path, tiny_pth):
@@ -180,12 +215,16 @@ def test_http_download_verified_and_cached(http_root, tmp_path, tiny_pth):
     assert files_under(cache) == [path]  # no temp files left
     assert resolve_checkpoint(url, cache_dir=cache, sha256=sha(data)) == path
     assert len(requests) == 1  # the second call was a cache hit
-    # a corrupted cached copy is detected and fetched again
+    # a cached copy whose digest disagrees is reported and KEPT: it may be the only copy on an offline machine
     path.write_bytes(b"garbage")
-    assert resolve_checkpoint(url, cache_dir=cache, sha256=sha(data)).read_bytes() == data
-    assert len(requests) == 2
-    # and load_sam goes through the same path
+    with pytest.raises(ChecksumMismatchError) as info:
+        resolve_checkpoint(url, cache_dir=cache, sha256=sha(data))
+    assert info.value.found == sha(b"garbage") and info.value.path == str(path)
+    assert path.read_bytes() == b"garbage" and len(requests) == 1  # kept, and nothing downloaded over it
+    # deleting it is how a user asks for a fresh download; then load_sam goes through the same path
+    path.unlink()
     assert isinstance(load_sam(url, cache_dir=cache), torch.nn.Module)
+    assert len(requests) == 2
 
 
 def test_http_checksum_mismatch_leaves_the_cache_clean(http_root, tmp_path):
@@ -196,8 +235,9 @@ def test_http_checksum_mismatch_leaves_the_cache_clean(http_root, tmp_path):
     with pytest.raises(ValueError) as info:
         resolve_checkpoint(f"{base}/x.pth", cache_dir=cache, sha256=wrong)
     msg = str(info.value)
-    assert f"expected sha256 {wrong}" in msg and f"got {sha(b'not the weights')}" in msg
-    assert files_under(cache) == []
+    assert f"expected sha256 {wrong}" in msg and f"found {sha(b'not the weights')}" in msg
+    assert "download was discarded" in msg
+    assert files_under(cache) == []  # our own partial download is not kept
 
 
 def test_http_404_is_reported(http_root, tmp_path):
@@ -230,6 +270,104 @@ def test_pre_seeded_cache_needs_no_network(tmp_path, tiny_pth):
     assert resolve_checkpoint(url, cache_dir=tmp_path, sha256=sha(tiny_pth.read_bytes())) == target
 
 
+def test_pre_seeded_official_checkpoint_with_another_digest_is_kept_and_can_be_accepted(tmp_path, tiny_pth):
+    """An offline machine with a file pre-seeded where the official vit_b URL is cached, whose digest is not the
+    pinned one (here: the tiny test model). Verification is on by default for official URLs, so loading refuses it;
+    the file must survive (it used to be deleted before a download that cannot happen offline), the message must
+    say both digests and the path, and sha256="skip" must accept it."""
+    target = cache_path_for(SAM_URLS["vit_b"], cache_dir=tmp_path)
+    target.parent.mkdir(parents=True)
+    data = tiny_pth.read_bytes()
+    target.write_bytes(data)
+    with pytest.raises(ChecksumMismatchError) as info:
+        load_sam("vit_b", cache_dir=tmp_path)
+    msg = str(info.value)
+    assert f"expected sha256 {SAM_SHA256['vit_b']}, found {sha(data)}" in msg and str(target) in msg
+    assert "the file was kept" in msg and "--sam-sha256 skip" in msg
+    assert "pre-seed" not in msg  # not the misleading "cannot reach ... pre-seed the cache" of a failed re-download
+    assert target.read_bytes() == data
+    sam = load_sam("vit_b", cache_dir=tmp_path, sha256="skip")
+    assert torch.equal(sam.state_dict()["image_encoder.pos_embed"],
+                       torch.load(tiny_pth, weights_only=True)["image_encoder.pos_embed"])
+    assert files_under(tmp_path) == [target]
+
+
+@pytest.mark.parametrize("value", ["0" * 63, "g" * 64, "yes", ""])
+def test_sha256_option_is_validated(value, tiny_pth):
+    from job.config import JobConfig
+
+    with pytest.raises(ValueError, match="64 hex digits .* 'skip'"):
+        resolve_checkpoint(tiny_pth, sha256=value)
+    with pytest.raises(ValueError, match="sam_sha256 must be 64 hex digits"):
+        JobConfig(input="in", output="out", prompts="p", sam_sha256=value)
+    JobConfig(input="in", output="out", prompts="p", sam_sha256="skip")
+    JobConfig(input="in", output="out", prompts="p", sam_sha256="AB" * 32)
+
+
+def test_cli_help_and_config_take_sam_sha256_skip():
+    from job.__main__ import build_parser, config_from_args
+
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["run"].format_help()
+    assert "--sam-sha256 HEX|skip" in help_text and "kept, never deleted" in " ".join(help_text.split())
+    args = parser.parse_args(["run", "--input", "in", "--output", "out", "--prompts", "p", "--sam-sha256", "skip"])
+    assert config_from_args(args).sam_sha256 == "skip"
+
+
+# ------------------------------------------------------------------------------------- credentials in checkpoint URLs
+
+
+def test_basic_auth_url_downloads_and_never_shows_the_password(auth_http_root, tmp_path, tiny_pth):
+    """A checkpoint URL with user:password@: the credentials are sent as basic auth, the cache path holds neither
+    the password nor the user name, and no error message (404, checksum, wrong password, unreachable) quotes the
+    password."""
+    root, base, requests = auth_http_root
+    data = tiny_pth.read_bytes()
+    (root / "sam.pth").write_bytes(data)
+    cache = tmp_path / "cache"
+    path = resolve_checkpoint(f"{base}/sam.pth", cache_dir=cache, sha256=sha(data))
+    assert path.read_bytes() == data and requests == ["/sam.pth"]
+    assert files_under(cache) == [path]
+    for p in [path, *path.parents]:
+        assert PASSWORD not in p.name and USER not in p.name, path
+    assert path == cache_path_for(f"{base}/sam.pth", cache_dir=cache)
+    assert isinstance(load_sam(f"{base}/sam.pth", cache_dir=cache), torch.nn.Module)  # a cache hit
+    failures = {
+        "404": lambda: resolve_checkpoint(f"{base}/missing.pth", cache_dir=cache),
+        "checksum": lambda: resolve_checkpoint(f"{base}/sam.pth", cache_dir=tmp_path / "c2", sha256="0" * 64),
+        "cached checksum": lambda: resolve_checkpoint(f"{base}/sam.pth", cache_dir=cache, sha256="0" * 64),
+        "wrong password": lambda: resolve_checkpoint(base.replace(PASSWORD, "nope") + "/sam.pth",
+                                                     cache_dir=tmp_path / "c2"),
+        "unreachable": lambda: resolve_checkpoint(f"http://{USER}:{PASSWORD}@127.0.0.1:9/x.pth", cache_dir=cache),
+        "bad scheme": lambda: resolve_checkpoint(f"ftp://{USER}:{PASSWORD}@host/x.pth", cache_dir=cache),
+        "s3 with keys": lambda: resolve_checkpoint(f"s3://AKIAIOSFODNN7EXAMPLE:{PASSWORD}@bucket/x.pth",
+                                                   cache_dir=cache),
+    }
+    for name, call in failures.items():
+        with pytest.raises(Exception) as info:
+            call()
+        assert PASSWORD not in str(info.value) and "***" in str(info.value), (name, str(info.value))
+        assert not any(PASSWORD in str(p) for p in tmp_path.rglob("*")), name
+    assert "HTTP 404" in str(pytest.raises(CheckpointUnavailableError, failures["404"]).value)
+    assert "HTTP 401" in str(pytest.raises(CheckpointUnavailableError, failures["wrong password"]).value)
+    assert files_under(tmp_path / "c2") == []
+
+
+def test_query_secrets_and_tokens_stay_out_of_cache_paths(tmp_path):
+    presigned = ("https://b.s3.amazonaws.com/models/sam.pth?X-Amz-Credential=AKIDX%2F2024&X-Amz-Signature=abcdef0123"
+                 "&X-Amz-Security-Token=IQoJb3JpZ2lu")
+    token = "https://ghp_0123456789abcdef@host.example/sam.pth"
+    for uri in (presigned, token):
+        path = cache_path_for(uri, cache_dir=tmp_path)
+        text = str(path.relative_to(tmp_path))
+        assert not any(s in text for s in ("abcdef0123", "IQoJb3JpZ2lu", "AKIDX", "ghp_0123456789abcdef")), text
+    # the same host and path with other credentials: another user's cache folder, the same file name
+    a = cache_path_for("https://alice:pw1@host.example/sam.pth", cache_dir=tmp_path)
+    assert a == cache_path_for("https://alice:pw2@host.example/sam.pth", cache_dir=tmp_path)
+    assert a != cache_path_for("https://bob:pw1@host.example/sam.pth", cache_dir=tmp_path)
+    assert a.name == "sam.pth" and a.parent.name.startswith("host.example_user-")
+
+
 # ---------------------------------------------------------------------------------------------------------- S3
 
 
@@ -254,7 +392,7 @@ def test_s3_checksum_mismatch_and_missing_key(s3_env, tmp_path):
     bucket = s3_env.make_bucket("ckpt-bad")
     s3_env.client().put_object(Bucket=bucket, Key="x.pth", Body=b"abc")
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match=f"got {sha(b'abc')}"):
+    with pytest.raises(ValueError, match=f"found {sha(b'abc')}"):
         resolve_checkpoint(f"s3://{bucket}/x.pth", cache_dir=cache, sha256="0" * 64)
     assert files_under(cache) == []
     with pytest.raises(FileNotFoundError, match="does not exist"):

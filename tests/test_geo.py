@@ -33,6 +33,7 @@ import pytest
 
 from finedetail import geo as fg
 from finedetail import tiling
+from finedetail.postprocess import _morphology, one_class_per_pixel
 from finedetail.tiling import Window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,12 +400,15 @@ def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(t
     (tmp_path / "in").mkdir()
     write_geotiff(tmp_path / "in" / "s.tif", data, nodata=0)
     cfg = _cfg(input=str(tmp_path / "in"), output=str(tmp_path / "out"), prompts="p", window=256,
-               window_overlap=32, window_pixels=256 * 256, vector="gpkg", vector_tolerance=0.0)
+               window_overlap=32, window_pixels=256 * 256, vector="gpkg", vector_tolerance=0.0,
+               post={"threshold": 0.6})
     info = scene_info(cfg, "s.tif")
     assert info.masked and info.hw == (h, w) and info.stretch.identity
     wins = fg.plan_windows(info.hw, window=256, overlap=32, window_pixels=cfg.window_pixels)
     yy, xx = np.mgrid[:h, :w]
-    truth = np.clip(1.2 - np.hypot(yy - 400, xx - 500) / 200, 0, 1)  # a soft disc
+    truth = np.clip(1.2 - np.hypot(yy - 400, xx - 500) / 200, 0, 1)  # a soft disc across the 512-px block seams
+    truth[510:514, 510:514] = 0  # a 16-px hole on the corner of four output blocks: filled (hole_area 64)
+    truth[510:513, 700:703] = 1  # a 9-px speck across a block seam: removed (island_area 16)
     out = open_storage(cfg.output)[0]
     rng = np.random.default_rng(1)
     maps = {}
@@ -412,7 +416,7 @@ def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(t
         maps[win] = np.clip(np.rint((truth[win.slices] + rng.normal(0, 0.02)) * 255), 0, 255).astype(np.uint8)[None]
         write_bytes_atomic(out, window_prob_key("s.tif", win), encode_window_prob(maps[win]))
     res = stitch_scene(cfg, info, wins)
-    want = tiling.stitch((h, w), wins, [maps[x][0] / 255.0 for x in wins], overlap=32)
+    want = tiling.stitch((h, w), wins, [maps[x][0] / 255.0 for x in wins], overlap=32).astype(np.float32)
     valid = np.ones((h, w), bool)
     valid[:100, :150] = False
     root = tmp_path / "out"
@@ -424,9 +428,12 @@ def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(t
         mask = m.read(1)
         prob = p.read(1)
     assert set(np.unique(mask)) <= {0, 255}
-    np.testing.assert_array_equal(mask > 0, (want >= 0.5) & valid)
+    expected = _morphology((want >= np.float32(0.6)) & valid, cfg.pipeline.post) & valid
+    np.testing.assert_array_equal(mask > 0, expected)  # post.threshold and the post morphology, as on an image
+    assert (mask[510:514, 510:514] > 0).all() and not (mask[510:513, 700:703] > 0).any()
+    assert not np.array_equal(expected, (want >= 0.5) & valid)
     assert np.abs(prob.astype(int) - np.rint(want * 255) * valid).max() <= 1
-    assert res["mask_area"] == int(((want >= 0.5) & valid).sum())
+    assert res["mask_area"] == int(expected.sum())
     assert res["max_windows_held"] <= 9  # 512-px blocks, 224-px stride: at most 3 x 3 windows, never all 20
     from rasterio.features import rasterize
 
@@ -456,8 +463,9 @@ def test_scene_without_georeferencing_gets_the_image_paths_png_files(tmp_path, c
         write_bytes_atomic(out, window_prob_key("p.png", w), encode_window_prob(maps[w]))
     stitch_scene(cfg, info, wins)
     want = np.stack([tiling.stitch(info.hw, wins, [maps[w][c] / 255.0 for w in wins], overlap=16)
-                     for c in range(len(classes))])
-    masks = fg.masks_from_probs(want)
+                     for c in range(len(classes))]).astype(np.float32)
+    masks = np.stack([_morphology(want[c] >= 0.5, cfg.pipeline.post) for c in range(len(classes))])
+    masks = one_class_per_pixel(masks, want)  # post-processed per class, then one class per pixel (as fuse does)
     root = tmp_path / "out"
     if len(classes) == 1:
         np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "p.png")), masks[0] * np.uint8(255))
@@ -656,6 +664,78 @@ def _small_scene(root: Path):
     valid = np.ones(mask.shape, bool)
     valid[1500:, :400] = False
     return mask, valid
+
+
+def _post_scene(h: int = 600, w: int = 700):
+    """An RGB image and a coarse mask that post-processing changes, every change across an output-block seam
+    (512 px) and, at 256-px windows, across window seams: a 16-px hole (filled), a 9-px speck (removed), a body
+    with a 1-px wire hanging on it that crosses both seams (kept), a free-standing 1-px wire (removed by the
+    opening), a 1-px gap in a thick bar (closed) and a 400-px hole (kept)."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(40, 90, (h, w, 3), dtype=np.uint8)
+    m = np.zeros((h, w), bool)
+    m[430:600, 430:600] = True  # body across the block corner (512, 512)
+    m[510:514, 510:514] = False  # 16-px hole on that corner
+    m[470:490, 470:490] = False  # 400-px hole: kept
+    m[511:514, 640:643] = True  # 9-px speck across the y = 512 seam
+    m[300, 100:590] = True  # 1-px wire ...
+    m[300:430, 589] = True  # ... hanging on the body
+    m[150, 60:690] = True  # free-standing 1-px wire across the x = 512 seam and window seams
+    m[20:40, 300:700] = True
+    m[20:40, 515] = False  # a 1-px gap in a bar, on a block seam: closed
+    image[m] = (200, 60, 40)
+    return image, m
+
+
+@pytest.mark.parametrize("case", ["windows", "one-window"])
+def test_raster_path_post_processes_like_the_image_path(ray_local, tmp_path, monkeypatch, case):
+    """The same pixels through the image path and the raster path give the same mask. "windows": a plain TIFF
+    forced onto the raster path by window_pixels (3 x 3 windows of 256 px; guided filter off, so every window's
+    fused map is exactly the image's); "one-window": a GeoTIFF at or under window_pixels (one window) against the
+    same pixels as a PNG, guided filter on. Before, the raster path thresholded at 0.5 and skipped the morphology:
+    the hole stayed open and the speck and the free wire stayed."""
+    from PIL import Image
+
+    import job.geo as jg
+    from finedetail.codecs import encode_png
+    from job.run import run_job
+
+    image, coarse = _post_scene()
+    (tmp_path / "coarse").mkdir()
+    (tmp_path / "coarse" / "scene.png").write_bytes(encode_png(coarse.astype(np.uint8) * 255))
+    for d in ("img", "geo"):
+        (tmp_path / d).mkdir()
+    knobs = dict(coarse=str(tmp_path / "coarse"), refine={"enabled": False}, overlays=False)
+    if case == "windows":
+        Image.fromarray(image).save(tmp_path / "img" / "scene.tif")  # plain 8-bit RGB TIFF: the image path
+        os.link(tmp_path / "img" / "scene.tif", tmp_path / "geo" / "scene.tif")
+        knobs["post"] = {"guided": False}
+        raster = dict(window=256, window_overlap=32, window_pixels=256 * 256)
+    else:
+        (tmp_path / "img" / "scene.png").write_bytes(encode_png(image))
+        write_geotiff(tmp_path / "geo" / "scene.tif", np.moveaxis(image, -1, 0))
+        raster = {}
+    masks = {}
+    for d, extra in (("img", {}), ("geo", raster)):
+        out = tmp_path / f"out-{d}"
+        monkeypatch.setattr(jg, "grid_offset", (0, 0))
+        buf = io.StringIO()
+        summary = run_job(_cfg(input=str(tmp_path / d), output=str(out), **knobs, **extra), out=buf)
+        assert summary["ok"] == 1, buf.getvalue()
+        windowed = (out / "_windows").exists()
+        assert windowed == (d == "geo"), d  # each run took the path it was meant to
+        found = [p for p in (out / "masks").iterdir()]
+        assert len(found) == 1, found
+        with rasterio.open(found[0]) as ds:
+            masks[d] = ds.read(1) > 0
+    if case == "windows":
+        n_windows = len(list((tmp_path / "out-geo" / "_windows" / "scene").glob("*_*.png")))
+        assert n_windows == len(fg.plan_windows((600, 700), window=256, overlap=32, window_pixels=1)) == 9
+    np.testing.assert_array_equal(masks["geo"], masks["img"])
+    got = masks["geo"]
+    assert got[510:514, 510:514].all() and not got[470:490, 470:490].any()  # small hole filled, big one kept
+    assert not got[511:514, 640:643].any() and not got[150].any()  # speck and free-standing wire removed
+    assert got[300, 100:590].all() and got[20:40, 515].all()  # the hanging wire kept, the gap closed
 
 
 def test_multiband_16_bit_scene_with_nodata_and_resume_per_window(ray_local, tmp_path, monkeypatch):

@@ -306,11 +306,21 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
         ("Authorization: AWS4-HMAC-SHA256 Credential=xyz, Signature=fedcba", "fedcba"),
         ("http://user:hunter22@proxy:8080/", "hunter22"),
         ("session_token: IQoJb3JpZ2luX2VjEH", "IQoJb3JpZ2luX2VjEH"),
+        ("cannot reach https://ghp_0123456789abcdefXYZ@host/sam.pth (HTTP 404)", "ghp_0123456789abcdefXYZ"),
+        ("https://acct.blob.core.windows.net/c/sam.pth?sv=2022-11-02&sig=Zm9vYmFyYmF6%3D", "Zm9vYmFyYmF6"),
+        ("https://d1.cloudfront.net/sam.pth?Expires=1&Policy=eyJTdGF0ZW1lbnQi&Key-Pair-Id=K2JCJMDEHXQW5F",
+         "eyJTdGF0ZW1lbnQi"),
     ],
 )
 def test_redact_patterns(text, gone):
     out = redact(text)
     assert gone not in out and "***" in out
+
+
+def test_redact_is_the_library_function():
+    from finedetail.redaction import redact as library_redact
+
+    assert redact is library_redact  # one implementation: the checkpoint loader and the job mask the same way
 
 
 def test_redact_env_values(monkeypatch):
@@ -417,6 +427,48 @@ def test_read_uri_and_check_writable_local(tmp_path):
         read_uri(str(tmp_path / "missing.yaml"))
     check_writable(str(tmp_path / "new/out"))
     assert all_files(tmp_path) == ["my dir/job.yaml"]
+
+
+def test_symlinks_are_followed_only_inside_the_root(tmp_path):
+    """Inputs: a linked file whose target is outside the root is not read; a link to a file of the same root is, and
+    so is everything under a root that is itself a link. Outputs: nothing is written or deleted through a linked
+    folder that leads outside the root; a linked folder inside it works. A named config file is followed anywhere."""
+    outside, real_in, out = tmp_path / "outside", tmp_path / "real-in", tmp_path / "out"
+    for d in (outside, real_in / "sub", out):
+        d.mkdir(parents=True)
+    (outside / "secret.png").write_bytes(b"not yours")
+    (real_in / "sub/a.png").write_bytes(b"a")
+    os.symlink(outside / "secret.png", real_in / "escape.png")
+    os.symlink("sub/a.png", real_in / "inside.png")  # relative, stays inside
+    os.symlink(outside, real_in / "escape-dir")
+    os.symlink(real_in, tmp_path / "in")  # the root itself is a link
+    storage = open_storage(str(tmp_path / "in"))[0]
+    assert read_bytes(storage, "inside.png") == b"a" and read_bytes(storage, "sub/a.png") == b"a"
+    for key in ("escape.png", "escape-dir/secret.png"):
+        with pytest.raises(StorageError, match="outside the root") as info:
+            read_bytes(storage, key)
+        assert str(outside / "secret.png") in str(info.value) and info.value.attempts == 0  # permanent, not retried
+    assert "escape.png" in list_files(storage)  # listed, so the job accounts for it as an error row
+    # outputs
+    os.symlink(outside, out / "masks")
+    (out / "probs-real").mkdir()
+    os.symlink(out / "probs-real", out / "probs")
+    ostore = open_storage(str(out))[0]
+    with pytest.raises(StorageError, match="outside the root"):
+        write_bytes_atomic(ostore, "masks/a/b.png", b"x")
+    with pytest.raises(StorageError, match="outside the root"):
+        delete(ostore, "masks/secret.png")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]  # nothing written or deleted there
+    write_bytes_atomic(ostore, "probs/a.png", b"p")
+    assert (out / "probs-real/a.png").read_bytes() == b"p"
+    # a link at the file itself is replaced, never written through
+    os.symlink(outside / "secret.png", out / "c.png")
+    write_bytes_atomic(ostore, "c.png", b"c")
+    assert not (out / "c.png").is_symlink() and (outside / "secret.png").read_bytes() == b"not yours"
+    # --config names one file: followed wherever it points
+    (outside / "job.yaml").write_bytes(b"a: 1\n")
+    os.symlink(outside / "job.yaml", real_in / "job.yaml")
+    assert read_uri(str(real_in / "job.yaml")) == b"a: 1\n"
 
 
 def test_local_round_trip(tmp_path):

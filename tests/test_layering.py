@@ -34,6 +34,8 @@ PURE = [
     "finedetail.selective",
     "finedetail.instances",
     "finedetail.geo",
+    "finedetail.redaction",
+    "finedetail.blockmorph",
 ]
 
 
@@ -55,3 +57,30 @@ def test_finedetail_never_imports_ray():
     offenders = [str(p) for p in root.rglob("*.py")
                  if any(line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines())]
     assert offenders == []
+
+
+def test_every_traceback_the_job_logs_is_redacted():
+    """A traceback quotes the failing call's arguments and messages (a checkpoint URL with user:password@, a
+    presigned query): every ``traceback.format_exc()`` / ``format_exception`` in job/ must sit inside ``redact(...)``,
+    and no log call may hand Python a raw traceback to print (``exc_info=``, ``log.exception``)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "job"
+    raw = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        inside_redact: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "redact":
+                inside_redact |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            where = f"{path.relative_to(root.parent)}:{node.lineno}"
+            if name in ("format_exc", "format_exception", "format_tb", "print_exc") and id(node) not in inside_redact:
+                raw.append(f"{where} {name}() outside redact()")
+            if name == "exception" or any(k.arg == "exc_info" for k in node.keywords):
+                raw.append(f"{where} logs a raw traceback")
+    assert raw == []

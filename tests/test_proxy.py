@@ -122,6 +122,9 @@ def test_protocol_conformance_and_pass_counting():
     seg.set_prompts([PromptPair(imgs[0], np.ones((64, 96), bool))])
     maps = seg.predict(imgs[:2])
     assert seg.encoder_passes == 2
+    seg.set_prompts([PromptPair(imgs[0], np.ones((64, 96), bool))] * 3)
+    seg.predict(imgs[:1])
+    assert seg.encoder_passes == 2 + 3  # like SegGPT: one pass per (prompt, target) pair
     assert [m.shape for m in maps] == [(1, 64, 96)] * 2 and all(m.dtype == np.float32 for m in maps)
 
 

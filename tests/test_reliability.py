@@ -175,13 +175,15 @@ def _write_bad_inputs(sandbox: Path) -> Path:
     for raw in HOSTILE_BYTES:
         with open(os.fsencode(src) + b"/" + raw, "wb") as f:
             f.write(files["good/scene0.png"])
-    # symlinks: a file outside the input root (read, its outputs land inside --output like any input), a folder
-    # outside (not followed: its files are not inputs), a dangling link (an error row)
+    # symlinks (followed only inside the input root): a file outside the root (not read: an error row saying why),
+    # a file inside it (read like any input), a folder outside (not followed: its files are not inputs), a dangling
+    # link (an error row)
     outside.mkdir()
     (outside / "scene.png").write_bytes(_png(_scene(3).image))
     (outside / "not-an-input.png").write_bytes(_png(_scene(6).image))
     (src / "links").mkdir()
     os.symlink(outside / "scene.png", src / "links/outside.png")
+    os.symlink("../good/scene0.png", src / "links/inside.png")
     os.symlink(outside, src / "links/dir")
     os.symlink(outside / "missing.png", src / "links/dangling.png")
     # sanity of the generated files themselves
@@ -231,14 +233,16 @@ def test_bad_inputs_become_error_rows_with_clear_messages(bad_run):
     assert "refused before decoding" in rows["bad/over-max-pixels.png"]["error"]
     assert "1001x1000" in rows["bad/over-max-pixels.png"]["error"]
     assert "truncated" not in rows["bad/bomb-100000x100000.png"]["error"]
-    assert rows["links/dangling.png"]["status"] == "error" and "not found" in rows["links/dangling.png"]["error"]
+    for link in ("links/dangling.png", "links/outside.png"):  # both lead outside the input root
+        assert rows[link]["status"] == "error" and "outside the root" in rows[link]["error"], rows[link]
+        assert not (bad_run["out"] / "masks" / (os.path.splitext(link)[0] + ".png")).exists()
     # the run printed each error with its key
     assert "error bad/empty.png: ImageDecodeError: image: empty input" in bad_run["log"]
 
 
 def test_odd_but_valid_inputs_succeed_in_the_displayed_orientation(bad_run):
     out, rows = bad_run["out"], {r["key"]: r for r in bad_run["rows"]}
-    for key, (h, w) in {**GOOD, **ODD, **SAFE_ODD, "links/outside.png": SIZE}.items():
+    for key, (h, w) in {**GOOD, **ODD, **SAFE_ODD, "links/inside.png": SIZE}.items():
         r = rows[key]
         assert r["status"] == "ok" and r["error"] == "", (key, r["error"])
         assert (r["height"], r["width"]) == (h, w), key
@@ -259,9 +263,9 @@ def test_odd_but_valid_inputs_succeed_in_the_displayed_orientation(bad_run):
 
 def test_one_bad_batch_does_not_stop_the_rest(bad_run):
     s = bad_run["summary"]
-    expected_ok = len(GOOD) + len(ODD) + len(SAFE_ODD) + 1 + 3  # + links/outside.png, crash/{a,c,d}
-    expected_err = len(BAD) + 1 + len(HOSTILE) + len(HOSTILE_BYTES) + len(CRAFTED) + 2  # + links/dangling.png,
-    # crash/b-always.png and crash/e-decoder.png
+    expected_ok = len(GOOD) + len(ODD) + len(SAFE_ODD) + 1 + 3  # + links/inside.png, crash/{a,c,d}
+    expected_err = len(BAD) + 2 + len(HOSTILE) + len(HOSTILE_BYTES) + len(CRAFTED) + 2  # + links/dangling.png,
+    # links/outside.png, crash/b-always.png and crash/e-decoder.png
     assert (s["ok"], s["errors"]) == (expected_ok, expected_err), bad_run["log"]
     keys = [r["key"] for r in bad_run["rows"]]
     assert len(keys) == len(set(keys)) == expected_ok + expected_err  # every input accounted for, once
@@ -471,6 +475,121 @@ def test_permanent_write_failure_fails_the_job_and_claims_nothing(ray_local, tmp
     for r in read_manifest_rows(out):
         assert r["status"] != "ok", r  # no row claims outputs that could not be written
     assert (out / "masks").read_text().startswith("a file")
+
+
+# =====================================================================================================================
+# A model that cannot be built ends the job in bounded time with the constructor's error (Ray alone restarts the
+# actor for ever), and an output folder linked outside --output fails the job without writing there.
+# =====================================================================================================================
+
+
+def _small_job(tmp_path: Path, n: int = 3) -> tuple[Path, Path, Path]:
+    """(input folder with n scenes, prompts, output path)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(n):
+        (src / f"img_{i}.png").write_bytes(_png(_scene(i).image))
+    write_prompts(tmp_path / "prompts")
+    return src, tmp_path / "prompts", tmp_path / "out"
+
+
+def test_corrupt_checkpoint_fails_the_job_with_its_error_instead_of_restarting_for_ever(tmp_path, tiny_weights):
+    """The default backend with a truncated SAM checkpoint, through the command line with its own Ray (CPU only, so
+    the chained actor): its constructor raises on every restart; after max_tries builds the job ends with exit
+    status 1 and ONE line naming the stage and the constructor's error. A hang fails the test after 300 s."""
+    src, prompts, out = _small_job(tmp_path)
+    corrupt = tmp_path / "sam_truncated.pth"
+    data = Path(tiny_weights["sam"]).read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    ray_tmp = _ray_tmp()
+    proc = _start_driver(["--input", str(src), "--prompts", str(prompts), "--output", str(out), "--backend",
+                          "seggpt-sam", "--sam-checkpoint", str(corrupt), "--seggpt-checkpoint",
+                          tiny_weights["seggpt"], "--device", "cpu", "--scales", "1", "--tta", "identity", "--no-crop",
+                          "--set", "max_tries=2"], ray_tmp)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("the job did not end: the actor is being restarted for ever?\n" + stderr[-3000:])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 1, stdout + stderr[-3000:]
+    failed = [line for line in stderr.splitlines() if line.startswith("finedetail: failed:")]
+    assert len(failed) == 1, stderr[-3000:]
+    assert failed[0].startswith("finedetail: failed: job failed after 0 of 3 images were done: refiner: cannot "
+                                f"build the model (ValueError: cannot read {corrupt} as a SAM checkpoint"), failed[0]
+    assert "2 failed attempt(s), max_tries=2" in failed[0]
+    assert "finedetail: done" not in stdout
+    assert not (out / "_attempts").exists() and read_manifest_rows(out) == []
+
+
+def test_actor_killed_while_building_its_model_fails_the_job(ray_local, tmp_path, monkeypatch):
+    """A coarse actor whose process dies while building its model (an OOM kill; here the test hook's os._exit),
+    one pool per stage (the session's Ray has a GPU): max_tries deaths, then JobFailed saying so."""
+    from job.run import JobFailed, run_job
+
+    src, prompts, out = _small_job(tmp_path)
+    cfg = _cfg(input=str(src), prompts=str(prompts), output=str(out), max_tries=2, **MINIMAL)
+    monkeypatch.setenv("FINEDETAIL_TEST_INIT_FAIL", json.dumps({"stage": "coarse", "how": "exit"}))
+    with pytest.raises(JobFailed) as info:
+        run_job(cfg, out=io.StringIO())
+    message = str(info.value)
+    assert "coarse: cannot build the model (the process died with no Python error" in message, message
+    assert "2 failed attempt(s), max_tries=2" in message and "\n" not in message
+    assert not (out / "_attempts").exists()
+
+
+def test_model_builds_are_retried_in_place_and_counted_per_actor(tmp_path, monkeypatch):
+    """build_bounded without Ray: the actor id it keys its note on is pinned (the seam), the note storage is real.
+    A build that raises once is retried and succeeds (note removed); one that always raises gives up after max_tries
+    with its own error; an actor whose earlier attempts all died (the note says so) does not try again."""
+    from job import stages
+
+    monkeypatch.setattr(stages, "_actor_id", lambda: "actor-1")
+    monkeypatch.setattr(stages.time, "sleep", lambda s: None)
+    log = stages.AttemptLog(output=str(tmp_path / "out"), run_id="r1", max_tries=3)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("network blip")
+        return "model"
+
+    assert stages.build_bounded(log, "coarse", flaky) == ("model", None) and len(calls) == 2
+    assert jio.list_files(log.storage, "_attempts", extensions=None) == []
+
+    def broken():
+        calls.append(1)
+        raise ValueError("cannot read https://u:hunter22@host/sam.pth as a SAM checkpoint\nmore lines")
+
+    calls.clear()
+    model, error = stages.build_bounded(log, "refine-scale1", broken)
+    assert model is None and len(calls) == 3
+    assert error == ("refine-scale1: cannot build the model (ValueError: cannot read https://u:***@host/sam.pth as a "
+                     "SAM checkpoint); 3 failed attempt(s), max_tries=3. Fix the cause and re-run the same command")
+    calls.clear()
+    log.set(log.marker("init-crop", "actor", ["actor-1"]), 3)  # three restarts that died while building
+    model, error = stages.build_bounded(log, "crop", broken)
+    assert model is None and calls == [] and "the process died with no Python error" in error
+
+
+def test_output_folder_linked_outside_the_output_fails_the_job_and_writes_nothing_there(ray_local, tmp_path):
+    from job.run import JobFailed, run_job
+
+    src, prompts, out = _small_job(tmp_path, 2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    os.symlink(elsewhere, out / "masks")
+    with pytest.raises(JobFailed) as info:
+        run_job(_cfg(input=str(src), prompts=str(prompts), output=str(out), **MINIMAL), out=io.StringIO())
+    assert "cannot write" in str(info.value) and "outside the root" in str(info.value), str(info.value)
+    assert list(elsewhere.iterdir()) == []
+    assert all(r["status"] != "ok" for r in read_manifest_rows(out))
 
 
 # =====================================================================================================================

@@ -8,7 +8,9 @@ Two roles, mirroring the method (DESIGN.md steps 1-2):
   once per image; ``refine`` answers any number of component prompts against one encoding, batched.
 
 All maps are float32 probabilities in [0, 1] in the frame of the image that was passed in. Both roles count their
-encoder passes in ``encoder_passes`` (the method's cost unit), incremented by the number of images encoded.
+encoder passes in ``encoder_passes`` (the method's cost unit): the number of full encoder forwards they ran, one per
+row of every batch the network saw (a refiner: one per image encoded; SegGPT: one per (prompt, target) pair, i.e. P per
+target with P prompts).
 """
 
 from __future__ import annotations

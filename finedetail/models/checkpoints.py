@@ -1,17 +1,24 @@
 """Find, fetch, verify and load model weights (SAM ``.pth`` files, SegGPT ``save_pretrained`` directories).
 
 URIs: a local path, ``file://PATH``, ``s3://bucket/key`` (boto3; honours ``AWS_ENDPOINT_URL_S3`` /
-``AWS_ENDPOINT_URL``, path-style addressing for custom endpoints), ``https://`` / ``http://`` (urllib). Remote files
-land in a cache directory (``$FINEDETAIL_CACHE``, else ``~/.cache/finedetail``) under a readable path derived from
-the URI, so a machine without network can be pre-seeded by copying the file there. Downloads go to a temporary file
-in the destination directory, are checked against an expected SHA-256 when one is known, and are moved into place
-with ``os.replace``; a failed or mismatching download leaves nothing behind.
+``AWS_ENDPOINT_URL``, path-style addressing for custom endpoints), ``https://`` / ``http://`` (urllib; a
+``user:password@`` in the URL is sent as HTTP basic auth, never to a host it redirects to). Remote files land in a
+cache directory (``$FINEDETAIL_CACHE``, else ``~/.cache/finedetail``) under a readable path derived from the URI
+(credentials never appear in it), so a machine without network can be pre-seeded by copying the file there.
+Downloads go to a temporary file in the destination directory, are checked against an expected SHA-256 when one is
+known, and are moved into place with ``os.replace``; a failed or mismatching download leaves nothing behind.
+
+A file that is already there (a local path, or a cached file the user may have pre-seeded) is never deleted or
+replaced: when its digest disagrees with the expected one, the error says both digests and the path, and
+``sha256="skip"`` (``--sam-sha256 skip``) accepts the file knowingly. Every message that quotes a URI goes through
+``finedetail.redaction.redact``.
 
 torch / transformers / boto3 are imported inside the functions that need them: importing this module is cheap.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -23,12 +30,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from finedetail.redaction import redact
+
 __all__ = [
+    "ChecksumMismatchError",
     "CheckpointUnavailableError",
     "DEFAULT_SEGGPT",
     "SEGGPT_DEFAULT",
     "SAM_SHA256",
     "SAM_URLS",
+    "SKIP_SHA256",
+    "check_sha256_option",
     "cache_path_for",
     "default_cache_dir",
     "file_sha256",
@@ -47,10 +59,13 @@ SAM_URLS: dict[str, str] = {
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
-#: SHA-256 of those files. Meta does not publish them; these are the values that many independent projects pin
-#: (e.g. micro-sam's checksum table and several Dockerfiles that run ``sha256sum -c``) and they agree with each
-#: other. They were not re-computed here (no network in the build sandbox). A wrong value fails loudly (ValueError
-#: naming both digests), never silently.
+#: SHA-256 of those files, checked by default whenever one of those URLs is used (``sha256="skip"`` turns it off).
+#: Meta does not publish digests. These values were written from memory in an earlier session and could not be
+#: computed on the files here (no network to Meta's CDN); they were later compared, as text, with the tables of
+#: independent public projects (micro-sam's checksum table, a 3D Slicer SAM extension, download scripts that run
+#: ``sha256sum -c``), which pin the same three values. Until someone hashes the downloads, treat them as
+#: corroborated, not verified. A wrong value fails loudly (ChecksumMismatchError naming both digests and the file,
+#: which is kept), never silently.
 SAM_SHA256: dict[str, str | None] = {
     "vit_h": "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
     "vit_l": "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
@@ -65,8 +80,35 @@ _HTTP_TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
 
 
+#: the ``sha256`` value (``--sam-sha256 skip``) that accepts a checkpoint without checking its digest
+SKIP_SHA256 = "skip"
+
+
 class CheckpointUnavailableError(ConnectionError):
     """The weights live somewhere this machine cannot reach (network down, offline, 404, no credentials)."""
+
+
+class ChecksumMismatchError(ValueError):
+    """A checkpoint's SHA-256 is not the expected one. ``path`` (the file checked; kept when it was the user's or
+    the cache's, gone when it was our own partial download), ``expected``, ``found`` (hex digests)."""
+
+    def __init__(self, message: str, *, path: str, expected: str, found: str):
+        super().__init__(message)
+        self.path, self.expected, self.found = path, expected, found
+
+    def __reduce__(self):
+        return (self.__class__, (str(self),), dict(self.__dict__))
+
+
+def check_sha256_option(value: str | None) -> str | None:
+    """``value`` if it is None, ``"skip"`` or 64 hex digits (lower-cased), else ValueError saying what to pass."""
+    if value is None or value == SKIP_SHA256:
+        return value
+    text = str(value).strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"sam_sha256 must be 64 hex digits (sha256sum's output) or {SKIP_SHA256!r} to accept the "
+                         f"file unchecked, got {value!r}")
+    return text
 
 
 def resolve_device(device: Any = None):
@@ -110,40 +152,61 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
 def cache_path_for(uri: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where a remote ``uri`` is cached: ``CACHE/s3/BUCKET/KEY`` or ``CACHE/http/HOST/PATH`` (a query string adds a
-    short hash to the file name so different queries do not collide). Raises ValueError for local URIs."""
+    """Where a remote ``uri`` is cached: ``CACHE/s3/BUCKET/KEY`` or ``CACHE/http/HOST[_PORT]/PATH``.
+
+    Nothing secret reaches the path: a query string (presigned URLs carry their signature there) becomes a short
+    hash appended to the file name, so different queries do not collide; a ``user[:password]@`` becomes
+    ``HOST[_PORT]_user-<hash of the user name>`` (the password is not used: it says who may read the file, not
+    which file it is). Raises ValueError for local URIs and for ``s3://`` URIs with credentials in them.
+    """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "s3":
         key = parsed.path.lstrip("/")
+        if "@" in parsed.netloc:
+            raise ValueError(f"s3 URI must not carry credentials, got {redact(uri)!r}; pass them the AWS way "
+                             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role)")
         if not parsed.netloc or not key:
-            raise ValueError(f"s3 URI must be s3://BUCKET/KEY, got {uri!r}")
+            raise ValueError(f"s3 URI must be s3://BUCKET/KEY, got {redact(uri)!r}")
         return root / "s3" / parsed.netloc / _safe_relpath(key, uri)
     if parsed.scheme in ("http", "https"):
         rel = _safe_relpath(parsed.path.lstrip("/") or "index", uri)
         if parsed.query:
-            rel = f"{rel}_{hashlib.sha256(parsed.query.encode()).hexdigest()[:10]}"
-        return root / "http" / parsed.netloc.replace(":", "_") / rel
-    raise ValueError(f"no cache location for {uri!r}: expected an s3:// or http(s):// URI")
+            rel = f"{rel}_{_short_hash(parsed.query)}"
+        host = parsed.netloc.rpartition("@")[2].replace(":", "_")
+        if parsed.username is not None:
+            host = f"{host}_user-{_short_hash(urllib.parse.unquote(parsed.username))}"
+        return root / "http" / host / rel
+    raise ValueError(f"no cache location for {redact(uri)!r}: expected an s3:// or http(s):// URI")
 
 
 def _safe_relpath(key: str, uri: str) -> str:
     parts = [p for p in key.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts) or not parts:
-        raise ValueError(f"refusing URI with an empty or '..' path component: {uri!r}")
+        raise ValueError(f"refusing URI with an empty or '..' path component: {redact(uri)!r}")
     return "/".join(parts)
 
 
-def _check_sha(path: Path, expected: str | None, *, source: str) -> None:
-    if expected is None:
+def _check_sha(path: Path, expected: str | None, *, source: str, then: str) -> None:
+    """ChecksumMismatchError when ``path``'s digest is not ``expected`` (None or "skip": no check). ``then`` says
+    what became of the file and what to do, for the message."""
+    if expected is None or expected == SKIP_SHA256:
         return
     got = file_sha256(path)
     if got != expected.lower():
-        raise ValueError(
-            f"checksum mismatch for {source}: expected sha256 {expected.lower()}, got {got}; "
-            "the file is corrupt, truncated or a different version; fetch it again or pass the right sha256"
-        )
+        raise ChecksumMismatchError(
+            f"checksum mismatch for {source}: expected sha256 {expected.lower()}, found {got}; {then}",
+            path=str(path), expected=expected.lower(), found=got)
+
+
+def _mismatch_advice(sha_flag: str) -> str:
+    return (f"pass {sha_flag} with the file's real digest if it is a version you want, or {sha_flag} "
+            f"{SKIP_SHA256} to accept it unchecked")
 
 
 def resolve_checkpoint(
@@ -152,46 +215,52 @@ def resolve_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     sha256: str | None = None,
     flag: str = "--sam-checkpoint",
+    sha_flag: str = "--sam-sha256",
     s3_client: Any = None,
 ) -> Path:
     """A local path holding the file ``uri`` names, downloading it into the cache if needed.
 
     uri: local path, ``file://PATH``, ``s3://bucket/key``, ``https://...`` or ``http://...``.
-    sha256: expected hex digest, checked after every download and on every cache hit (a cached file that does not
-        match is deleted and fetched again). A local file that does not match raises ValueError and is left alone.
-    flag: the CLI option named in the error hint when the source cannot be reached.
+    sha256: expected hex digest, checked after every download, on every cache hit and on a local file; None or
+        ``"skip"``: no check. A local or cached file that does not match raises ChecksumMismatchError and is KEPT
+        (it may be the only copy on an offline machine): nothing is downloaded over it.
+    flag, sha_flag: the CLI options named in the error hints (where the file comes from, its digest).
     s3_client: a boto3 S3 client to use instead of one built from the environment.
 
-    Raises FileNotFoundError (local path or S3 key missing), ValueError (checksum mismatch; the partial download is
-    removed), CheckpointUnavailableError (network / endpoint unreachable, HTTP error): its message says which flag to
-    pass and where to pre-seed the cache.
+    Raises FileNotFoundError (local path or S3 key missing), ChecksumMismatchError (a ValueError; a mismatching
+    download is discarded, a mismatching local or cached file kept), CheckpointUnavailableError (network / endpoint
+    unreachable, HTTP error): its message says which flag to pass and where to pre-seed the cache. Messages never
+    contain credentials that were in ``uri``.
     """
     text = os.fspath(uri)
+    sha256 = check_sha256_option(sha256)
     parsed = urllib.parse.urlparse(text)
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and text[1:2] == ":"):
         path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else text).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"checkpoint {text!r} does not exist; pass an existing file, s3:// or https:// URI")
+            raise FileNotFoundError(f"checkpoint {redact(text)!r} does not exist; pass an existing file, s3:// or "
+                                    "https:// URI")
         if path.is_file():
-            _check_sha(path, sha256, source=str(path))
+            _check_sha(path, sha256, source=str(path), then=f"the file was left as it is; {_mismatch_advice(sha_flag)}")
         return path
     if parsed.scheme not in ("s3", "http", "https"):
-        raise ValueError(f"unsupported checkpoint URI scheme {parsed.scheme!r} in {text!r}; use a path, file://, "
-                         "s3://, http:// or https://")
+        raise ValueError(f"unsupported checkpoint URI scheme {parsed.scheme!r} in {redact(text)!r}; use a path, "
+                         "file://, s3://, http:// or https://")
     target = cache_path_for(text, cache_dir=cache_dir)
-    if target.is_file():
-        try:
-            _check_sha(target, sha256, source=f"cached {target}")
-            return target
-        except ValueError:
-            target.unlink()
+    if target.is_file():  # never deleted here: on an offline machine it may be a pre-seeded, only copy
+        _check_sha(target, sha256, source=f"cached {target} (for {redact(text)})",
+                   then=f"the file was kept, nothing was downloaded; {_mismatch_advice(sha_flag)}, or delete the "
+                        "file to download it again")
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fetch = _download_s3 if parsed.scheme == "s3" else _download_http
     tmp = _temp_in(target)
     try:
         kwargs = {"s3_client": s3_client} if parsed.scheme == "s3" else {}
         fetch(text, tmp, target=target, flag=flag, **kwargs)
-        _check_sha(tmp, sha256, source=text)
+        _check_sha(tmp, sha256, source=redact(text),
+                   then=f"the download was discarded; it is corrupt, truncated or another version: "
+                        f"{_mismatch_advice(sha_flag)}")
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -206,9 +275,24 @@ def _temp_in(target: Path) -> Path:
 
 
 def _unreachable(source: str, reason: object, *, target: Path, flag: str) -> CheckpointUnavailableError:
-    return CheckpointUnavailableError(
+    return CheckpointUnavailableError(redact(
         f"cannot reach {source} ({reason}); pass {flag} PATH with a local copy or pre-seed the cache at {target}"
-    )
+    ))
+
+
+def _http_request(url: str) -> urllib.request.Request:
+    """A GET for ``url`` with its ``user:password@`` (if any) moved into a basic-auth header that urllib does not
+    carry over to a redirect's target (``add_unredirected_header``)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return urllib.request.Request(url, headers={"User-Agent": "finedetail"})
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = (urllib.parse.unquote(p) for p in userinfo.partition(":"))
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=hostport)),
+                                     headers={"User-Agent": "finedetail"})
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
 
 
 def _download_http(url: str, dest: Path, *, target: Path, flag: str) -> None:
@@ -217,8 +301,8 @@ def _download_http(url: str, dest: Path, *, target: Path, flag: str) -> None:
         if attempt:
             time.sleep(0.25 * 2 ** (attempt - 1))
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": "finedetail"})
-            with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response, open(dest, "wb") as out:
+            with urllib.request.urlopen(_http_request(url), timeout=_HTTP_TIMEOUT_S) as response, \
+                    open(dest, "wb") as out:
                 shutil.copyfileobj(response, out, _CHUNK)
             return
         except urllib.error.HTTPError as exc:
@@ -258,7 +342,7 @@ def _s3_call(fn, uri: str, *, target: Path, flag: str):
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-            raise FileNotFoundError(f"{uri} does not exist ({code}); check the bucket and key") from exc
+            raise FileNotFoundError(f"{redact(uri)} does not exist ({code}); check the bucket and key") from exc
         raise _unreachable(uri, f"S3 error {code}: {exc}", target=target, flag=flag) from exc
     except NoCredentialsError as exc:
         raise _unreachable(uri, "no AWS credentials found", target=target, flag=flag) from exc
@@ -290,10 +374,10 @@ def resolve_checkpoint_dir(
     if parsed.scheme in ("", "file"):
         path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else text).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"{text!r} is not a directory; expected a save_pretrained directory")
+            raise FileNotFoundError(f"{redact(text)!r} is not a directory; expected a save_pretrained directory")
         return path
     if parsed.scheme != "s3":
-        raise ValueError(f"expected a directory, file:// or s3:// prefix, got {text!r}")
+        raise ValueError(f"expected a directory, file:// or s3:// prefix, got {redact(text)!r}")
     bucket, prefix = _split_s3(text)
     prefix = prefix.rstrip("/")
     target = cache_path_for(f"s3://{bucket}/{prefix}", cache_dir=cache_dir)
@@ -310,7 +394,7 @@ def resolve_checkpoint_dir(
 
     objects = _s3_call(listing, text, target=target, flag=flag)
     if not objects:
-        raise FileNotFoundError(f"nothing under {text}/; expected the files of a save_pretrained directory")
+        raise FileNotFoundError(f"nothing under {redact(text)}/; expected the files of a save_pretrained directory")
     for key, size in objects:
         rel = key[len(prefix) + 1 :]
         if not rel or rel.endswith("/"):
@@ -406,8 +490,9 @@ def load_sam(
     the weights of ``uri``.
 
     uri: anything ``resolve_checkpoint`` takes, or None / a model type ("vit_b", "vit_l", "vit_h") for the official
-        weights from ``SAM_URLS`` (verified against ``SAM_SHA256``). Official URLs get their known digest unless
-        ``sha256`` is given.
+        weights from ``SAM_URLS``.
+    sha256: expected hex digest; None checks the official URLs against ``SAM_SHA256`` (verification is on by
+        default for them) and nothing else; ``"skip"`` checks nothing (a file you trust whose digest differs).
     model_type: a key of ``tiny.SAM_ARCHS``; None infers the architecture from the state dict (``infer_sam_arch``),
         which also covers the tiny test models.
     The model is built on the meta device and the checkpoint's tensors are assigned into it (strict: every key must
@@ -428,7 +513,12 @@ def load_sam(
     if sha256 is None:
         sha256 = next((SAM_SHA256[k] for k, url in SAM_URLS.items() if url == uri), None)
     path = resolve_checkpoint(uri, cache_dir=cache_dir, sha256=sha256)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, not a torch file, or a pickle that wants to run code
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read {path} as a SAM checkpoint ({type(exc).__name__}: {first}); it may be "
+                         "truncated, corrupt or not a .pth file: compare its sha256 with the source's") from exc
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, expected a SAM state dict (dict of tensors)")
     for wrapper in ("model", "state_dict"):

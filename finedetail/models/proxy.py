@@ -183,7 +183,8 @@ class ProxySegGPT:
     ``set_prompts`` only records ``num_classes``: the proxy knows the object from its colour key, not from the
     examples. Class channels come from ``class_key_maps``: with ``num_classes == 2`` the two-class synthetic scenes'
     red (1) and blue (2) keys, otherwise the any-object key repeated (multi-class plumbing, not class separation).
-    ``predict`` counts one encoder pass per image.
+    ``predict`` counts encoder passes as SegGPT runs them: one per (prompt, target) pair, i.e. P per image with P
+    prompts.
     """
 
     name = "proxy-seggpt"
@@ -193,6 +194,7 @@ class ProxySegGPT:
         self.config = config or ProxySegGPTConfig()
         self.num_classes = 1
         self.encoder_passes = 0
+        self._prompts = 0
         self._ready = False
 
     def set_prompts(self, prompts: Sequence[PromptPair], *, num_classes: int = 1) -> None:
@@ -202,6 +204,7 @@ class ProxySegGPT:
         if len(prompts) == 0:
             raise ValueError("set_prompts needs at least one PromptPair (image + mask) saying what to segment, got 0")
         self.num_classes = int(num_classes)
+        self._prompts = len(prompts)
         self._ready = True
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -212,7 +215,7 @@ class ProxySegGPT:
         for image in images:
             check_image(image)
             out.append(proxy_seggpt_maps(image, self.num_classes, level=self.config.level))
-            self.encoder_passes += 1
+            self.encoder_passes += self._prompts
         return out
 
 

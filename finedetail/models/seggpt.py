@@ -9,8 +9,9 @@ Several prompts use SegGPT's feature ensemble: the target is repeated once per p
 target's features across that batch in every layer (``feature_ensemble=True``), so one forward with P rows gives one
 answer. The P target halves come out (near-)identical; their mean is decoded.
 
-Cost accounting: ``encoder_passes`` grows by one per target image, whatever the number of prompts (one forward per
-target with several prompts; with one prompt up to ``batch`` targets share a forward, still one pass each).
+Cost accounting: ``encoder_passes`` counts the rows the model runs, one (prompt, target) canvas each: with one prompt,
+one per target (up to ``batch`` targets share a forward, still one row each); with P prompts, P per target (the target
+is repeated once per prompt and the whole ViT runs on every row; the feature ensemble only averages across them).
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class SegGptSegmenter:
                 feature_ensemble=ensemble,
                 embedding_type=self.embedding_type,
             )
+        self.encoder_passes += int(pixels.shape[0])  # every row is a full forward of the ViT
         return out.pred_masks.float().cpu().numpy()
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -161,13 +163,11 @@ class SegGptSegmenter:
                 raw = self._forward(chunk, self._prompt_pixels.expand(b, -1, -1, -1),
                                     self._prompt_masks.expand(b, -1, -1, -1), ensemble=False)
                 preds.extend(raw)
-                self.encoder_passes += b
         else:
             for i in range(len(images)):
                 target = pixels[i : i + 1].expand(n_prompts, -1, -1, -1)
                 raw = self._forward(target, self._prompt_pixels, self._prompt_masks, ensemble=True)
                 preds.append(raw.mean(axis=0))
-                self.encoder_passes += 1
         mean, std = self.processor.image_mean, self.processor.image_std
         return [
             seggpt_probabilities(p, palette=self._palette, image_mean=mean, image_std=std,

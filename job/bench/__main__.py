@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load} [--json] ...``.
+"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch} [--json] ...``.
 
 Each prints a table, or one JSON document with ``--json``. Speed and memory targets live here, never in tests.
 """
@@ -17,6 +17,7 @@ COMMANDS = {
     "quality_classes": "job.bench.quality_classes",
     "load": "job.bench.load",
     "real": "job.bench.real",
+    "stitch": "job.bench.stitch",
 }
 
 

@@ -34,8 +34,9 @@ import numpy as np
 
 from finedetail import metrics, synthetic
 from finedetail.config import PipelineConfig, config_from_dict
-from finedetail.models.proxy import ProxySAM, ProxySegGPT
 from finedetail.execute import run_image
+from finedetail.models.proxy import ProxySAM, ProxySegGPT
+from finedetail.postprocess import one_class_per_pixel
 from finedetail.presets import preset_dict
 from finedetail.types import PromptPair
 
@@ -58,9 +59,7 @@ def class_centrelines(scene: synthetic.Scene, *, narrow: int = 6) -> list[np.nda
 def coarse_masks(coarse: np.ndarray) -> np.ndarray:
     """(C, H, W) coarse probabilities -> (C, H, W) bool: >= 0.5, one class per pixel (highest probability, ties to
     the lower class index)."""
-    mask = coarse >= 0.5
-    winner = np.argmax(np.where(mask, coarse, -1.0), axis=0)
-    return mask & (np.arange(mask.shape[0])[:, None, None] == winner[None])
+    return one_class_per_pixel(coarse >= 0.5, coarse)
 
 
 def score_classes(mask: np.ndarray, scene: synthetic.Scene, lines: Sequence[np.ndarray]) -> dict[str, list[float]]:
