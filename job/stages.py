@@ -334,9 +334,9 @@ class PlanStage:
     accounting (``_guarded``, the step's name in the ``_attempts`` notes: coarse, refine-<variant>, crop, fuse); a
     step that fails for a batch is run again image by image, and an image it still fails on becomes an error row
     ("<stage>: <error>"). The actor builds only the models its steps need, once, each through ``build_bounded``
-    (named after its step, or "refiner" when a chained actor shares one refiner between its refine and crop steps);
-    a model that cannot be built makes every batch raise `ModelInitError`. States are decoded once per batch and
-    encoded once after its last step.
+    (named after the pool's step, or in a chained actor after the model: "coarse", or "refiner", one refiner shared
+    by its refine and crop steps); a model that cannot be built makes every batch raise `ModelInitError`. States are
+    decoded once per batch and encoded once after its last step.
 
     Seconds per image (``seconds_<stage>``): each row gets its own time in the step (its ``Stats.seconds[stage]``:
     work done for that image alone plus its share of a model call batched over several images, split by what the
@@ -351,13 +351,12 @@ class PlanStage:
         self.cfg, self.attempts = cfg, attempts
         self.steps = list(plan.steps) if steps is None else [plan.step(n) for n in steps]
         self.models, self.init_error = Models(), None
-        users = {m: [s.name for s in self.steps if s.model == m] for m in ("refiner", "coarse")}
-        builders = {"refiner": lambda: build_refiner(cfg),
+        builders = {"refiner": lambda: build_refiner(cfg),  # the refiner first: the chained shape as before
                     "coarse": lambda: build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes))}
-        for model, names in users.items():
-            if names and not self.init_error:
-                name = names[0] if len(names) == 1 else model
-                built, self.init_error = build_bounded(attempts, name, builders[model])
+        for model, build in builders.items():
+            if any(s.model == model for s in self.steps) and not self.init_error:
+                name = self.steps[0].name if len(self.steps) == 1 else model
+                built, self.init_error = build_bounded(attempts, name, build)
                 setattr(self.models, model, built)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
