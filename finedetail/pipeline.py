@@ -1,11 +1,12 @@
-"""The hybrid method on one image, built only on the model protocol (pure: no torch, no ray).
+"""The steps of the hybrid method as functions on arrays, built only on the model protocol (pure: no torch, no ray).
 
-Stages (DESIGN.md, "The method"), each a function the Ray stages call one by one and ``run_image`` calls in order:
+Which of them run, in which order and on what is the plan's business (``finedetail.plan``); ``finedetail.execute``
+calls them for ``run_image`` and for the Ray job alike:
 
 1. ``coarse_variants``: the in-context segmenter on every distinct TTA view of the image (scale variants share the
    identity view: SegGPT resizes to its 448 canvas whatever the scale, so running it again would spend an encoder
    pass on the same pixels). Returns maps in the ORIGINAL frame.
-2. ``refine_variants``: per variant (a scale or a TTA view), the refiner on the transformed image, tiled into
+2. ``refine_variants_batch``: per variant (a scale or a TTA view), the refiner on the transformed image, tiled into
    refiner-sized windows when the transformed image is larger than the refiner's input; per connected component of
    the coarse mask, multi-prompts (box, boundary points in/out, coarse mask as low-res logits), all components of a
    window in one batched decoder call against one encoding; split-then-merge (max over components) and union with
@@ -21,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,72 +29,22 @@ import numpy as np
 from finedetail import crops, ensemble as ens, prompts as pr, tiling
 from finedetail.config import PipelineConfig
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
+from finedetail.plan import Variant, tta_views, variants
 from finedetail.postprocess import one_class_per_pixel, postprocess
-from finedetail.selective import (cover_windows, detail_map, has_prompts, object_needs_crop, variants_agree,
-                                  window_has_detail)
+from finedetail.selective import cover_windows, detail_map, has_prompts, object_needs_crop, window_has_detail
+from finedetail.state import Stats
 from finedetail.transforms import Compose, Scale, parse_tta
 from finedetail.types import ComponentPrompt, check_image
 
 __all__ = [
-    "ImageResult",
-    "Stats",
-    "Variant",
     "coarse_variants",
     "fuse",
     "provisional",
     "refine_crops",
     "refine_variants",
     "refine_variants_batch",
-    "reference_for",
-    "skip_variant",
-    "tta_views",
-    "run_image",
     "variant_transform",
-    "variants",
 ]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One view of the image the whole hybrid runs on: a scale (with the identity view) or a TTA view at 1x."""
-
-    name: str
-    scale: float = 1.0
-    tta: str = "identity"
-
-
-@dataclass
-class Stats:
-    """Counters one image accumulates across stages (summed into the manifest)."""
-
-    coarse_passes: int = 0
-    refiner_passes: int = 0
-    components: int = 0
-    dropped_components: int = 0
-    crops: int = 0
-    tiles: int = 0  # refiner windows encoded
-    empty_windows: int = 0  # refiner windows without a prompt: not encoded (the refiner adds nothing there)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def encoder_passes(self) -> int:
-        return self.coarse_passes + self.refiner_passes
-
-    def merge(self, other: "Stats") -> "Stats":
-        out = Stats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                       for f in dataclasses.fields(self) if f.name != "seconds"})
-        out.seconds = {**self.seconds}
-        for k, v in other.seconds.items():
-            out.seconds[k] = out.seconds.get(k, 0.0) + v
-        return out
-
-
-def variants(cfg: PipelineConfig) -> list[Variant]:
-    """Scale variants (identity view, ascending scale, so a lower scale's result exists when a higher one runs)
-    then non-identity TTA views at 1x in config order."""
-    out = [Variant(f"scale{s:g}", s, "identity") for s in sorted(cfg.scales)]
-    out += [Variant(t, 1.0, t) for t in cfg.tta if t != "identity"]
-    return out
 
 
 def variant_transform(variant: Variant, hw: tuple[int, int]):
@@ -104,17 +54,6 @@ def variant_transform(variant: Variant, hw: tuple[int, int]):
         return view
     view_hw = view.out_size(hw)
     return Compose((view, Scale.by_factor(view_hw, variant.scale)))
-
-
-def tta_views(cfg: PipelineConfig) -> list[str]:
-    """Distinct TTA view names the coarse stage runs, identity first (the order of the coarse column).
-
-    With selective compute only the identity view: TTA views may be skipped later, so their refiner stage maps the
-    identity coarse map into its view instead of spending a coarse pass up front."""
-    if cfg.selective.enabled:
-        return ["identity"]
-    names = ["identity"] + [v.tta for v in variants(cfg) if v.tta != "identity"]
-    return list(dict.fromkeys(names))
 
 
 def coarse_variants(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: PipelineConfig
@@ -318,29 +257,6 @@ def refine_variants(image: np.ndarray, coarse: dict[str, np.ndarray] | np.ndarra
     return outs[0], stats[0]
 
 
-def skip_variant(variant: Variant, done: dict[str, np.ndarray], cfg: PipelineConfig) -> bool:
-    """Selective compute: skip a TTA view (``done``: variant name -> (C, H, W), the variants already run) when those
-    agree (pairwise mask IoU >= ``agree_iou``) or when the 1x result shows less than ``detail_px`` detail pixels
-    (``finedetail.selective.detail_map``): a re-sampled view of an image without fine detail has nothing to fix."""
-    sel = cfg.selective
-    if not sel.enabled or variant.tta == "identity":
-        return False
-    if variants_agree(list(done.values()), min_iou=sel.agree_iou):
-        return True
-    if not sel.tta_after_multiscale and any(v.scale > 1.0 and v.name in done for v in variants(cfg)):
-        return True
-    base = done.get(next((v.name for v in variants(cfg) if v.tta == "identity" and v.scale == 1.0), ""))
-    return base is not None and np.count_nonzero(detail_map(base, thin_radius=sel.thin_radius)) < sel.detail_px
-
-
-def reference_for(variant: Variant, done: dict[str, np.ndarray], cfg: PipelineConfig) -> np.ndarray | None:
-    """Selective compute: the result a >1x variant compares its tiles with (the largest done scale <= 1)."""
-    if not cfg.selective.enabled or variant.scale <= 1.0:
-        return None
-    lower = [v for v in variants(cfg) if v.tta == "identity" and v.scale <= 1.0 and v.name in done]
-    return done[max(lower, key=lambda v: v.scale).name] if lower else None
-
-
 def provisional(maps: Sequence[np.ndarray], cfg: PipelineConfig) -> np.ndarray:
     """Ensemble of the variants' maps without post-processing: (C, H, W) soft map (>= 0.5 is the rule's decision)."""
     stack = np.stack(maps)  # (N, C, H, W)
@@ -428,55 +344,3 @@ def fuse(image: np.ndarray, maps: Sequence[np.ndarray], cfg: PipelineConfig, *,
         masks.append(m)
     prob = np.stack(probs).astype(np.float32)
     return prob, one_class_per_pixel(np.stack(masks), prob)
-
-
-@dataclass
-class ImageResult:
-    prob: np.ndarray  # (C, H, W) float32
-    mask: np.ndarray  # (C, H, W) bool
-    stats: Stats
-    maps: dict[str, np.ndarray]  # every intermediate map by name ("coarse", variant names, "crop")
-
-
-def run_image(image: np.ndarray, coarse_model: CoarseSegmenter | None, refiner: PromptedRefiner,
-              cfg: PipelineConfig, *, coarse: np.ndarray | None = None) -> ImageResult:
-    """The whole method on one image in-process (what the Ray job does across its stages).
-
-    ``coarse`` (C, H, W) float32 replaces the coarse model (masks made elsewhere)."""
-    stats = Stats()
-    if coarse is None:
-        if coarse_model is None:
-            raise ValueError("run_image needs a coarse model or a coarse map; pass one of them")
-        views, (cstats,) = coarse_variants([image], coarse_model, cfg)
-        views = views[0]
-        stats = stats.merge(cstats)
-    else:
-        views = coarse.astype(np.float32)
-    maps: dict[str, np.ndarray] = {"coarse": views["identity"] if isinstance(views, dict) else views}
-    if cfg.refine.enabled and not cfg.selective.enabled:
-        vmaps, vstats = refine_variants(image, views, refiner, cfg)  # every window in one encode call
-        stats = stats.merge(vstats)
-    elif cfg.refine.enabled:  # one variant at a time, each deciding from what is done
-        vmaps = {}
-        for v in variants(cfg):
-            if skip_variant(v, vmaps, cfg):
-                continue
-            one, vstats = refine_variants(image, views, refiner, cfg, only=[v.name],
-                                          reference=reference_for(v, vmaps, cfg))
-            vmaps.update(one)
-            stats = stats.merge(vstats)
-    else:
-        vmaps = {v.name: (views[v.tta] if isinstance(views, dict) else views) for v in variants(cfg)}
-    maps.update(vmaps)
-    fused_inputs = list(vmaps.values())
-    weights = [1.0] * len(fused_inputs)
-    if cfg.crop.enabled:
-        crop_map, cstats = refine_crops(image, provisional(fused_inputs, cfg), refiner, cfg)
-        stats = stats.merge(cstats)
-        maps["crop"] = crop_map
-        fused_inputs.append(crop_map)
-        weights.append(cfg.crop.weight)
-    t0 = time.perf_counter()
-    prob, mask = fuse(image, fused_inputs, cfg, weights=weights)
-    stats.seconds["fuse"] = time.perf_counter() - t0
-    return ImageResult(prob=prob, mask=mask, stats=stats, maps=maps)

@@ -44,7 +44,7 @@ class Resources:
     (on an autoscaling cluster whose GPU workers start at zero, pass "on"). ``max_actors`` bounds each
     model pool (``ActorPoolStrategy(min_size=1, max_size=max_actors)``), ``fuse_actors`` the CPU fuse pool.
 
-    ``chain``: "on" runs every model stage and the fuse step of a row in ONE actor pool (``job.stages.ChainStage``:
+    ``chain``: "on" runs every step of the plan on a row in ONE actor pool (``job.stages.PlanStage`` with every step:
     one copy of each model per actor, no hand-offs between pools); "off" keeps one pool per stage as above; "auto"
     (default) chains when the model stages run on CPU, where a pool per stage only adds actor start-up and
     hand-offs that the CPUs pay for, and keeps the pools on GPUs, where they overlap and scale independently. With

@@ -94,7 +94,7 @@ from finedetail.types import to_u8
 from job import io as jio
 from job import manifest as jm
 from job.config import JobConfig
-from job.rows import column, pack
+from job.rows import column, new_state
 
 log = logging.getLogger("finedetail.job")
 
@@ -426,9 +426,8 @@ def _window_item(info: SceneInfo, win: Window) -> dict[str, Any]:
             "x1": win.x1, "read": info.read_spec()}
 
 
-def read_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int,
-                 attempts: Any = None) -> dict[str, np.ndarray]:
-    """CPU task: read each row's window (bands -> RGB, stretch) into ``image``; with ``cfg.coarse``, also the window
+def read_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, attempts: Any = None) -> dict[str, np.ndarray]:
+    """CPU task: read each row's window (bands -> RGB, stretch) into its state; with ``cfg.coarse``, also the window
     of the scene's coarse mask raster. A failure becomes an error row; the batch goes on. The rows get every column
     ``job.stages.read_decode`` gives an image row, plus the window columns. ``attempts`` (the run's
     ``job.stages.AttemptLog``) bounds the tries of a window that kills its worker (a crash in GDAL), as for images."""
@@ -447,12 +446,12 @@ def read_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int,
                 rwin = rio.windows.Window(win.x0, win.y0, win.w, win.h)
                 with open_raster(storages[bool(spec["in_output"])], spec["source"]) as ds:
                     data = ds.read(spec["bands"], window=rwin)
-                row["image"] = pack(fg.to_rgb8(data, fg.Stretch.from_dict(spec["stretch"])))
+                maps = None
                 if coarse_storage is not None:
                     maps = _coarse_window(coarse_storage, str(row["scene"]), rwin, win, len(cfg.classes))
-                    row["coarse"] = pack(np.repeat(to_u8(maps)[None], views, axis=0))
+                row["state"] = new_state(fg.to_rgb8(data, fg.Stretch.from_dict(spec["stretch"])), maps)
             except Exception as exc:  # a bad window is an error row, never a crashed job
-                row["status"], row["error"], row["image"], row["coarse"] = "error", _error_text(exc), b"", b""
+                row["status"], row["error"], row["state"] = "error", _error_text(exc), b""
             row["seconds_decode"] = time.perf_counter() - t0
 
     out = []
@@ -510,7 +509,7 @@ def write_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, geo_hash: str
     returns the manifest rows (plus ``scene``) only. (``attempts`` is accepted for symmetry with the other stages;
     writing a PNG has no input-dependent crash to bound.)"""
     from job.manifest import STAGES
-    from job.rows import unpack
+    from job.rows import read_state
     from job.stages import _rows
 
     storage = jio.open_storage(cfg.output)[0]
@@ -523,9 +522,10 @@ def write_windows(batch: dict[str, np.ndarray], *, cfg: JobConfig, geo_hash: str
                  components=int(r.get("components", 0)))
         if r["status"] == "ok":
             try:
-                prob = unpack(r["prob"])
-                jio.write_bytes_atomic(storage, window_prob_key(str(r["scene"]), win), encode_window_prob(prob))
-                m["mask_area"] = int(unpack(r["mask"]).astype(bool).sum())
+                st = read_state(r)
+                jio.write_bytes_atomic(storage, window_prob_key(str(r["scene"]), win),
+                                       encode_window_prob(to_u8(st.fused_prob())))
+                m["mask_area"] = int(st.mask.sum())
             except jio.StorageError:
                 raise  # a write that keeps failing fails the job: never a manifest row claiming success
             except Exception as exc:
@@ -854,14 +854,13 @@ def build_window_dataset(cfg: JobConfig, items: list[dict[str, Any]], plan: Any,
     """The lazy Ray dataset of window manifest rows: read windows -> the model stages -> write window maps."""
     import ray
 
-    from finedetail import pipeline as fp
     from job.run import _test_env, model_stages
 
     track = {"attempts": attempts}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # one window per read task: a window is already megabytes, and reads stay as small as one row
     ds = ds.map_batches(read_windows, batch_size=1, num_cpus=plan.io_cpus, batch_format="numpy",
-                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(cfg.pipeline)), **track}, **_test_env())
+                        fn_kwargs={"cfg": cfg, **track}, **_test_env())
     ds = model_stages(ds, cfg, plan, attempts=attempts)
     return ds.map_batches(write_windows, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
                           batch_format="numpy", fn_kwargs={"cfg": cfg, "geo_hash": ghash, **track}, **_test_env())

@@ -1,4 +1,4 @@
-"""Dataset wiring: list -> read/decode -> coarse -> one stage per variant -> crops -> fuse -> write.
+"""Dataset wiring: list -> read/decode -> the plan's steps (coarse, one per variant, crops, fuse) -> write.
 
 Streaming end to end (no groupby, no shuffle). Resume: keys whose latest manifest row is ``ok`` with the same config
 hash are not even read. The driver only consumes the small manifest rows the write stage returns.
@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from finedetail import pipeline as fp
 from job import io as jio
 from job import manifest as jm
 from job.config import JobConfig
@@ -53,7 +52,7 @@ class Plan:
     io_cpus: float
     max_actors: int
     fuse_actors: int
-    #: one ChainStage pool instead of a pool per stage (``Resources.chain``); its actors take chain_cpus and, with
+    #: one chained pool instead of a pool per step (``Resources.chain``); its actors take chain_cpus and, with
     #: GPUs, chain_gpus of a GPU (the per-stage fractions are then 0)
     chain: bool = False
     chain_cpus: float = 0.0
@@ -80,7 +79,7 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     if r.gpu == "auto" and not use_gpu:
         log.warning("no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU "
                     "workers start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
-    n_model = len(fp.variants(cfg.pipeline)) + (cfg.coarse is None) + bool(cfg.pipeline.crop.enabled)
+    n_model = sum(s.kind != "fuse" for s in method_plan(cfg).steps)  # model pools: every step but fuse
     share = 1.0 / n_model
     fit = lambda v: share if v is None else v  # noqa: E731 - explicit fractions are used as given
     io_cpus = fuse_cpus = min(1.0, cpus / 4)
@@ -151,29 +150,34 @@ def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size
 
 
 def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -> Any:
-    """Append the model and fuse stages to ``ds`` (rows with the columns ``read_decode`` makes): SegGPT coarse
-    (unless ``--coarse`` supplies the masks), one actor pool per variant, crop refinement, then the CPU fuse pool.
+    """Append the steps of the method's plan (``finedetail.plan``: coarse unless ``--coarse`` supplies the masks,
+    one refine step per variant, crops, fuse) to ``ds`` (rows of the ``job.rows`` schema with a decoded state): one
+    ``job.stages.PlanStage`` actor pool per step, or with ``plan.chain`` one pool whose actors run every step.
     Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``)."""
     from job import stages
 
-    pc = cfg.pipeline
-    track = {"attempts": attempts}
-    bs = cfg.resources.batch_size
+    def add(ds: Any, steps: list[str] | None, pool: dict[str, Any]) -> Any:
+        return ds.map_batches(stages.PlanStage, fn_constructor_kwargs={"cfg": cfg, "steps": steps,
+                                                                       "attempts": attempts},
+                              batch_size=cfg.resources.batch_size, batch_format="numpy", **pool)
+
     if plan.chain:
-        return ds.map_batches(stages.ChainStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                              batch_format="numpy", **_pool(plan, gpus=plan.chain_gpus, cpus=plan.chain_cpus))
-    if cfg.coarse is None:
-        ds = ds.map_batches(stages.CoarseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                            batch_format="numpy", **_pool(plan, gpus=plan.coarse_gpus))
-    for v in fp.variants(pc):
-        ds = ds.map_batches(stages.VariantStage, fn_constructor_kwargs={"cfg": cfg, "variant": v.name, **track},
-                            batch_size=bs, batch_format="numpy", **_pool(plan, gpus=plan.variant_gpus))
-    if pc.crop.enabled:
-        ds = ds.map_batches(stages.CropStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                            batch_format="numpy", **_pool(plan, gpus=plan.crop_gpus))
-    return ds.map_batches(stages.FuseStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
-                          batch_format="numpy",
-                          **_pool(plan, gpus=None, cpus=plan.fuse_cpus, max_size=plan.fuse_actors))
+        return add(ds, None, _pool(plan, gpus=plan.chain_gpus, cpus=plan.chain_cpus))
+    gpus = {"coarse": plan.coarse_gpus, "refine": plan.variant_gpus, "view": plan.variant_gpus,
+            "crop": plan.crop_gpus}
+    for step in method_plan(cfg).steps:
+        if step.kind == "fuse":
+            ds = add(ds, [step.name], _pool(plan, gpus=None, cpus=plan.fuse_cpus, max_size=plan.fuse_actors))
+        else:
+            ds = add(ds, [step.name], _pool(plan, gpus=gpus[step.kind]))
+    return ds
+
+
+def method_plan(cfg: JobConfig) -> Any:
+    """The method's `finedetail.plan.Plan` for this job (no coarse step when ``--coarse`` gives the masks)."""
+    from finedetail.plan import build_plan
+
+    return build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
 
 
 def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any = None):
@@ -185,17 +189,16 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
 
     from job import stages
 
-    pc = cfg.pipeline
     track = {"attempts": attempts}
-    bs = cfg.resources.batch_size
     nblocks = max(1, min(len(keys), -(-len(keys) // cfg.resources.read_batch)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
-                        fn_kwargs={"cfg": cfg, "views": len(fp.tta_views(pc)), **track}, batch_format="numpy",
+                        fn_kwargs={"cfg": cfg, **track}, batch_format="numpy",
                         **_test_env())
     ds = model_stages(ds, cfg, plan, attempts=attempts)
-    ds = ds.map_batches(stages.write_outputs, batch_size=bs, num_cpus=plan.io_cpus, batch_format="numpy",
-                        fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track}, **_test_env())
+    ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
+                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track},
+                        **_test_env())
     return ds
 
 

@@ -1,14 +1,9 @@
-"""Ray Data stages: thin callables whose ``__call__`` only moves arrays in and out of rows and delegates to
-``finedetail``. Model stages load their models once per actor in ``__init__``. Resources are declared where
-``map_batches`` is called (``job.run``).
+"""Ray Data stages: thin callables that move per-image states in and out of rows (schema: ``job.rows``).
 
-Row columns (every batch has all of them; absent arrays are empty bytes, see ``job.rows``):
-  key (str), status ("ok" | "error"), error (str), attempts (int)
-  image        packed (H, W, 3) uint8, original (displayed) orientation
-  coarse       packed (V, C, H, W) uint8: the coarse map of each TTA view, original frame (V = views in order)
-  map_<name>   packed (C, H, W) uint8 per variant, and map_crop
-  prob, mask   packed (C, H, W) uint8 after fusion (mask is 0/1)
-  passes_coarse, passes_refiner, components (int), seconds_<stage> (float)
+``read_decode`` makes each row's state from its input, ``PlanStage`` runs steps of the plan (``finedetail.plan``) on
+the states through the one executor ``run_image`` also uses (``finedetail.execute.run_steps``), ``write_outputs``
+writes what the state holds. ``PlanStage`` loads its models once per actor in ``__init__``. Resources are declared
+where ``map_batches`` is called (``job.run``).
 """
 
 from __future__ import annotations
@@ -20,22 +15,22 @@ import logging
 import os
 import time
 import traceback
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from finedetail import pipeline as fp
 from finedetail.codecs import decode_image
-from finedetail.types import from_u8, to_u8
+from finedetail.execute import Models, run_steps
+from finedetail.plan import Step, build_plan
+from finedetail.state import ImageState
 from job import io as jio
 from job.config import JobConfig
 from job.manifest import STAGES
-from job.rows import column, pack, unpack
+from job.rows import column, new_state, read_state
 
 log = logging.getLogger("finedetail.job")
 
-__all__ = ["AttemptLog", "CoarseStage", "CropStage", "FuseStage", "ModelInitError", "VariantStage", "build_bounded",
-           "read_decode", "write_outputs"]
+__all__ = ["AttemptLog", "ModelInitError", "PlanStage", "build_bounded", "read_decode", "write_outputs"]
 
 T = TypeVar("T")
 
@@ -50,8 +45,7 @@ def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def _batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Rows -> columns. Every row gets every column: an array column a row lacks (an error row skipped by a stage)
-    is empty bytes, so all batches of a stage share one schema."""
+    """Rows -> columns (every row has every column of the ``job.rows`` schema)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return {k: column([r.get(k, b"") for r in rows]) for k in keys}
 
@@ -280,12 +274,12 @@ def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
             os._exit(70)
 
 
-def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int,
+def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig,
                 attempts: AttemptLog | None = None) -> dict[str, np.ndarray]:
     """CPU task: read each key (retries inside job.io), decode to RGB uint8 (EXIF applied), and read the coarse
-    mask made elsewhere when ``--coarse`` is given. Any failure becomes an error row; the batch goes on. With
-    ``attempts``, an input that kills the worker (a decoder crash, an OOM kill) ends as an error row after
-    ``attempts.max_tries`` tries instead of being retried for ever."""
+    mask made elsewhere when ``--coarse`` is given, into the row's state. Any failure becomes an error row; the batch
+    goes on. With ``attempts``, an input that kills the worker (a decoder crash, an OOM kill) ends as an error row
+    after ``attempts.max_tries`` tries instead of being retried for ever."""
     from job.models import coarse_from_mask_bytes
 
     storage = jio.open_storage(cfg.input)[0]
@@ -297,13 +291,13 @@ def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int,
             key = row["key"]
             try:
                 image = decode_image(jio.read_bytes(storage, key), max_pixels=cfg.max_pixels)
-                row["image"] = pack(image)
+                coarse = None
                 if coarse_storage is not None:
                     data = jio.read_bytes(coarse_storage, jio.mask_key(key))
-                    maps = coarse_from_mask_bytes(data, image.shape[:2], len(cfg.classes))
-                    row["coarse"] = pack(np.repeat(to_u8(maps)[None], views, axis=0))
+                    coarse = coarse_from_mask_bytes(data, image.shape[:2], len(cfg.classes))
+                row["state"] = new_state(image, coarse)
             except Exception as exc:  # a bad input is an error row, never a crashed job
-                row["status"], row["error"], row["image"], row["coarse"] = "error", _error_text(exc), b"", b""
+                row["status"], row["error"], row["state"] = "error", _error_text(exc), b""
             row["seconds_decode"] = time.perf_counter() - t0
 
     out = [_empty_row(str(key)) for key in batch["key"]]
@@ -312,7 +306,7 @@ def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig, views: int,
 
 
 def _empty_row(key: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"key": key, "status": "ok", "error": "", "attempts": 1, "image": b"", "coarse": b"",
+    row: dict[str, Any] = {"key": key, "status": "ok", "error": "", "attempts": 1, "state": b"",
                            "passes_coarse": 0, "passes_refiner": 0, "components": 0}
     for s in STAGES:
         row[f"seconds_{s}"] = 0.0
@@ -332,227 +326,86 @@ def _set_threads(cfg: JobConfig) -> None:
             pass
 
 
-class _ModelStage:
-    """Shared row handling: decode arrays of ok rows, call ``self._work(rows)``, turn exceptions into error rows.
+class PlanStage:
+    """Ray actor running steps of the plan on the states of a batch's ok rows.
 
-    ``self.attempts`` (an `AttemptLog`, set by the subclasses' ``__init__``; None = no accounting) bounds the tries
-    of an input that kills the actor (see "worker deaths" above).
+    ``steps``: the names of the steps it runs, in order (one for a pool per step; None = every step, the chained
+    shape of ``Resources.chain``). Each step runs through ``finedetail.execute.run_steps`` under its own attempt
+    accounting (``_guarded``, the step's name in the ``_attempts`` notes: coarse, refine-<variant>, crop, fuse); a
+    step that fails for a batch is run again image by image, and an image it still fails on becomes an error row
+    ("<stage>: <error>"). The actor builds only the models its steps need, once, each through ``build_bounded``
+    (named after the pool's step, or in a chained actor after the model: "coarse", or "refiner", one refiner shared
+    by its refine and crop steps); a model that cannot be built makes every batch raise `ModelInitError`. States are
+    decoded once per batch and encoded once after its last step.
 
-    Seconds per image (``seconds_<stage>``): ``_work`` puts each row's own time in ``row["_seconds"]`` (work done for
-    that image alone, plus its share of a model call batched over several images, split by what the call did for it:
-    ``finedetail.pipeline`` Stats.seconds); the rest of the batch's wall time (unpacking, packing, a failed batch
-    attempt) is split equally. The column then sums to the stage's wall time over the batch."""
+    Seconds per image (``seconds_<stage>``): each row gets its own time in the step (its ``Stats.seconds[stage]``:
+    work done for that image alone plus its share of a model call batched over several images, split by what the
+    call did for it); the rest of the step's wall time over the batch (decoding and encoding states, a failed batch
+    attempt) is split equally, so the column sums to the wall time."""
 
-    stage = ""
-    attempts: AttemptLog | None = None
-    #: set when the model could not be built (``build_bounded``): every batch then raises ModelInitError
-    init_error: str | None = None
+    def __init__(self, cfg: JobConfig, steps: Sequence[str] | None = None, attempts: AttemptLog | None = None):
+        from job.models import build_coarse, build_refiner, load_prompts
 
-    @property
-    def stage_id(self) -> str:
-        """This pool's name in the ``_attempts`` notes (one per ``map_batches``)."""
-        return self.stage
+        _set_threads(cfg)
+        plan = build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
+        self.cfg, self.attempts = cfg, attempts
+        self.steps = list(plan.steps) if steps is None else [plan.step(n) for n in steps]
+        self.models, self.init_error = Models(), None
+        builders = {"refiner": lambda: build_refiner(cfg),  # the refiner first: the chained shape as before
+                    "coarse": lambda: build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes))}
+        for model, build in builders.items():
+            if any(s.model == model for s in self.steps) and not self.init_error:
+                name = self.steps[0].name if len(self.steps) == 1 else model
+                built, self.init_error = build_bounded(attempts, name, build)
+                setattr(self.models, model, built)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.init_error:
             raise ModelInitError(self.init_error)
+        t0 = time.perf_counter()
         rows = _rows(batch)
-        live = [r for r in rows if r["status"] == "ok"]
-        if live:
+        states = {id(r): read_state(r) for r in rows if r["status"] == "ok"}
+        for k, step in enumerate(self.steps):
+            live = [r for r in rows if r["status"] == "ok"]
+            if not live:  # every row failed before this step
+                self._finish(rows, states)
+                break
+            before = [states[id(r)].stats.seconds.get(step.stage, 0.0) for r in live]
+            _guarded(live, self.attempts, step.name, lambda todo, step=step: self._run(step, todo, states))
+            own = [states[id(r)].stats.seconds.get(step.stage, 0.0) - b for r, b in zip(live, before)]
+            if k == len(self.steps) - 1:  # the last step also pays for encoding the states
+                self._finish(rows, states)
+            _share_seconds(live, step.stage, own, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            _guarded(live, self.attempts, self.stage_id, self._run)
-            total = time.perf_counter() - t0
-            own = [float(r.pop("_seconds", 0.0) or 0.0) for r in live]
-            rest = max(0.0, total - sum(own)) / len(live)
-            for r, s in zip(live, own):
-                r[f"seconds_{self.stage}"] = r.get(f"seconds_{self.stage}", 0.0) + s + rest
         return _batch(rows)
 
-    def _run(self, live: list[dict[str, Any]]) -> None:
+    def _finish(self, rows: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
+        for r in rows:
+            st = states.get(id(r))
+            if st is not None:
+                r["state"] = st.to_bytes() if r["status"] == "ok" else b""
+                r["passes_coarse"], r["passes_refiner"] = st.stats.coarse_passes, st.stats.refiner_passes
+                r["components"] = st.stats.components
+
+    def _run(self, step: Step, live: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
         try:
-            self._work(live)
+            run_steps([step], [states[id(r)] for r in live], self.models, self.cfg.pipeline)
         except Exception:  # the batch failed as a whole: retry image by image to isolate the culprit
             if len(live) > 1:
-                log.warning("stage %s: batch failed, retrying image by image:\n%s", self.stage,
+                log.warning("step %s: batch failed, retrying image by image:\n%s", step.name,
                             jio.redact(traceback.format_exc()))
             for r in live:
                 try:
-                    self._work([r])
+                    run_steps([step], [states[id(r)]], self.models, self.cfg.pipeline)
                 except Exception as exc:
-                    r["status"], r["error"] = "error", f"{self.stage}: {_error_text(exc)}"
-
-    def _work(self, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+                    r["status"], r["error"] = "error", f"{step.stage}: {_error_text(exc)}"
 
 
-class CoarseStage(_ModelStage):
-    """GPU actor: the in-context segmenter on every TTA view of each image (one batched predict call)."""
-
-    stage = "coarse"
-
-    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None):
-        from job.models import build_coarse, load_prompts
-
-        _set_threads(cfg)
-        self.cfg, self.attempts = cfg, attempts
-        self.model, self.init_error = build_bounded(
-            attempts, self.stage_id, lambda: build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes)))
-
-    def _work(self, rows):
-        images = [unpack(r["image"]) for r in rows]
-        views, stats = fp.coarse_variants(images, self.model, self.cfg.pipeline)
-        names = fp.tta_views(self.cfg.pipeline)
-        for r, v, s in zip(rows, views, stats):
-            r["coarse"] = pack(np.stack([to_u8(v[n]) for n in names]))
-            r["passes_coarse"] += s.coarse_passes
-            r["_seconds"] = s.seconds.get("coarse", 0.0)
-
-
-def _coarse_views(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
-    packed = unpack(row["coarse"])
-    return {n: from_u8(packed[i]) for i, n in enumerate(fp.tta_views(cfg.pipeline))}
-
-
-class VariantStage(_ModelStage):
-    """GPU actor: the refiner half of the hybrid for ONE variant (a scale or a TTA view) of each image."""
-
-    stage = "refine"
-
-    def __init__(self, cfg: JobConfig, variant: str, attempts: AttemptLog | None = None, *, refiner: Any = None):
-        from job.models import build_refiner
-
-        _set_threads(cfg)
-        self.cfg, self.variant, self.attempts = cfg, variant, attempts
-        if not cfg.pipeline.refine.enabled:
-            refiner = None
-        elif refiner is None:
-            refiner, self.init_error = build_bounded(attempts, self.stage_id, lambda: build_refiner(cfg))
-        self.refiner = refiner
-
-    @property
-    def stage_id(self) -> str:
-        return f"{self.stage}-{self.variant}"
-
-    def _work(self, rows):
-        variant = next(v for v in fp.variants(self.cfg.pipeline) if v.name == self.variant)
-        if self.refiner is None:  # refinement off: the variant's map is its view's coarse map
-            for r in rows:
-                views = _coarse_views(r, self.cfg)
-                r[f"map_{self.variant}"] = pack(to_u8(views.get(variant.tta, views["identity"])))
-            return
-        todo, refs = [], []
-        for r in rows:
-            done = _done_variant_maps(r, self.cfg)
-            if fp.skip_variant(variant, done, self.cfg.pipeline):
-                r[f"map_{self.variant}"] = b""  # selective compute: the views already run agree
-                continue
-            todo.append(r)
-            refs.append(fp.reference_for(variant, done, self.cfg.pipeline))
-        if not todo:
-            return
-        images = [unpack(r["image"]) for r in todo]
-        coarse = [_coarse_views(r, self.cfg) for r in todo]
-        maps, stats = fp.refine_variants_batch(images, coarse, self.refiner, self.cfg.pipeline,
-                                               only=[self.variant], reference=refs)
-        for r, m, s in zip(todo, maps, stats):
-            r[f"map_{self.variant}"] = pack(to_u8(m[self.variant]))
-            r["passes_refiner"] += s.refiner_passes
-            r["components"] += s.components
-            r["_seconds"] = s.seconds.get("refine", 0.0)
-
-
-def _done_variant_maps(row: dict[str, Any], cfg: JobConfig) -> dict[str, np.ndarray]:
-    """Variant maps already in the row (earlier stages), by variant name; skipped variants are absent."""
-    out = {}
-    for v in fp.variants(cfg.pipeline):
-        packed = row.get(f"map_{v.name}", b"")
-        if packed is not None and len(packed):
-            out[v.name] = from_u8(unpack(packed))
-    return out
-
-
-def _variant_maps(row: dict[str, Any], cfg: JobConfig) -> list[np.ndarray]:
-    return list(_done_variant_maps(row, cfg).values())
-
-
-class CropStage(_ModelStage):
-    """GPU actor: high-resolution crop refinement on the objects of the variants' provisional ensemble."""
-
-    stage = "crop"
-
-    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None, *, refiner: Any = None):
-        from job.models import build_refiner
-
-        _set_threads(cfg)
-        self.cfg, self.attempts = cfg, attempts
-        if refiner is None:
-            refiner, self.init_error = build_bounded(attempts, self.stage_id, lambda: build_refiner(cfg))
-        self.refiner = refiner
-
-    def _work(self, rows):
-        for r in rows:
-            t0 = time.perf_counter()
-            image = unpack(r["image"])
-            prov = fp.provisional(_variant_maps(r, self.cfg), self.cfg.pipeline)
-            crop_map, s = fp.refine_crops(image, prov, self.refiner, self.cfg.pipeline)
-            r["map_crop"] = pack(to_u8(crop_map))
-            r["passes_refiner"] += s.refiner_passes
-            r["_seconds"] = time.perf_counter() - t0
-
-
-class FuseStage(_ModelStage):
-    """CPU actor: ensemble of every map + guided filter + morphology (+ CRF)."""
-
-    stage = "fuse"
-
-    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None):
-        self.cfg, self.attempts = cfg, attempts
-
-    def _work(self, rows):
-        pc = self.cfg.pipeline
-        for r in rows:
-            t0 = time.perf_counter()
-            image = unpack(r["image"])
-            maps = _variant_maps(r, self.cfg)
-            weights = [1.0] * len(maps)
-            if pc.crop.enabled:
-                maps.append(from_u8(unpack(r["map_crop"])))
-                weights.append(pc.crop.weight)
-            prob, mask = fp.fuse(image, maps, pc, weights=weights)
-            r["prob"], r["mask"] = pack(to_u8(prob)), pack(mask.astype(np.uint8))
-            r["_seconds"] = time.perf_counter() - t0
-
-
-class ChainStage:
-    """One actor running every model stage of a row in order, then the fuse step (``Resources.chain``).
-
-    The same stage objects as the one-pool-per-stage shape, called one after the other on the batch, so every row
-    gets exactly the same maps, pass counts, per-stage seconds, error rows and attempt accounting; the refiner is
-    built once and shared by the variant and crop stages (one copy of SAM per actor instead of one per pool)."""
-
-    def __init__(self, cfg: JobConfig, attempts: AttemptLog | None = None):
-        from job.models import build_refiner
-
-        pc = cfg.pipeline
-        refiner, self.init_error = None, None
-        if pc.refine.enabled or pc.crop.enabled:
-            refiner, self.init_error = build_bounded(attempts, "refiner", lambda: build_refiner(cfg))
-        self.stages: list[_ModelStage] = []
-        if self.init_error:
-            return  # every batch raises ModelInitError
-        if cfg.coarse is None:
-            self.stages.append(CoarseStage(cfg, attempts))
-        self.stages += [VariantStage(cfg, v.name, attempts, refiner=refiner) for v in fp.variants(pc)]
-        if pc.crop.enabled:
-            self.stages.append(CropStage(cfg, attempts, refiner=refiner))
-        self.stages.append(FuseStage(cfg, attempts))
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.init_error:
-            raise ModelInitError(self.init_error)
-        for stage in self.stages:
-            batch = stage(batch)
-        return batch
+def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], total: float) -> None:
+    """Add to each row's ``seconds_<stage>`` its own seconds plus an equal share of the rest of ``total``."""
+    rest = max(0.0, total - sum(own)) / len(rows)
+    for r, s in zip(rows, own):
+        r[f"seconds_{stage}"] = r.get(f"seconds_{stage}", 0.0) + s + rest
 
 
 def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: str,
@@ -571,9 +424,9 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
         for r in todo:
             t0 = time.perf_counter()
             try:
-                image = unpack(r["image"])
-                prob, mask = unpack(r["prob"]), unpack(r["mask"]).astype(bool)
-                files = render_outputs(image, from_u8(prob), mask, classes=cfg.classes, overlays=cfg.overlays,
+                st = read_state(r)
+                image, mask = st.image, st.mask
+                files = render_outputs(image, st.fused_prob(), mask, classes=cfg.classes, overlays=cfg.overlays,
                                        coco=cfg.coco, file_name=str(r["key"]), info={"config_hash": config_hash})
                 for (folder, suffix), data in files.items():
                     jio.write_bytes_atomic(storage, jio.output_key(folder, str(r["key"]), suffix=suffix), data)

@@ -15,7 +15,9 @@ import torch
 
 from finedetail import tiling
 from finedetail.config import PipelineConfig
-from finedetail.pipeline import refine_variants_batch, run_image, variants
+from finedetail.execute import run_image
+from finedetail.pipeline import refine_variants_batch
+from finedetail.plan import variants
 from finedetail.models.sam import SamRefiner
 from finedetail.models.tiny import build_tiny_sam
 

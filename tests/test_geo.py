@@ -488,14 +488,14 @@ def test_scene_without_georeferencing_gets_the_image_paths_png_files(tmp_path, c
 
 def _read_window_rows(cfg, info, wins):
     from job.geo import _window_item, read_windows
-    from job.rows import column, unpack
+    from job.rows import column, read_state
 
     items = [_window_item(info, w) for w in wins]
     batch = {k: column([it[k] for it in items]) for k in items[0]}
-    out = read_windows(batch, cfg=cfg, views=1)
+    out = read_windows(batch, cfg=cfg)
     assert list(out["status"]) == ["ok"] * len(wins), list(out["error"])
-    assert {"key", "image", "coarse", "passes_coarse", "seconds_decode", "scene", "y0", "x1"} <= set(out)
-    return [unpack(b) for b in out["image"]]
+    assert {"key", "state", "passes_coarse", "seconds_decode", "scene", "y0", "x1"} <= set(out)
+    return [read_state({"state": b}).image for b in out["state"]]
 
 
 def test_read_windows_maps_bands_and_stretches_16_bit_data(tmp_path):
@@ -554,7 +554,7 @@ def test_unreadable_window_is_an_error_row(tmp_path):
     from job.rows import column
 
     items = [_window_item(info, Window(0, 0, 64, 64))]
-    out = read_windows({k: column([it[k] for it in items]) for k in items[0]}, cfg=cfg, views=1)
+    out = read_windows({k: column([it[k] for it in items]) for k in items[0]}, cfg=cfg)
     assert out["status"][0] == "error" and "a.tif" in out["error"][0]
 
 

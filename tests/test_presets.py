@@ -138,7 +138,7 @@ def models():
 @pytest.mark.parametrize("kind", synthetic.KINDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_every_preset_runs_end_to_end_on_every_scene(name, kind, models):
-    from finedetail.pipeline import run_image
+    from finedetail.execute import run_image
 
     segs, sam = models
     scene = synthetic.make_scene(kind, seed=0, size=SIZE)
@@ -156,7 +156,7 @@ def test_every_preset_runs_end_to_end_on_every_scene(name, kind, models):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_preset_runs_two_classes(name, models):
-    from finedetail.pipeline import run_image
+    from finedetail.execute import run_image
 
     segs, sam = models
     scene = synthetic.make_scene("roads", seed=0, size=SIZE, classes=2)

@@ -15,8 +15,9 @@ import json
 import numpy as np
 import pytest
 
-from finedetail import pipeline as fp, selective, tiling
+from finedetail import pipeline as fp, plan, selective, tiling
 from finedetail.config import config_from_dict
+from finedetail.execute import run_image
 from finedetail.models.proxy import ProxySAM, ProxySegGPT
 from finedetail.types import PromptPair
 
@@ -77,7 +78,7 @@ def recall(prob, where):
 
 
 def run(image, config, *, coarse=None):
-    res = fp.run_image(image, None if coarse is not None else seggpt(), ProxySAM(), config, coarse=coarse)
+    res = run_image(image, None if coarse is not None else seggpt(), ProxySAM(), config, coarse=coarse)
     return res
 
 
@@ -279,23 +280,23 @@ def test_cover_windows_skips_a_window_whose_detail_others_own():
 def test_skip_variant_rules():
     full = {"scales": [1.0, 2.0], "tta": ["identity", "hflip"]}
     on = cfg(**full, selective={"enabled": True})
-    hflip = next(v for v in fp.variants(on) if v.tta == "hflip")
-    scale1 = next(v for v in fp.variants(on) if v.name == "scale1")
+    hflip = next(v for v in plan.variants(on) if v.tta == "hflip")
+    scale1 = next(v for v in plan.variants(on) if v.name == "scale1")
     blob = np.zeros((1, 64, 64), np.float32)
     blob[0, 10:40, 10:40] = 1.0
     hairy = blob.copy()
     hairy[0, 20:22, 40:60] = 1.0
     hairy[0, 30:32, 40:60] = 1.0  # 2 x 40 = 80 detail px >= detail_px 64
-    assert not fp.skip_variant(scale1, {}, on)  # identity views always run
-    assert not fp.skip_variant(hflip, {"scale1": hairy}, on)  # detailed, nothing to agree with yet
-    assert fp.skip_variant(hflip, {"scale1": blob}, on)  # no detail at 1x
-    assert fp.skip_variant(hflip, {"scale1": hairy, "scale2": hairy}, on)  # the views agree
+    assert not plan.skip_variant(scale1, {}, on)  # identity views always run
+    assert not plan.skip_variant(hflip, {"scale1": hairy}, on)  # detailed, nothing to agree with yet
+    assert plan.skip_variant(hflip, {"scale1": blob}, on)  # no detail at 1x
+    assert plan.skip_variant(hflip, {"scale1": hairy, "scale2": hairy}, on)  # the views agree
     hairier = hairy.copy()
     hairier[0, 40:60, 20:22] = 1.0
-    assert fp.skip_variant(hflip, {"scale1": hairy, "scale2": hairier}, on)  # a 2x pass looked closer already
+    assert plan.skip_variant(hflip, {"scale1": hairy, "scale2": hairier}, on)  # a 2x pass looked closer already
     after = cfg(**full, selective={"enabled": True, "tta_after_multiscale": True, "agree_iou": 0.99})
-    assert not fp.skip_variant(hflip, {"scale1": hairy, "scale2": hairier}, after)
-    assert not fp.skip_variant(hflip, {"scale1": blob}, cfg(**full))  # selective off: never
+    assert not plan.skip_variant(hflip, {"scale1": hairy, "scale2": hairier}, after)
+    assert not plan.skip_variant(hflip, {"scale1": blob}, cfg(**full))  # selective off: never
 
 
 def test_untiled_2x_reuses_the_1x_result_without_a_pass():
@@ -307,7 +308,7 @@ def test_untiled_2x_reuses_the_1x_result_without_a_pass():
     on = cfg(scales=[1.0, 2.0], selective={"enabled": True})
     sam = ProxySAM()
     one, _ = fp.refine_variants(image, coarse, sam, on, only=["scale1"])
-    ref = fp.reference_for(fp.variants(on)[1], one, on)
+    ref = plan.reference_for(plan.variants(on)[1], one, on)
     assert ref is one["scale1"]
     two, st = fp.refine_variants(image, coarse, sam, on, only=["scale2"], reference=ref)
     assert st.refiner_passes == 0 and st.tiles == 0

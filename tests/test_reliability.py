@@ -305,22 +305,21 @@ def test_hostile_names_cannot_write_outside_the_output(bad_run):
 
 def test_stages_refuse_hostile_keys_even_if_a_listing_let_them_through(tmp_path):
     """Defence in depth: the read and write stages themselves never touch a path outside their roots."""
-    from finedetail.types import to_u8
+    from finedetail.state import ImageState
     from job import stages
-    from job.rows import pack
 
     src, out = tmp_path / "in", tmp_path / "deep" / "out"
     src.mkdir()
     (tmp_path / "escape.png").write_bytes(_png(_scene(0).image))  # what "../escape.png" would reach from in/
     cfg = _cfg(input=str(src), prompts=str(src), output=str(out), **MINIMAL)
     before = _snapshot(tmp_path, skip=out)
-    read = stages.read_decode({"key": np.array(CRAFTED, dtype=object)}, cfg=cfg, views=1)
+    read = stages.read_decode({"key": np.array(CRAFTED, dtype=object)}, cfg=cfg)
     assert list(read["status"]) == ["error"] * len(CRAFTED)
     assert all("key must" in e for e in read["error"]), list(read["error"])
     image = _scene(0).image
-    prob = to_u8(np.ones((1, *SIZE), np.float32))
-    rows = [{**stages._empty_row(k), "image": pack(image), "prob": pack(prob), "mask": pack(prob > 127)}
-            for k in CRAFTED]
+    state = ImageState(image=image)
+    state.put_fused(np.ones((1, *SIZE), np.float32), np.ones((1, *SIZE), bool))
+    rows = [{**stages._empty_row(k), "state": state.to_bytes()} for k in CRAFTED]
     written = stages.write_outputs(stages._batch(rows), cfg=cfg, config_hash="x")
     assert list(written["status"]) == ["error"] * len(CRAFTED)
     assert all(e.startswith("write: ValueError: key must") for e in written["error"]), list(written["error"])

@@ -26,7 +26,7 @@ ViT-B: 0.97 TFLOPs). Norms,
 GELU and softmax are not counted. On CUDA, TFLOP/s is also given as a fraction of the card's dense bf16 peak
 (``--peak-tflops``, default from the card's name: H100 SXM / H200 989, H100 PCIe 756, A100 312, L4 121, A10G 125).
 
-Pipeline passes: ``finedetail.pipeline.run_image`` with the colour-keyed proxy models (``finedetail.models.proxy``:
+Pipeline passes: ``finedetail.execute.run_image`` with the colour-keyed proxy models (``finedetail.models.proxy``:
 they find the objects like trained models would, and count passes exactly like SegGPT/SAM do) and the default
 ``PipelineConfig`` on a generated 1024 x 768 image with 3 objects that have 1-2 px thin parts.
 """
@@ -133,7 +133,8 @@ def pipeline_passes(hw: tuple[int, int] = (768, 1024)) -> dict[str, Any]:
     from finedetail import prompts as pr
     from finedetail.config import PipelineConfig
     from finedetail.models.proxy import ProxySAM, ProxySegGPT
-    from finedetail.pipeline import run_image, variants
+    from finedetail.execute import run_image
+    from finedetail.plan import variants
     from finedetail.types import PromptPair
 
     image, mask = three_objects(hw, seed=0)

@@ -7,7 +7,7 @@ The same generated images (PNG files, ``finedetail.synthetic.make_scene``) and p
 - ray:  ``job.run.run_job`` (read + decode tasks, coarse / variant / crop / fuse actor pools, write tasks; the
         plan ``job.run.plan_resources`` picks for the local Ray), output folder A;
 - loop: in this process, per image: ``job.io.read_bytes`` + ``finedetail.codecs.decode_image``,
-        ``finedetail.pipeline.run_image`` with the same models (``job.models.build_coarse`` / ``build_refiner``
+        ``finedetail.execute.run_image`` with the same models (``job.models.build_coarse`` / ``build_refiner``
         from the same ``JobConfig``), ``finedetail.outputs.render_outputs`` and ``job.io.write_bytes_atomic`` of
         every file, output folder B (the job's per-batch manifest parts are not written: a few ms).
 
@@ -93,7 +93,7 @@ def run_loop(cfg: Any, keys: Sequence[str]) -> int:
     """The job's work for ``keys`` as a plain in-process loop (see module docstring); returns images written."""
     from finedetail.codecs import decode_image
     from finedetail.outputs import render_outputs
-    from finedetail.pipeline import run_image
+    from finedetail.execute import run_image
     from job import io as jio
     from job.models import build_coarse, build_refiner, load_prompts, resolve_classes
 

@@ -1,6 +1,6 @@
 """Quality benchmark: what each stage of the method buys, on synthetic scenes with resolution-limited proxy models.
 
-Runs the REAL pipeline (``finedetail.pipeline.run_image``) with ``ProxySegGPT`` / ``ProxySAM``
+Runs the REAL pipeline (``finedetail.execute.run_image``) with ``ProxySegGPT`` / ``ProxySAM``
 (``finedetail.models.proxy``: colour-keyed stand-ins that see the image only at the real models' resolution, so a
 1-px wire is lost at 1x exactly as it is for SAM) on ``finedetail.synthetic`` scenes (fur, wires/poles, vessels,
 roads/rivers) with exact ground truth, once per configuration of a cumulative ladder (each row adds one stage to
@@ -48,7 +48,7 @@ import numpy as np
 from finedetail import metrics
 from finedetail.config import config_from_dict
 from finedetail.models.proxy import ProxySAM, ProxySegGPT
-from finedetail.pipeline import run_image
+from finedetail.execute import run_image
 from finedetail.synthetic import KINDS, make_prompt_pair, make_scene
 from finedetail.types import PromptPair
 

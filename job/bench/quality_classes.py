@@ -7,7 +7,7 @@ same kind (seed 500 + seed). Methods:
 
 - ``coarse``: the in-context segmenter alone, each class thresholded at 0.5, a pixel in several classes kept by the
   class of highest probability (the rule ``finedetail.pipeline.fuse`` applies);
-- ``full``: ``finedetail.pipeline.run_image`` with ``PipelineConfig`` defaults, or ``--preset``.
+- ``full``: ``finedetail.execute.run_image`` with ``PipelineConfig`` defaults, or ``--preset``.
 
 Per class c and image:
 
@@ -34,8 +34,8 @@ import numpy as np
 
 from finedetail import metrics, synthetic
 from finedetail.config import PipelineConfig, config_from_dict
+from finedetail.execute import run_image
 from finedetail.models.proxy import ProxySAM, ProxySegGPT
-from finedetail.pipeline import run_image
 from finedetail.postprocess import one_class_per_pixel
 from finedetail.presets import preset_dict
 from finedetail.types import PromptPair
