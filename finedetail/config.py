@@ -35,7 +35,7 @@ PASTE_MODES = ("max", "replace")
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """SAM multi-prompt refinement of each connected component of the coarse mask (DESIGN step 2-3).
+    """SAM multi-prompt refinement of each connected component of the coarse mask (README, The method, step 2).
 
     points: boundary points per component and sign (``points`` positive just inside + ``points`` negative just
     outside, ``point_offset`` px from the boundary); components with area < ``min_area`` px are dropped (counted).
@@ -79,7 +79,7 @@ class RefineConfig:
 
 @dataclass(frozen=True)
 class CropConfig:
-    """High-resolution crop refinement (DESIGN step 4): per object of the provisional ensemble, a padded crop is
+    """High-resolution crop refinement (README, The method, step 4): per object of the provisional ensemble, a padded crop is
     zoomed so its long side fills the refiner's input (at most ``max_zoom``). Objects whose crop would get a zoom below
     ``min_zoom`` are split into overlapping crops that each get ``min_zoom``. Objects with area < ``min_area`` px are
     skipped; at most ``max_crops`` crops per image and class (largest objects first)."""
@@ -114,7 +114,7 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """How the variants' maps (and the crop map) are combined (DESIGN step 7); see ``finedetail.ensemble``.
+    """How the variants' maps (and the crop map) are combined (README, The method, step 5); see ``finedetail.ensemble``.
     ``k`` None means a strict majority (n // 2 + 1)."""
 
     rule: str = knob("majority_or_confident", "how the maps are combined: 'union', 'majority' (k of n), 'mean' "
@@ -140,7 +140,7 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class SelectiveConfig:
-    """Selective compute (DESIGN step 9; rules in ``finedetail.selective``, tuned with ``python -m job.bench
+    """Selective compute (README, The method, step 6; rules in ``finedetail.selective``, tuned with ``python -m job.bench
     quality``). "Detail" is the thin parts of a map's mask (mask minus its opening by a disc of radius
     ``thin_radius``: parts at most 2 * thin_radius px wide); pixel counts are in the ORIGINAL image frame. When
     enabled:

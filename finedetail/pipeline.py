@@ -1,6 +1,6 @@
 """The hybrid method on one image, built only on the model protocol (pure: no torch, no ray).
 
-Stages (DESIGN.md, "The method"), each a function the Ray stages call one by one and ``run_image`` calls in order:
+Stages (README, The method), each a function the Ray stages call one by one and ``run_image`` calls in order:
 
 1. ``coarse_variants``: the in-context segmenter on every distinct TTA view of the image (scale variants share the
    identity view: SegGPT resizes to its 448 canvas whatever the scale, so running it again would spend an encoder

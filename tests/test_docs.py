@@ -3,6 +3,7 @@ the config dataclasses and the README carries it unchanged; the architecture not
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,19 @@ def test_every_documented_key_takes_its_documented_default(backend):
 def test_knob_refuses_a_field_without_doc():
     with pytest.raises(ValueError, match="needs a doc"):
         knob(1)
+
+
+def test_cited_architecture_notes_exist():
+    """Modules cite the README's sections ("README, The method, step 2", "README, Architecture"), which exist; none
+    cites the DESIGN.md planning note, which is not part of the project."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    headings = {m.group(1).strip() for m in re.finditer(r"^#{2,3} (.+)$", readme, re.M)}
+    assert "Architecture" in headings
+    for folder in ("finedetail", "job", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            assert "DESIGN" not in text or path.name == "test_docs.py", (
+                f"{path.relative_to(ROOT)} cites DESIGN, which is not in the project; cite the README's "
+                "Architecture section")
+            for cited in re.findall(r"(?<![\w-] )README, \"?([A-Z][A-Za-z -]+?)\"?[),;.:]", text):
+                assert cited.strip() in headings, f"{path.relative_to(ROOT)} cites README section {cited!r}"
