@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from finedetail.knobs import knob
 from finedetail.postprocess import PostprocessConfig
 
 __all__ = [
@@ -34,7 +35,7 @@ PASTE_MODES = ("max", "replace")
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """SAM multi-prompt refinement of each connected component of the coarse mask (DESIGN step 2-3).
+    """SAM multi-prompt refinement of each connected component of the coarse mask (README, The method, step 2).
 
     points: boundary points per component and sign (``points`` positive just inside + ``points`` negative just
     outside, ``point_offset`` px from the boundary); components with area < ``min_area`` px are dropped (counted).
@@ -46,16 +47,24 @@ class RefineConfig:
     random weights (benchmarks), whose coarse maps are empty.
     """
 
-    enabled: bool = True
-    points: int = 8
-    point_offset: float = 2.0
-    use_box: bool = True
-    use_points: bool = True
-    use_mask_input: bool = True
-    multimask: str = "coarse"
-    min_area: int = 16
-    union: bool = True
-    skip_empty: bool = True
+    enabled: bool = knob(True, "run the refiner on each variant; off: a variant's map is its view's coarse map "
+                         "(no refiner pass)")
+    points: int = knob(8, "boundary points per component and sign: this many positive just inside and as many "
+                          "negative just outside", range=">= 0")
+    point_offset: float = knob(2.0, "distance of the boundary points from the component's outline (px)", range="> 0")
+    use_box: bool = knob(True, "give SAM the component's tight box", backends="seggpt-sam")
+    use_points: bool = knob(True, "give the refiner the boundary points")
+    use_mask_input: bool = knob(True, "give the refiner the coarse component as its low-res mask input (SAM: "
+                                      "256 x 256 logits)", backends="seggpt-sam, proxy")
+    multimask: str = knob("coarse", "which of SAM's candidate masks to keep: 'coarse' the one that best agrees "
+                                    "(IoU) with the coarse component, 'iou' the highest predicted IoU, 'single' asks "
+                                    "SAM for one mask", range=f"one of: {', '.join(MULTIMASK_MODES)}",
+                          backends="seggpt-sam")
+    min_area: int = knob(16, "coarse components smaller than this many px are dropped (counted, not refined)",
+                         range=">= 0")
+    union: bool = knob(True, "a variant's map is refined ∪ coarse (recall first; later steps clean up)")
+    skip_empty: bool = knob(True, "a refiner window whose coarse map gives no prompt is not encoded (same output, "
+                                  "fewer passes); off only to measure full compute with random weights")
 
     def __post_init__(self) -> None:
         if self.points < 0:
@@ -70,20 +79,23 @@ class RefineConfig:
 
 @dataclass(frozen=True)
 class CropConfig:
-    """High-resolution crop refinement (DESIGN step 4): per object of the provisional ensemble, a padded crop is
+    """High-resolution crop refinement (README, The method, step 4): per object of the provisional ensemble, a padded crop is
     zoomed so its long side fills the refiner's input (at most ``max_zoom``). Objects whose crop would get a zoom below
     ``min_zoom`` are split into overlapping crops that each get ``min_zoom``. Objects with area < ``min_area`` px are
     skipped; at most ``max_crops`` crops per image and class (largest objects first)."""
 
-    enabled: bool = True
-    pad_frac: float = 0.25
-    min_pad: int = 16
-    min_area: int = 64
-    min_zoom: float = 1.5
-    max_zoom: float = 8.0
-    max_crops: int = 16
-    paste: str = "max"
-    weight: float = 1.0
+    enabled: bool = knob(True, "run the high-resolution crop step")
+    pad_frac: float = knob(0.25, "context added around each object's box, as a fraction of its side", range=">= 0")
+    min_pad: int = knob(16, "at least this much context around each object's box (px)", range=">= 0")
+    min_area: int = knob(64, "objects smaller than this many px get no crop", range=">= 0")
+    min_zoom: float = knob(1.5, "an object whose crop would be zoomed less than this is split into overlapping "
+                                "crops that each get this zoom", range="> 0 and <= max_zoom")
+    max_zoom: float = knob(8.0, "the most a crop is zoomed to fill the refiner's input", range=">= min_zoom")
+    max_crops: int = knob(16, "at most this many crops per image and class (largest objects first)", range=">= 1")
+    paste: str = knob("max", "how a crop's map is pasted into the provisional map: 'max' keeps the higher value "
+                             "(overlapping objects never erase each other), 'replace' overwrites the window",
+                      range=f"one of: {', '.join(PASTE_MODES)}")
+    weight: float = knob(1.0, "weight of the crop map in the ensemble (each variant weighs 1)", range=">= 0")
 
     def __post_init__(self) -> None:
         if self.pad_frac < 0:
@@ -102,13 +114,20 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """How the variants' maps (and the crop map) are combined (DESIGN step 7); see ``finedetail.ensemble``.
+    """How the variants' maps (and the crop map) are combined (README, The method, step 5); see ``finedetail.ensemble``.
     ``k`` None means a strict majority (n // 2 + 1)."""
 
-    rule: str = "majority_or_confident"
-    k: int | None = None
-    tau: float = 0.5
-    tau_high: float = 0.9
+    rule: str = knob("majority_or_confident", "how the maps are combined: 'union', 'majority' (k of n), 'mean' "
+                                              "(mean prob >= tau), 'majority_or_confident' (majority, or any map "
+                                              ">= tau_high)", range=f"one of: {', '.join(ENSEMBLE_RULES)}")
+    k: int | None = knob(None, "votes (maps >= 0.5) a pixel needs under 'majority' and 'majority_or_confident'; null: "
+                              "a strict majority (n // 2 + 1)",
+                         range=">= 1 or null")
+    tau: float = knob(0.5, "under 'mean', a pixel whose weighted mean probability is at least this is kept (a "
+                           "map votes where it is >= 0.5)", range="in [0, 1]")
+    tau_high: float = knob(0.9, "under 'majority_or_confident', a pixel any map gives at least this is kept, "
+                                "whatever the votes",
+                           range="in [0, 1]")
 
     def __post_init__(self) -> None:
         if self.rule not in ENSEMBLE_RULES:
@@ -121,7 +140,7 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class SelectiveConfig:
-    """Selective compute (DESIGN step 9; rules in ``finedetail.selective``, tuned with ``python -m job.bench
+    """Selective compute (README, The method, step 6; rules in ``finedetail.selective``, tuned with ``python -m job.bench
     quality``). "Detail" is the thin parts of a map's mask (mask minus its opening by a disc of radius
     ``thin_radius``: parts at most 2 * thin_radius px wide); pixel counts are in the ORIGINAL image frame. When
     enabled:
@@ -142,14 +161,21 @@ class SelectiveConfig:
       2048 x 2048 with SAM) and never more than ``CropConfig.max_crops``.
     """
 
-    enabled: bool = False
-    agree_iou: float = 0.9
-    tta_after_multiscale: bool = False
-    detail_px: int = 64
-    thin_radius: int = 3
-    uncertain_frac: float = 0.05
-    detail_ratio: float = 60.0
-    crops_per_input: float = 2.0
+    enabled: bool = knob(False, "selective compute: skip TTA views, 2x tiles and crops that would not change the "
+                                "result")
+    agree_iou: float = knob(0.9, "a TTA view is skipped when the variants already run agree this well (pairwise "
+                                 "mask IoU)", range="in (0, 1]")
+    tta_after_multiscale: bool = knob(False, "still run TTA views after a >1x variant has run")
+    detail_px: int = knob(64, "detail pixels (original frame) a 2x tile needs to run, and the 1x result needs "
+                              "for TTA views to run", range=">= 0")
+    thin_radius: int = knob(3, "detail = mask minus its opening by a disc of this radius (parts at most "
+                               "2 * thin_radius px wide)", range=">= 1")
+    uncertain_frac: float = knob(0.05, "an object whose outline band has at least this share of 0.1 < p < 0.9 "
+                                       "pixels is uncertain and gets crops", range="in [0, 1]")
+    detail_ratio: float = knob(60.0, "an object with perimeter^2 / area at least this is detailed and gets crops",
+                               range=">= 0")
+    crops_per_input: float = knob(2.0, "crops per refiner input's worth of image area per class (at most "
+                                       "crop.max_crops)", range=">= 0")
 
     def __post_init__(self) -> None:
         if not (0.0 < self.agree_iou <= 1.0):
@@ -177,14 +203,19 @@ class PipelineConfig:
       "rot270", "shift:DY,DX").
     """
 
-    scales: tuple[float, ...] = (1.0, 2.0)
-    tta: tuple[str, ...] = ("identity", "hflip")
-    tile_overlap: int = 128
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    crop: CropConfig = field(default_factory=CropConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    post: PostprocessConfig = field(default_factory=PostprocessConfig)
-    selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    scales: tuple[float, ...] = knob((1.0, 2.0), "one variant per scale: the image is resized by this factor "
+                                                 "before the refiner sees it (a scaled image larger than the "
+                                                 "refiner's input is tiled)", range="> 0, <= 8, no repeats")
+    tta: tuple[str, ...] = knob(("identity", "hflip"), "test-time augmentation views; each but identity is a "
+                                                       "variant at 1x, mapped back to the original frame",
+                                range="identity, hflip, vflip, rot90, rot180, rot270, shift:DY,DX; no repeats")
+    tile_overlap: int = knob(128, "overlap of the refiner-input windows an upscaled image is tiled into (px)",
+                             range=">= 0")
+    refine: RefineConfig = knob(factory=RefineConfig, doc="refiner step (section)")
+    crop: CropConfig = knob(factory=CropConfig, doc="crop step (section)")
+    ensemble: EnsembleConfig = knob(factory=EnsembleConfig, doc="how the maps are combined (section)")
+    post: PostprocessConfig = knob(factory=PostprocessConfig, doc="post-processing of the fused map (section)")
+    selective: SelectiveConfig = knob(factory=SelectiveConfig, doc="selective compute (section)")
 
     def __post_init__(self) -> None:
         from finedetail.transforms import parse_tta

@@ -12,7 +12,7 @@ is in the ORIGINAL image frame, whatever frame the step computes in (``Step.fram
 step on a batch of states; ``run_image`` runs the whole plan in one process and the Ray job runs each step as an
 operator (or all of them in one chained actor) through that same executor.
 
-Selective compute (DESIGN step 9) is decided here, per image, from what the state already holds: ``skip_variant``
+Selective compute (README, The method, step 6) is decided here, per image, from what the state already holds: ``skip_variant``
 (a TTA view not worth its pass) and ``reference_for`` (the lower-scale result a >1x variant compares its windows
 with); which crops run is decided inside the crop step (``finedetail.pipeline.refine_crops``).
 """

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from finedetail.knobs import knob
 from finedetail.types import check_image, check_prob
 
 __all__ = [
@@ -529,18 +530,26 @@ class PostprocessConfig:
     crf, crf_iters: dense CRF after the guided filter (needs the 'crf' extra) and its mean-field iterations.
     """
 
-    guided: bool = True
-    radius: int = 4
-    eps: float = 1e-3
-    subsample: int = 4
-    threshold: float = 0.5
-    close_size: int = 1
-    hole_area: int = 64
-    opening: str = "reconstruction"
-    opening_size: int = 1
-    island_area: int = 16
-    crf: bool = False
-    crf_iters: int = 5
+    guided: bool = knob(True, "run the guided filter on the fused map with the image as colour guide")
+    radius: int = knob(4, "guided filter window radius (px)", range=">= 1")
+    eps: float = knob(1e-3, "guided filter regulariser (guide in [0, 1] units): larger smooths more across weak "
+                            "edges", range="> 0")
+    subsample: int = knob(4, "1: exact guided filter; s > 1: fast guided filter fitted at 1/s resolution (capped "
+                             "at radius), ~5x faster at 2048^2", range=">= 1")
+    threshold: float = knob(0.5, "a pixel is foreground iff its filtered probability is at least this",
+                            range="in (0, 1)")
+    close_size: int = knob(1, "closing disc radius s (diameter 2s + 1 px; 1 = 3x3; 0 = off), small so strands do "
+                              "not merge", range="0..3")
+    hole_area: int = knob(64, "holes of at most this many px are filled (0 = off)", range=">= 0")
+    opening: str = knob("reconstruction", "'reconstruction' removes free-standing parts thinner than the disc but "
+                                          "keeps thin parts attached to a body, 'plain' erases every thin part, "
+                                          "'none' keeps free-standing wires", range=f"one of: {', '.join(OPENINGS)}")
+    opening_size: int = knob(1, "erosion disc radius of the opening (1 = 3x3: parts without a 3x3 core are "
+                                "debris)", range="1..3")
+    island_area: int = knob(16, "foreground components of at most this many px are removed (0 = off)",
+                            range=">= 0")
+    crf: bool = knob(False, "dense CRF after the guided filter (needs the 'crf' extra)")
+    crf_iters: int = knob(5, "mean-field iterations of the dense CRF", range=">= 1")
 
     def __post_init__(self) -> None:
         for name in ("guided", "crf"):

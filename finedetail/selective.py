@@ -1,4 +1,4 @@
-"""Selective compute (DESIGN step 9): decide where another encoder pass is worth it (pure: numpy + OpenCV).
+"""Selective compute (README, The method, step 6): decide where another encoder pass is worth it (pure: numpy + OpenCV).
 
 The cost unit is encoder passes per image. Every decision is a pure function of maps already computed:
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m job run|quickstart|bench ...`` (also installed as the ``finedetail`` console script).
+"""Command line: ``python -m job run|quickstart|bench|config ...`` (also the ``finedetail`` console script).
 
 ``run`` reads its settings from ``--config FILE.yaml`` (optional) and the options below; the command line wins over
 the file, the file over ``--preset``. Every setting is validated before any work starts.
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--size", type=int, default=768)
     qs.add_argument("--address", help="Ray address (default: a local Ray)")
     sub.add_parser("bench", help="benchmarks: python -m job.bench --help", add_help=False)
+    doc = sub.add_parser("config", help="describe the config: --doc prints every key (README, Configuration "
+                                        "reference)")
+    doc.add_argument("--doc", action="store_true", help="print every key: type, default, range, what it does")
+    doc.add_argument("--readme", metavar="FILE", help="with --doc: rewrite that file's reference section instead")
     return parser
 
 
@@ -162,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "config":
+        from job.configdoc import main as config_main
+
+        return config_main(doc=args.doc, readme=args.readme)
     if args.command == "quickstart":
         from job.quickstart import quickstart
 

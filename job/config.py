@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
+from finedetail.knobs import knob
 from finedetail.models.checkpoints import check_sha256_option
 
 __all__ = ["BACKENDS", "JobConfig", "Resources", "job_config_from_dict", "load_yaml"]
@@ -51,17 +52,27 @@ class Resources:
     GPUs, a chained actor takes ``variant_gpus`` of a GPU (default a whole one).
     """
 
-    gpu: str = "auto"
-    coarse_gpus: float | None = None
-    variant_gpus: float | None = None
-    crop_gpus: float | None = None
-    max_actors: int = 4
-    fuse_actors: int = 2
-    model_cpus: float | None = None
-    batch_size: int = 4
-    encode_batch: int = 4
-    read_batch: int = 8
-    chain: str = "auto"
+    gpu: str = knob("auto", "'on' asks for GPUs (the autoscaler adds GPU nodes), 'off' runs the models on CPU, "
+                            "'auto' asks for GPUs only if the cluster has some when the job starts",
+                    range=f"one of: {', '.join(GPU_MODES)}")
+    coarse_gpus: float | None = knob(None, "fraction of a GPU per coarse actor; null: 1 / (number of model pools)",
+                                     range="in (0, 1] or null")
+    variant_gpus: float | None = knob(None, "fraction of a GPU per refine actor (per chained actor with chain; "
+                                            "null: 1 / (number of model pools), a whole GPU when chained)",
+                                      range="in (0, 1] or null")
+    crop_gpus: float | None = knob(None, "fraction of a GPU per crop actor; null: 1 / (number of model pools)",
+                                   range="in (0, 1] or null")
+    max_actors: int = knob(4, "upper bound of each model actor pool (pools start at 1 actor)", range=">= 1")
+    fuse_actors: int = knob(2, "upper bound of the CPU fuse actor pool", range=">= 1")
+    model_cpus: float | None = knob(None, "CPUs per model actor; null: at most half a CPU on GPU clusters, a fair "
+                                          "share of the CPUs on CPU-only ones", range="> 0 or null")
+    batch_size: int = knob(4, "rows per batch of the model, fuse and write operators (and SegGPT's batch)",
+                           range=">= 1")
+    encode_batch: int = knob(4, "images per SAM encoder forward (1 is faster on CPU)", range=">= 1",
+                             backends="seggpt-sam")
+    read_batch: int = knob(8, "inputs per read + decode task", range=">= 1")
+    chain: str = knob("auto", "'on' runs every model step and the fuse step in ONE actor pool, 'off' one pool per "
+                              "step, 'auto' chains when the models run on CPU", range=f"one of: {', '.join(GPU_MODES)}")
 
     def __post_init__(self) -> None:
         if self.gpu not in GPU_MODES:
@@ -81,44 +92,60 @@ class Resources:
 
 @dataclass(frozen=True)
 class JobConfig:
-    input: str
-    output: str
-    prompts: str | None = None
-    coarse: str | None = None
-    backend: str = "seggpt-sam"
-    sam_checkpoint: str | None = None
-    sam_model_type: str | None = None
-    #: expected SHA-256 of the SAM checkpoint; None checks the official URLs against their pinned digests and
-    #: nothing else; "skip" checks nothing (a file you trust whose digest differs)
-    sam_sha256: str | None = None
-    seggpt_checkpoint: str | None = None
-    device: str | None = None
-    limit: int | None = None
-    max_pixels: int = 178_956_970
-    overlays: bool = True
-    classes: tuple[str, ...] = ("object",)
-    preset: str | None = None
-    max_tries: int = 3
-    #: write instances/<key>.json per image (COCO-style) and, at the end, one dataset-level COCO file
-    coco: bool = False
-    #: rasters with more pixels than this are split into windows that flow through the stages as rows
-    window_pixels: int = 16_000_000
-    window: int = 2048
-    window_overlap: int = 256
-    #: 1-based band indices mapped to R, G, B for multi-band rasters (None: first three, or grey replicated)
-    bands: tuple[int, ...] | None = None
-    #: percentile stretch (low, high) applied to non-8-bit rasters
-    stretch: tuple[float, float] = (2.0, 98.0)
-    #: optional vector output of the mask for GIS users: "geojson" or "gpkg"
-    vector: str | None = None
-    vector_tolerance: float = 1.0
-    #: keyword options for the backend's models, e.g. {"refiner_input_size": 512} for the classical backend
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    resources: Resources = field(default_factory=Resources)
-    #: contents the outputs depend on (prompt bytes, weights' digests): ``job.fingerprint.fingerprint``, computed
-    #: once by the driver (``with_fingerprint``) and carried to the workers; None = computed on first use
-    fingerprint: str | None = None
+    """One run of the job: its data, models, method (``pipeline``) and resources. Every key is described by
+    ``python -m job config --doc`` (README, "Configuration reference")."""
+
+    input: str = knob(doc="input images: a local folder or s3://bucket/prefix")
+    output: str = knob(doc="where masks/, probs/, rle/, overlays/ and manifest/ go: a local folder or s3://")
+    prompts: str | None = knob(None, "prompt pairs: images/NAME.<ext> + masks/NAME.png under this folder or s3:// "
+                                     "prefix", range="a folder or s3:// URI; prompts or coarse is required")
+    coarse: str | None = knob(None, "coarse masks made elsewhere (same relative keys as the inputs, .png); they "
+                                    "replace the coarse step", range="a folder or s3:// URI")
+    backend: str = knob("seggpt-sam", "the models: 'seggpt-sam' (needs weights), 'classical' (weight-free, CPU, "
+                                      "lower quality), 'proxy' (benchmarks only)",
+                        range=f"one of: {', '.join(BACKENDS)}")
+    sam_checkpoint: str | None = knob(None, "SAM .pth: local path, s3:// or https:// (null: the official URL of "
+                                            "sam_model_type)", backends="seggpt-sam")
+    sam_model_type: str | None = knob(None, "SAM architecture (null: inferred from the weights, vit_h for the "
+                                            "default URL)", range="vit_h, vit_l, vit_b or null", backends="seggpt-sam")
+    sam_sha256: str | None = knob(None, "expected SHA-256 of the SAM checkpoint; null checks the official URLs "
+                                        "against their pinned digests and nothing else; 'skip' checks nothing",
+                                  range="64 hex digits, skip or null", backends="seggpt-sam")
+    seggpt_checkpoint: str | None = knob(None, "SegGPT: transformers directory, s3:// prefix or Hub id (null: "
+                                               "BAAI/seggpt-vit-large)", backends="seggpt-sam")
+    device: str | None = knob(None, "torch device of the models: cuda, cuda:1 or cpu (null: cuda when available)",
+                              backends="seggpt-sam")
+    limit: int | None = knob(None, "process at most this many inputs (trial runs)", range=">= 1 or null")
+    max_pixels: int = knob(178_956_970, "refuse images with more pixels than this (decompression bombs)",
+                           range=">= 1")
+    overlays: bool = knob(True, "write overlays/<key>.png (mask outline over the image)")
+    classes: tuple[str, ...] = knob(("object",), "class names in prompt-mask index order (mask value 1, 2, ...)",
+                                    range="at least one")
+    preset: str | None = knob(None, "a bundle of method keys for a domain (README, Presets); explicit keys win",
+                              range="wildlife, satellite, medical, technical or null")
+    max_tries: int = knob(3, "an input whose worker dies this many times becomes an error row; a model that fails "
+                             "to build this many times fails the job", range=">= 1")
+    coco: bool = knob(False, "write instances/<key>.json per image (COCO-style) and one dataset-level COCO file")
+    window_pixels: int = knob(16_000_000, "rasters with more pixels than this are split into windows that flow "
+                                          "through the steps as rows", range=">= window^2")
+    window: int = knob(2048, "side of a raster window (px)", range=">= 64")
+    window_overlap: int = knob(256, "overlap of raster windows (px)", range=">= 0 and < window / 2")
+    bands: tuple[int, ...] | None = knob(None, "1-based band indices mapped to R, G, B for multi-band rasters "
+                                               "(null: first three, or grey replicated)",
+                                         range="three indices >= 1 or null")
+    stretch: tuple[float, float] = knob((2.0, 98.0), "percentiles (low, high) mapped to 0..255 for non-8-bit "
+                                                     "rasters", range="0 <= low < high <= 100")
+    vector: str | None = knob(None, "also write the mask of a georeferenced raster as polygons in its CRS to "
+                                    "vectors/<stem>.<geojson|gpkg>", range="geojson, gpkg or null")
+    vector_tolerance: float = knob(1.0, "simplification tolerance of the polygons (px)")
+    backend_options: Mapping[str, Any] = knob(factory=dict, doc="options of the weight-free backends' own models: "
+                                                                "coarse_<field> / refiner_<field> (listed below)",
+                                              backends="classical, proxy")
+    pipeline: PipelineConfig = knob(factory=PipelineConfig, doc="the method's keys (they sit at the top level of "
+                                                                "the YAML file)")
+    resources: Resources = knob(factory=Resources, doc="where each step runs (section)")
+    fingerprint: str | None = knob(None, "internal, not a YAML key: contents the outputs depend on (prompt bytes, "
+                                         "weights' digests), computed once by the driver (``with_fingerprint``)")
 
     def __post_init__(self) -> None:
         if not self.input:

@@ -155,7 +155,7 @@ def _device(cfg: JobConfig) -> str | None:
     return cfg.device
 
 
-def _option_classes(backend: str) -> tuple[type, type] | None:
+def option_classes(backend: str) -> tuple[type, type] | None:
     """The (coarse, refiner) config dataclasses ``backend_options`` fill for ``backend``; None: it takes none."""
     if backend == "classical":
         from finedetail.models.classical import ColourTextureConfig, GrabCutConfig
@@ -179,7 +179,7 @@ def backend_configs(cfg: JobConfig) -> tuple[Any, Any]:
     raises the config's ValueError prefixed with ``backend_options``.
     """
     options = dict(cfg.backend_options)
-    classes = _option_classes(cfg.backend)
+    classes = option_classes(cfg.backend)
     if classes is None:
         if options:
             raise ValueError(f"backend {cfg.backend!r} takes no backend_options, got {sorted(options)}; its models "

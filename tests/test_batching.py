@@ -1,6 +1,6 @@
 """Batched encoder work, checked on SAM's own image encoder (a forward pre-hook records every batch it receives).
 
-Contract (DESIGN "The method", step 2, and ``refine_variants_batch``): every window of every variant of every image
+Contract (README, The method, step 2, and ``refine_variants_batch``): every window of every variant of every image
 of a batch goes through ONE ``encode`` call, which runs the encoder in chunks of ``encode_batch``; no two inputs the
 encoder sees are the same pixels; passes counted by the refiner and by the Stats equal what the encoder ran.
 """

@@ -1,6 +1,6 @@
 """The model protocol every backend implements (pure: no torch).
 
-Two roles, mirroring the method (DESIGN.md steps 1-2):
+Two roles, mirroring the method (README, The method, steps 1-2):
 
 - ``CoarseSegmenter``: an in-context segmenter (SegGPT, the classical colour model, the resolution-limited proxy).
   It is told once what to segment (``set_prompts``) and then maps target images to coarse probability maps.

@@ -4,7 +4,7 @@ The proxies answer *what* is foreground with a colour key (``key_of``: ``finedet
 one-class scenes, 1 on the synthetic scenes' object colour and 0 on their background; ``class_key_maps`` for the
 classes of two-class scenes) but they *see* the image only the way the real model does: at the real model's input
 resolution, through its patch / output grid. They are deterministic and CPU-cheap, so the method's resolution
-story (DESIGN steps 4-6) can be tested and benchmarked without weights:
+story (README, The method, steps 3-4, and its variants) can be tested and benchmarked without weights:
 
 ``ProxySegGPT`` (CoarseSegmenter, ``input_size=448``)
     1. resize the image so its long side is 448 (``cv2.INTER_AREA`` down, ``cv2.INTER_LINEAR`` up; aspect kept,
