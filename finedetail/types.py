@@ -3,7 +3,8 @@
 Frames and dtypes used everywhere in finedetail:
 
 - image: ``(H, W, 3) uint8`` RGB.
-- probability map: ``(H, W) float32`` in ``[0, 1]``; in Ray rows it travels as ``uint8`` (``to_u8``).
+- probability map: ``(H, W) float32`` in ``[0, 1]``; a per-image state stores it as ``uint8`` (``to_u8``, see
+  ``finedetail.state``).
 - mask: ``(H, W) bool``.
 - coordinates: continuous pixel frame, pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``; points ``(N, 2)`` as
   ``(x, y)``; boxes ``(N, 4)`` XYXY.

@@ -242,11 +242,23 @@ def fetch_weights(cfg: JobConfig) -> None:
     where to pre-seed the cache) or ValueError (checksum mismatch)."""
     if cfg.backend != "seggpt-sam":
         return
-    from finedetail.models.checkpoints import DEFAULT_SEGGPT, resolve_sam_checkpoint, resolve_seggpt_checkpoint
+    import logging
 
-    if cfg.coarse is None:
-        resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT)
-    resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256)
+    from finedetail.models.checkpoints import DEFAULT_SEGGPT, resolve_sam_checkpoint, resolve_seggpt_checkpoint
+    from finedetail.storage import RetryPolicy
+
+    # The driver's check is quick and quiet: a few tries (an unreachable source is the common case: an offline
+    # machine), and no per-try warnings; a failure becomes ONE refusal line naming the flag and the cache path.
+    quick = RetryPolicy(max_tries=3, base_delay=0.25, max_delay=1.0)
+    storage_log = logging.getLogger("finedetail.storage")
+    level = storage_log.level
+    storage_log.setLevel(logging.ERROR)
+    try:
+        if cfg.coarse is None:
+            resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT, retry=quick)
+        resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
+    finally:
+        storage_log.setLevel(level)
 
 
 def build_refiner(cfg: JobConfig) -> Any:
