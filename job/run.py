@@ -145,15 +145,17 @@ def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size
     return args
 
 
-def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -> Any:
+def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None, batch_size: int | None = None
+                 ) -> Any:
     """Append the model and fuse stages to ``ds`` (rows with the columns ``read_decode`` makes): SegGPT coarse
     (unless ``--coarse`` supplies the masks), one actor pool per variant, crop refinement, then the CPU fuse pool.
-    Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``)."""
+    Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``). ``batch_size``: rows per
+    stage call (default ``cfg.resources.batch_size``)."""
     from job import stages
 
     pc = cfg.pipeline
     track = {"attempts": attempts}
-    bs = cfg.resources.batch_size
+    bs = cfg.resources.batch_size if batch_size is None else batch_size
     if plan.chain:
         return ds.map_batches(stages.ChainStage, fn_constructor_kwargs={"cfg": cfg, **track}, batch_size=bs,
                               batch_format="numpy", **_pool(plan, gpus=plan.chain_gpus, cpus=plan.chain_cpus))
@@ -288,9 +290,9 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
-    windowed: list[str] = []
+    windowed: list[str] = []  # inputs too large for one row, run window by window (job.geo)
     if any(k.lower().endswith((".tif", ".tiff")) for k in todo):
-        from job.geo import split_windowed  # rasters too large for one row go through windows
+        from job.geo import split_windowed  # TIFFs are sized here; other images by the decode step (WINDOWED)
 
         todo, windowed = split_windowed(cfg, todo)
     print(f"finedetail: {len(keys)} inputs, {len(done)} already done (config {cfg.config_hash}), "
@@ -303,16 +305,19 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
         _ensure_ray(address)
         plan = plan_resources(cfg, ray.cluster_resources())
     if todo:
-        from job.stages import AttemptLog
+        from job.stages import WINDOWED, AttemptLog
 
         attempts = AttemptLog(output=cfg.output, run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
                               max_tries=cfg.max_tries)
         ds = build_dataset(cfg, todo, plan, attempts=attempts)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                n = len(batch["key"])
-                rows.extend({k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
-                            for i in range(n))
+                for i in range(len(batch["key"])):
+                    row = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+                    if row["status"] == WINDOWED:  # too large for one row (its header said): by window below
+                        windowed.append(row["key"])
+                    else:
+                        rows.append(row)
         except Exception as exc:
             storage_error = _storage_error_in(exc)
             if storage_error is None:
@@ -325,6 +330,8 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout) -> di
     if windowed:
         from job.geo import run_windowed
 
+        chosen = set(windowed)
+        windowed = [k for k in keys if k in chosen]  # input order
         rows.extend(run_windowed(cfg, windowed, plan))
     if cfg.coco:
         from job.coco import write_dataset_coco
