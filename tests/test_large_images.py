@@ -162,3 +162,24 @@ def test_decode_hands_a_large_photo_to_the_window_path_without_decoding_it(tmp_p
     assert list(got["status"]) == ["error", "ok"]
     assert "77100 pixels, more than window_pixels=65536" in got["error"][0]
     assert "pip install 'finedetail[geo]'" in got["error"][0]
+
+
+def test_coco_leaves_out_an_output_written_in_windows_instead_of_loading_its_mask(tmp_path):
+    """--coco: a large photo has masks/ and probs/ PNGs but no instances file; the driver must not rebuild it (that
+    holds the whole mask in the driver): left out and counted, while a small image is rebuilt."""
+    from finedetail.codecs import encode_png
+    from job.coco import image_record
+
+    out = tmp_path / "out"
+    for folder in ("masks", "probs"):
+        (out / folder).mkdir(parents=True)
+        for stem, hw in (("big", (300, 257)), ("small", (40, 50))):
+            (out / folder / f"{stem}.png").write_bytes(encode_png(np.full(hw, 255, np.uint8)))
+    cfg = _cfg(input=str(tmp_path / "in"), output=str(out), prompts="p", coco=True, **SMALL_WINDOWS)
+    from job import io as jio
+
+    storage = jio.open_storage(str(out))[0]
+    row = {"key": "big.jpg", "height": 300, "width": 257, "config_hash": cfg.config_hash}
+    assert image_record(storage, row, cfg) == (None, False)
+    record, rebuilt = image_record(storage, {**row, "key": "small.jpg", "height": 40, "width": 50}, cfg)
+    assert rebuilt and record["images"][0]["width"] == 50
