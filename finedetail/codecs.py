@@ -23,7 +23,7 @@ Decoding conventions (``decode_image``):
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -33,9 +33,11 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
     "decode_image",
+    "decode_image_strips",
     "decode_label_map",
     "decode_mask",
     "encode_png",
+    "image_pixels",
     "overlay",
 ]
 
@@ -65,8 +67,8 @@ def _describe(data: bytes) -> str:
     return f"{len(data)} bytes, {kind}"
 
 
-def _open(data: bytes, *, max_pixels: int, what: str) -> Image.Image:
-    """Open, size-check (before pixels exist), fully load and EXIF-orient one image."""
+def _open_header(data: bytes, *, max_pixels: int, what: str) -> Image.Image:
+    """Open and size-check one image; no pixel is decoded yet (Pillow reads the header only)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what} data must be bytes, got {type(data).__name__}; read the file in binary mode")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
@@ -101,9 +103,17 @@ def _open(data: bytes, *, max_pixels: int, what: str) -> Image.Image:
         )
     if w == 0 or h == 0:
         raise ImageDecodeError(f"{what}: header claims an empty {w}x{h} image; expected at least 1x1")
+    return im
+
+
+def _open(data: bytes, *, max_pixels: int, what: str, orient: bool = True) -> Image.Image:
+    """Open, size-check (before pixels exist), fully load and (``orient``) EXIF-orient one image."""
+    im = _open_header(data, max_pixels=max_pixels, what=what)
+    w, h = im.size
     try:
         im.load()
-        im = ImageOps.exif_transpose(im)
+        if orient:
+            im = ImageOps.exif_transpose(im)
     except MemoryError:
         raise
     except Exception as e:  # truncated / corrupt data: OSError, SyntaxError, zlib.error, ...
@@ -135,7 +145,12 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     Raises ImageDecodeError for empty, truncated, corrupt or non-image data and for images whose header claims
     more than ``max_pixels`` pixels (checked before any pixel is decoded).
     """
-    im = _open(data, max_pixels=max_pixels, what="image")
+    return _rgb8(_open(data, max_pixels=max_pixels, what="image"))
+
+
+def _rgb8(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image (any mode of the module docstring) -> (H, W, 3) uint8 RGB, C-contiguous. Per pixel:
+    a crop of the image converts to the same crop of the result."""
     try:
         grey = _grey_u8(im)
         if grey is not None:
@@ -149,6 +164,53 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             f"image: pixel mode {im.mode!r} cannot be converted to RGB ({e}); convert the file to RGB first"
         ) from e
     return np.array(im, dtype=np.uint8, copy=True, order="C")
+
+
+def image_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Width x height of an encoded image from its header alone (no pixel decoded; the same in either EXIF
+    orientation). Raises ImageDecodeError as ``decode_image`` does for data that is not an image or claims more
+    than ``max_pixels`` pixels."""
+    w, h = _open_header(data, max_pixels=max_pixels, what="image").size
+    return w * h
+
+
+#: EXIF orientation -> (the Pillow transpose that shows the image upright, as ``ImageOps.exif_transpose`` applies
+#: it; displayed rows are stored columns; the stored axis runs backwards)
+_ORIENTATIONS = {
+    1: (None, False, False), 2: (Image.Transpose.FLIP_LEFT_RIGHT, False, False),
+    3: (Image.Transpose.ROTATE_180, False, True), 4: (Image.Transpose.FLIP_TOP_BOTTOM, False, True),
+    5: (Image.Transpose.TRANSPOSE, True, False), 6: (Image.Transpose.ROTATE_270, True, False),
+    7: (Image.Transpose.TRANSVERSE, True, True), 8: (Image.Transpose.ROTATE_90, True, True),
+}
+
+
+def decode_image_strips(data: bytes, *, rows: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                        ) -> tuple[tuple[int, int], Iterator[tuple[int, np.ndarray]]]:
+    """``decode_image`` in horizontal strips: ``((H, W), iterator of (y0, (h, W, 3) uint8 RGB))``, strips of
+    ``rows`` rows top to bottom in DISPLAYED orientation; stacked, they are exactly ``decode_image(data)``.
+
+    The file is decoded once (Pillow decodes PNG and JPEG whole); each strip is cut from the stored pixels, turned
+    upright (EXIF orientation) and converted to RGB on its own, so memory is the decoded image in its stored mode
+    plus one strip, not the three full-size copies ``decode_image`` makes on the way to its array.
+    """
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise ValueError(f"rows must be an int >= 1, got {rows=}")
+    im = _open(data, max_pixels=max_pixels, what="image", orient=False)
+    method, swap, backwards = _ORIENTATIONS.get(int(im.getexif().get(0x0112, 1) or 1), _ORIENTATIONS[1])
+    w, h = im.size
+    out_h, out_w = (w, h) if swap else (h, w)
+    along = w if swap else h  # stored length of the axis that becomes the displayed rows
+
+    def strips() -> Iterator[tuple[int, np.ndarray]]:
+        for y0 in range(0, out_h, rows):
+            y1 = min(out_h, y0 + rows)
+            a, b = (along - y1, along - y0) if backwards else (y0, y1)
+            part = im.crop((a, 0, b, h) if swap else (0, a, w, b))
+            if method is not None:
+                part = part.transpose(method)
+            yield y0, _rgb8(part)
+
+    return (out_h, out_w), strips()
 
 
 def decode_mask(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["rle_area", "rle_decode", "rle_encode", "rle_counts", "counts_to_string", "string_to_counts"]
+__all__ = ["StripRle", "rle_area", "rle_decode", "rle_encode", "rle_counts", "counts_to_string",
+           "string_to_counts"]
 
 
 def rle_counts(mask: np.ndarray) -> list[int]:
@@ -80,6 +81,55 @@ def string_to_counts(s: str | bytes) -> list[int]:
             x += counts[-2]
         counts.append(x)
     return counts
+
+
+class StripRle:
+    """``rle_counts`` of an (H, W) bool mask fed as horizontal strips, top to bottom (``add``), for masks too large to
+    hold: memory is one row plus one int64 per change of value down a column (the size of the RLE itself).
+
+    >>> r = StripRle((3, 2)); r.add(np.array([[0, 1]], bool)); r.add(np.array([[1, 1], [0, 1]], bool))
+    >>> r.counts() == rle_counts(np.array([[0, 1], [1, 1], [0, 1]], bool))
+    True
+    """
+
+    def __init__(self, hw: tuple[int, int]) -> None:
+        self.h, self.w = int(hw[0]), int(hw[1])
+        if self.h < 0 or self.w < 0:
+            raise ValueError(f"hw must be (h, w) >= 0, got {hw=}")
+        self.rows = 0
+        self._first: np.ndarray | None = None
+        self._last: np.ndarray | None = None
+        self._changes: list[np.ndarray] = []  # column-major indices i where flat[i] != flat[i - 1]
+
+    def add(self, strip: np.ndarray) -> None:
+        """The next (h, W) rows of the mask."""
+        strip = _check_mask(strip)
+        if strip.shape[1] != self.w or self.rows + strip.shape[0] > self.h:
+            raise ValueError(f"strip {strip.shape} does not continue a ({self.h}, {self.w}) mask at row {self.rows}")
+        if strip.shape[0] == 0:
+            return
+        if self._first is None:
+            self._first = strip[0].copy()
+        stacked = strip if self._last is None else np.concatenate([self._last[None], strip])
+        top = self.rows - (self._last is not None)  # mask row of stacked[0]
+        r, x = np.nonzero(stacked[1:] != stacked[:-1])
+        self._changes.append(x.astype(np.int64) * self.h + (top + 1 + r))
+        self._last = strip[-1].copy()
+        self.rows += strip.shape[0]
+
+    def counts(self) -> list[int]:
+        """Run lengths, exactly ``rle_counts`` of the whole mask; every row must have been added."""
+        if self.rows != self.h:
+            raise ValueError(f"got {self.rows} of the mask's {self.h} rows; add the rest first")
+        if self.h * self.w == 0:
+            return [0]
+        x = np.arange(1, self.w)
+        wrap = x[self._last[x - 1] != self._first[x]].astype(np.int64) * self.h  # bottom of column x-1 -> top of x
+        change = np.sort(np.concatenate([*self._changes, wrap]))
+        runs = np.diff(np.concatenate(([0], change, [self.h * self.w]))).tolist()
+        if self._first[0]:
+            runs.insert(0, 0)
+        return runs
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:

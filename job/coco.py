@@ -8,8 +8,9 @@ Where the instances come from: ``instances/<stem>.json`` (written by the write s
 file is missing or was written under another config hash (a resumed job whose earlier run had ``coco`` off, or a
 later run with another config that skipped this key), the instances are rebuilt from the image's stored masks and
 probabilities (``masks/``, ``probs/``), which is exactly what the write stage would have computed (it, too, works
-from the uint8 probabilities), and the per-image file is written too. Outputs with neither (rasters written in
-windows as GeoTIFFs, ``job.geo``: their vector output is the GIS-side equivalent) are left out and counted.
+from the uint8 probabilities), and the per-image file is written too. Outputs written in windows (``job.geo``:
+rasters and photos with more than ``window_pixels`` pixels) have no instances file and are not rebuilt (this driver
+would hold their whole mask; a GeoTIFF's vector output is the GIS-side equivalent): they are left out and counted.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def image_record(storage: Any, row: dict[str, Any], cfg: JobConfig) -> tuple[dic
     except jio.ObjectNotFoundError:
         pass
     rebuilt = record is None or (record.get("info") or {}).get("config_hash") != row["config_hash"]
+    if rebuilt and (row.get("height") or 0) * (row.get("width") or 0) > cfg.window_pixels:
+        return None, False  # written in windows: rebuilding would hold its whole mask here
     if rebuilt:
         try:
             mask, prob = _read_maps(storage, key, tuple(cfg.classes))
@@ -103,6 +106,6 @@ def write_dataset_coco(cfg: JobConfig, *, threads: int = 16) -> dict[str, Any]:
                     left_out, COCO_FILE)
     if missing:
         log.warning("coco: %d ok outputs have no instances/ file and no PNG masks to build one from (e.g. %r, a "
-                    "raster written in windows); they are not in %s", len(missing), missing[0], COCO_FILE)
+                    "raster or photo written in windows); they are not in %s", len(missing), missing[0], COCO_FILE)
     log.info("coco: %(images)d images, %(annotations)d annotations (%(rebuilt)d rebuilt) -> %(uri)s", summary)
     return summary

@@ -3,21 +3,25 @@
 Needs the ``geo`` extra (``pip install 'finedetail[geo]'``: rasterio, which bundles GDAL, shapely, and pyogrio for
 GeoPackage output); they are imported lazily, and a job that meets a raster needing it without the extra fails with that install line.
 
-Which inputs come here (``split_windowed``, called by ``job.run.run_job``): a raster with more than
-``JobConfig.window_pixels`` pixels, and any GeoTIFF that a plain image decode would lose something of: georeferenced
-(CRS or geotransform), not 8-bit, or with a band layout other than grey / grey+alpha / RGB / RGBA. Small plain TIFFs
-stay on the image path. A raster at or under ``window_pixels`` still comes here when georeferenced, as ONE window.
+Which inputs come here: any image with more than ``JobConfig.window_pixels`` pixels, and any GeoTIFF that a plain
+image decode would lose something of: georeferenced (CRS or geotransform), not 8-bit, or with a band layout other
+than grey / grey+alpha / RGB / RGBA. TIFFs are sorted by ``split_windowed`` (called by ``job.run.run_job``, from
+their headers); every other format (a large JPEG / PNG / WebP photo) by the image path's decode step, which reads
+its header before decoding and hands it over (``job.stages.WINDOWED``) instead of decoding it, so no driver reads a
+header per photo. Small plain TIFFs stay on the image path. A raster at or under ``window_pixels`` still comes here
+when georeferenced, as ONE window.
 
 How a scene flows (``run_windowed``):
 
 1. **Scene info** (a Ray task per scene): header (size, bands, dtype, CRS, transform, nodata / mask), the band
    mapping (``JobConfig.bands``) and, for non-8-bit data, the percentile stretch (``JobConfig.stretch``) computed from
    a decimated overview read (long side <= 1024 px; internal overviews are used when the file has them), so every
-   window of the scene is stretched with the same numbers. PNG / JPEG can't be read by window cheaply (both are
-   sequential formats: each window read would decode from the top again), so they are decoded ONCE, top to bottom,
-   strip by strip (512 rows), into a tiled GeoTIFF at ``_windows/<stem>/source.tif`` that the windows are then read
-   from; memory is one strip (width x 512 x bands), not the image. (GDAL decodes interlaced PNG and progressive JPEG
-   whole: those do cost the full image, once.)
+   window of the scene is stretched with the same numbers. Formats other than TIFF (JPEG, PNG, WebP, BMP) can't
+   be read by window cheaply, and must give exactly the pixels the image path decodes (EXIF orientation, palette,
+   16-bit and alpha rules of ``finedetail.codecs``), so they are decoded ONCE with the image path's decoder
+   (``finedetail.codecs.decode_image_strips``) and written strip by strip (512 rows, upright, RGB) into a tiled
+   GeoTIFF at ``_windows/<stem>/source.tif`` that the windows are then read from. Memory: the file plus the decoded
+   image in its stored mode (Pillow decodes these formats whole; 3 bytes per pixel for RGB), once, in that task.
 2. **Window plan** (driver): ``finedetail.geo.plan_windows`` = ``tiling.tile_grid`` with ``JobConfig.window`` and
    ``window_overlap``; the grid offset comes from ``grid_offset`` / ``$FINEDETAIL_GRID_OFFSET`` ("dy,dx", default
    0,0), which exists to audit seams: moving the grid must not change the stitched mask (tests/test_geo.py).
@@ -60,12 +64,14 @@ How a scene flows (``run_windowed``):
 
 Outputs per scene, georeferenced (CRS or geotransform): ``masks/<stem>.tif`` (uint8; one class: 0 / 255 like the
 PNG masks; several: class index 1..C), ``probs/<stem>.tif`` (uint8 0..255, one band per class). A scene without
-georeferencing (a big PNG / JPEG / plain TIFF) gets the image path's files instead, written by GDAL's PNG driver
-scanline by scanline from the stitched raster: ``masks/<stem>.png`` and ``probs/<stem>.png`` (one class), or
-``labels/<stem>.png`` and ``probs/<class>/<stem>.png``. Not for windowed scenes: ``rle/`` (COCO RLE is
-column-major: it needs the whole mask) and ``overlays/``. Optionally ``vectors/<stem>.<geojson|gpkg>``. Window maps
-stay under ``_windows/<stem>/`` (resume, re-stitching). A JPEG with an EXIF rotation stays on the image path (GDAL
-does not apply EXIF orientation; masks must match the displayed image).
+georeferencing (a big PNG / JPEG / plain TIFF) gets the image path's files instead, in its displayed orientation,
+written by GDAL's PNG driver scanline by scanline from the stitched raster: ``masks/<stem>.png`` and
+``probs/<stem>.png`` (one class), or ``labels/<stem>.png`` and ``probs/<class>/<stem>.png``; then, by
+``write_plain_extras`` in the same task, strip by strip from the published mask: ``rle/<stem>.json`` (column-major
+COCO RLE built from row strips, ``finedetail.rle.StripRle``), ``overlays/<stem>.png`` and, with several classes,
+``masks/<class>/<stem>.png``. Not for windowed scenes: ``instances/`` (``coco``; connected components need the whole
+mask). Optionally ``vectors/<stem>.<geojson|gpkg>``. Window maps stay under ``_windows/<stem>/`` (resume,
+re-stitching).
 """
 
 from __future__ import annotations
@@ -115,17 +121,17 @@ __all__ = [
     "scene_info",
     "split_windowed",
     "stitch_scene",
+    "stitch_scene_and_extras",
     "window_prob_key",
     "write_geojson",
     "write_gpkg",
+    "write_plain_extras",
     "write_windows",
 ]
 
 GEO_EXTRA = "pip install 'finedetail[geo]'"
-#: rasters GDAL reads by window cheaply
+#: rasters GDAL reads by window cheaply; every other format (PNG, JPEG, WebP, BMP) is decoded once into a tiled copy
 TIFF_EXTS = (".tif", ".tiff")
-#: sequential formats: windowed only above window_pixels, decoded once into a tiled copy first
-SEQUENTIAL_EXTS = (".png", ".jpg", ".jpeg")
 WINDOW_DIR = "_windows"
 #: output block = GeoTIFF tile size of the outputs; also the stitch's unit of work
 OUTPUT_BLOCK = 512
@@ -261,27 +267,18 @@ def probe(storage: jio.Storage, key: str) -> Probe:
         return Probe((ds.height, ds.width), ds.count, ds.dtypes[0], _is_georeferenced(ds))
 
 
-def _needs_geo_path(storage: jio.Storage, key: str, p: Probe, cfg: JobConfig) -> bool:
-    if not key.lower().endswith(TIFF_EXTS):
-        # a small PNG / JPEG is an ordinary image; so is a rotated JPEG (GDAL ignores EXIF orientation, the image
-        # decoder applies it: masks must come out in the displayed orientation)
-        return fg.needs_windows(p.hw, window_pixels=cfg.window_pixels) and _exif_orientation(storage, key) in (0, 1)
+def _needs_geo_path(p: Probe, cfg: JobConfig) -> bool:
     if fg.needs_windows(p.hw, window_pixels=cfg.window_pixels):
         return True
     plain = p.dtype == "uint8" and p.count in (1, 2, 3, 4)
     return p.georeferenced or not plain
 
 
-def _exif_orientation(storage: jio.Storage, key: str) -> int:
-    """EXIF orientation tag from the header (0: none), read with Pillow without decoding pixels."""
-    from PIL import Image
-
-    with storage.filesystem.open_input_file(storage.path(key)) as f, Image.open(f) as im:
-        return int(im.getexif().get(0x0112, 0) or 0)
-
-
 def split_windowed(cfg: JobConfig, keys: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split input keys into (image-path keys, geo-path keys); order kept. See the module docstring for the rule.
+    Only TIFFs are looked at here: any other image larger than ``window_pixels`` is sent here by the image path's
+    decode step, which reads its header anyway (``job.stages.read_decode``), so a large archive of photos costs the
+    driver no header read per file.
 
     Headers are read in a small thread pool (IO bound). A key whose header can't be read stays on the image path,
     where decoding turns it into an error row. Without rasterio, TIFFs are sized with Pillow's header reader: all
@@ -289,7 +286,7 @@ def split_windowed(cfg: JobConfig, keys: Sequence[str]) -> tuple[list[str], list
     so), and ImportError naming the extra is raised otherwise.
     """
     keys = list(keys)
-    cands = [k for k in keys if k.lower().endswith(TIFF_EXTS + SEQUENTIAL_EXTS)]
+    cands = [k for k in keys if k.lower().endswith(TIFF_EXTS)]
     if not cands:
         return keys, []
     storage = jio.open_storage(cfg.input)[0]
@@ -301,14 +298,13 @@ def split_windowed(cfg: JobConfig, keys: Sequence[str]) -> tuple[list[str], list
             raise ImportError(f"{len(big)} input raster(s), e.g. {big[0]!r}, exceed window_pixels="
                               f"{cfg.window_pixels} and must be read by window, which needs the 'geo' extra "
                               f"(rasterio, shapely): {GEO_EXTRA}") from None
-        if any(k.lower().endswith(TIFF_EXTS) for k in cands):
-            log.warning("rasterio is not installed: TIFF inputs are decoded as plain images (no georeferenced "
-                        "output); install it with %s", GEO_EXTRA)
+        log.warning("rasterio is not installed: TIFF inputs are decoded as plain images (no georeferenced "
+                    "output); install it with %s", GEO_EXTRA)
         return keys, []
 
     def check(k: str) -> bool:
         try:
-            return _needs_geo_path(storage, k, probe(storage, k), cfg)
+            return _needs_geo_path(probe(storage, k), cfg)
         except Exception as exc:  # unreadable: the image path reports it as an error row
             log.info("raster header of %s unreadable (%s); leaving it to the image decoder", k, _error_text(exc))
             return False
@@ -373,7 +369,7 @@ def scene_info(cfg: JobConfig, key: str) -> SceneInfo:
 
     storage = jio.open_storage(cfg.input)[0]
     source, in_output = key, False
-    if key.lower().endswith(SEQUENTIAL_EXTS):
+    if not key.lower().endswith(TIFF_EXTS):
         source, in_output = _tiled_copy(cfg, key), True
     src_storage = jio.open_storage(cfg.output)[0] if in_output else storage
     with open_raster(src_storage, source) as ds:
@@ -396,24 +392,29 @@ def scene_info(cfg: JobConfig, key: str) -> SceneInfo:
 
 
 def _tiled_copy(cfg: JobConfig, key: str) -> str:
-    """Decode a PNG / JPEG once, top to bottom in strips, into a tiled GeoTIFF in the output storage; its key.
+    """Decode a non-TIFF image (PNG, JPEG, WebP, BMP, ...) once, exactly as the image path decodes it
+    (``finedetail.codecs.decode_image_strips``: Pillow, EXIF orientation applied, the same mode conversions), and
+    write it strip by strip into a tiled RGB GeoTIFF in the output storage; returns its key. Peak memory: the file's
+    bytes plus the decoded image in its stored mode (Pillow decodes these formats whole) plus one strip.
 
     Reused when it already exists (written atomically, so it is whole)."""
+    from finedetail.codecs import decode_image_strips
+
     rio = require_rasterio()
     out = jio.open_storage(cfg.output)[0]
     dest = _source_copy_key(key)
     if jio.exists(out, dest):
         return dest
-    src_storage = jio.open_storage(cfg.input)[0]
-    with _scratch(out) as tmp, open_raster(src_storage, key) as src, rio.Env(**GDAL_ENV), _quiet():
+    (h, w), strips = decode_image_strips(jio.read_bytes(jio.open_storage(cfg.input)[0], key), rows=STRIP_ROWS,
+                                         max_pixels=cfg.max_pixels)
+    with _scratch(out) as tmp, rio.Env(**GDAL_ENV), _quiet():
         path = os.path.join(tmp, "source.tif")
-        profile = dict(driver="GTiff", width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
-                       tiled=True, blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate",
+        profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", tiled=True,
+                       blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", zlevel=1,
                        BIGTIFF="IF_SAFER")
         with rio.open(path, "w", **profile) as dst:
-            for y in range(0, src.height, STRIP_ROWS):
-                win = rio.windows.Window(0, y, src.width, min(STRIP_ROWS, src.height - y))
-                dst.write(src.read(window=win), window=win)
+            for y0, strip in strips:
+                dst.write(np.moveaxis(strip, -1, 0), window=rio.windows.Window(0, y0, w, strip.shape[0]))
         _publish(out, dest, path)
     return dest
 
@@ -577,11 +578,11 @@ def _publish(storage: jio.Storage, key: str, local_path: str) -> str:
     return jio.write_file(storage, key, local_path)
 
 
-def _png_copy(src_path: str, dst_path: str) -> None:
+def _png_copy(src_path: str, dst_path: str, *, zlevel: int = 6) -> None:
     """GDAL's PNG driver writes from a source dataset scanline by scanline: no full-scene array."""
     rio = require_rasterio()
     with rio.Env(**GDAL_ENV), _quiet():
-        rio.shutil.copy(src_path, dst_path, driver="PNG", ZLEVEL=6)
+        rio.shutil.copy(src_path, dst_path, driver="PNG", ZLEVEL=zlevel)
     aux = dst_path + ".aux.xml"  # GDAL's sidecar for what PNG can't hold (e.g. a mask band): not an output
     if os.path.exists(aux):
         os.unlink(aux)
@@ -846,6 +847,101 @@ def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> 
             "pieces": pieces}
 
 
+# --------------------------------------------------------------------------------------------- plain scenes
+
+
+def _strips_with_halo(ds: Any, rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Band 1 of ``ds`` in strips of ``rows`` rows, read top to bottom once (sequential: cheap for PNG):
+    ``(y0, strip, row above or None, row below or None)``."""
+    rio = require_rasterio()
+
+    def read(y0: int) -> np.ndarray:
+        return ds.read(1, window=rio.windows.Window(0, y0, ds.width, min(rows, ds.height - y0)))
+
+    cur, above = read(0), None
+    for y0 in range(0, ds.height, rows):
+        nxt = read(y0 + rows) if y0 + rows < ds.height else None
+        yield y0, cur, above, None if nxt is None else nxt[:1]
+        above, cur = cur[-1:], nxt
+
+
+def write_plain_extras(cfg: JobConfig, info: SceneInfo) -> None:
+    """For a scene without georeferencing (a large photo): the files the image path writes besides the mask and
+    probabilities that ``stitch_scene`` publishes (``finedetail.outputs.render_outputs``), so a large photo gets the
+    same files as a small one: ``rle/<stem>.json`` (one COCO RLE, or class name -> RLE), ``overlays/<stem>.png``
+    (unless ``cfg.overlays`` is off) and, with several classes, ``masks/<class>/<stem>.png``. Everything is made
+    from the published ``masks/<stem>.png`` (``labels/<stem>.png``) read back strip by strip, and the scene's
+    pixels read as its windows are: memory is a strip, plus the RLE's counts. (``instances/`` for ``coco`` is not
+    written: connected components need the whole mask.)"""
+    from finedetail.codecs import overlay
+    from finedetail.outputs import CLASS_COLORS
+    from finedetail.rle import StripRle, counts_to_string
+
+    rio = require_rasterio()
+    out = jio.open_storage(cfg.output)[0]
+    src_storage = out if info.source_in_output else jio.open_storage(cfg.input)[0]
+    classes, (h, w) = list(cfg.classes), info.hw
+    single = len(classes) == 1
+    labels_key = jio.output_key("masks" if single else "labels", info.key, suffix=".png")
+    rles = [StripRle(info.hw) for _ in classes]
+
+    def per_class(lab: np.ndarray) -> list[np.ndarray]:  # the published mask is 0 / 255 with one class
+        return [lab > 0] if single else [lab == c + 1 for c in range(len(classes))]
+
+    with _scratch(out) as tmp, contextlib.ExitStack() as stack:
+        stack.enter_context(rio.Env(**GDAL_ENV))
+        stack.enter_context(_quiet())
+        labels = stack.enter_context(open_raster(out, labels_key))
+        src = stack.enter_context(open_raster(src_storage, info.source)) if cfg.overlays else None
+        profile = dict(driver="GTiff", width=w, height=h, dtype="uint8", compress="deflate", zlevel=1,
+                       BIGTIFF="IF_SAFER")
+        files: dict[str, tuple[str, Any]] = {}  # output folder -> (scratch path, open GeoTIFF)
+        if not single:
+            for c, name in enumerate(classes):
+                path = os.path.join(tmp, f"mask{c}.tif")
+                files[f"masks/{name}"] = (path, stack.enter_context(rio.open(path, "w", count=1, **profile)))
+        if src is not None:
+            path = os.path.join(tmp, "overlay.tif")
+            files["overlays"] = (path, stack.enter_context(rio.open(path, "w", count=3, **profile)))
+        for y0, lab, above, below in _strips_with_halo(labels, STRIP_ROWS):
+            rwin = rio.windows.Window(0, y0, w, lab.shape[0])
+            for c, m in enumerate(per_class(lab)):
+                rles[c].add(m)
+                if not single:
+                    files[f"masks/{classes[c]}"][1].write((m * np.uint8(255))[None], window=rwin)
+            if src is None:
+                continue
+            # the outline of a row depends on the rows next to it: outline the strip with one row of the mask
+            # above and below it (the image rows there are placeholders), then keep the strip's own rows
+            halo = [a for a in (above, lab, below) if a is not None]
+            image = fg.to_rgb8(src.read(list(info.bands), window=rwin), info.stretch)
+            shown = np.concatenate([image[:1]] * (above is not None) + [image] + [image[-1:]] * (below is not None))
+            for c, m in enumerate(per_class(np.concatenate(halo))):  # render_outputs' colours (class 1: red)
+                shown = overlay(shown, m, color=CLASS_COLORS[c % len(CLASS_COLORS)])
+            top = int(above is not None)
+            files["overlays"][1].write(np.moveaxis(shown[top:top + lab.shape[0]], -1, 0), window=rwin)
+        stack.close()
+        for i, (folder, (path, _)) in enumerate(files.items()):
+            final = os.path.join(tmp, f"extra{i}.png")
+            # deflate level 1, the image path's (finedetail.codecs.encode_png); 6 took 4x as long on a 108 MP overlay
+            _png_copy(path, final, zlevel=1)
+            _publish(out, jio.output_key(folder, info.key, suffix=".png"), final)
+        docs = [{"size": [h, w], "counts": counts_to_string(r.counts())} for r in rles]
+        rle_doc = docs[0] if single else dict(zip(classes, docs))
+        jio.write_bytes_atomic(out, jio.output_key("rle", info.key, suffix=".json"), json.dumps(rle_doc).encode())
+
+
+def stitch_scene_and_extras(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> dict[str, Any]:
+    """The stitch task of ``run_windowed``: ``stitch_scene``, then for a scene without georeferencing the rest of
+    the image path's files (``write_plain_extras``), timed into ``seconds``."""
+    result = stitch_scene(cfg, info, windows)
+    if not info.georeferenced:
+        t0 = time.perf_counter()
+        write_plain_extras(cfg, info)
+        result["seconds"] += time.perf_counter() - t0
+    return result
+
+
 # --------------------------------------------------------------------------------------------- the driver
 
 
@@ -861,7 +957,10 @@ def build_window_dataset(cfg: JobConfig, items: list[dict[str, Any]], plan: Any,
     # one window per read task: a window is already megabytes, and reads stay as small as one row
     ds = ds.map_batches(read_windows, batch_size=1, num_cpus=plan.io_cpus, batch_format="numpy",
                         fn_kwargs={"cfg": cfg, **track}, **_test_env())
-    ds = model_stages(ds, cfg, plan, attempts=attempts)
+    # one window per model call: a window is already as large as a photo (2048 x 2048 px; its refiner tiles are
+    # batched through the encoder within it), and a batch of them multiplies the per-pixel float maps an actor
+    # holds (measured with python -m job.bench largeimage: see README, large images)
+    ds = model_stages(ds, cfg, plan, attempts=attempts, batch_size=1)
     return ds.map_batches(write_windows, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
                           batch_format="numpy", fn_kwargs={"cfg": cfg, "geo_hash": ghash, **track}, **_test_env())
 
@@ -893,7 +992,7 @@ def run_windowed(cfg: JobConfig, keys: Sequence[str], plan: Any) -> list[dict[st
     if out.kind == "local":  # scratch folders of stitches a killed run left behind (one job per output at a time)
         shutil.rmtree(os.path.join(out.root, ".tmp-geo"), ignore_errors=True)
     info_task = ray.remote(scene_info).options(num_cpus=plan.io_cpus)
-    stitch_task = ray.remote(stitch_scene).options(num_cpus=plan.io_cpus)
+    stitch_task = ray.remote(stitch_scene_and_extras).options(num_cpus=plan.io_cpus)
     refs = {k: info_task.remote(cfg, k) for k in keys}
     latest = jm.latest_rows(jm.read_manifest(out))
 

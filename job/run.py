@@ -149,17 +149,21 @@ def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size
     return args
 
 
-def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None) -> Any:
+def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None, batch_size: int | None = None
+                 ) -> Any:
     """Append the steps of the method's plan (``finedetail.plan``: coarse unless ``--coarse`` supplies the masks,
     one refine step per variant, crops, fuse) to ``ds`` (rows of the ``job.rows`` schema with a decoded state): one
     ``job.stages.PlanStage`` actor pool per step, or with ``plan.chain`` one pool whose actors run every step.
-    Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``)."""
+    Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``). ``batch_size``: rows per
+    stage call (default ``cfg.resources.batch_size``)."""
     from job import stages
+
+    bs = cfg.resources.batch_size if batch_size is None else batch_size
 
     def add(ds: Any, steps: list[str] | None, pool: dict[str, Any]) -> Any:
         return ds.map_batches(stages.PlanStage, fn_constructor_kwargs={"cfg": cfg, "steps": steps,
                                                                        "attempts": attempts},
-                              batch_size=cfg.resources.batch_size, batch_format="numpy", **pool)
+                              batch_size=bs, batch_format="numpy", **pool)
 
     if plan.chain:
         return add(ds, None, _pool(plan, gpus=plan.chain_gpus, cpus=plan.chain_cpus))
@@ -355,9 +359,9 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
-    windowed: list[str] = []
+    windowed: list[str] = []  # inputs too large for one row, run window by window (job.geo)
     if any(k.lower().endswith((".tif", ".tiff")) for k in todo):
-        from job.geo import split_windowed  # rasters too large for one row go through windows
+        from job.geo import split_windowed  # TIFFs are sized here; other images by the decode step (WINDOWED)
 
         todo, windowed = split_windowed(cfg, todo)
     print(f"finedetail: {len(keys)} inputs, {len(done)} already done (config {cfg.config_hash}), "
@@ -370,15 +374,18 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
         _ensure_ray(address)
         plan = plan_resources(cfg, ray.cluster_resources())
     if todo:
-        from job.stages import AttemptLog
+        from job.stages import WINDOWED, AttemptLog
 
         attempts = AttemptLog(output=cfg.output, run_id=run_id, max_tries=cfg.max_tries)
         ds = build_dataset(cfg, todo, plan, attempts=attempts)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                n = len(batch["key"])
-                rows.extend({k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
-                            for i in range(n))
+                for i in range(len(batch["key"])):
+                    row = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+                    if row["status"] == WINDOWED:  # too large for one row (its header said): by window below
+                        windowed.append(row["key"])
+                    else:
+                        rows.append(row)
         except Exception as exc:
             failed = _job_failed(exc, rows, len(todo) + len(windowed))
             if failed is None:
@@ -392,6 +399,8 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
     if windowed:
         from job.geo import run_windowed
 
+        chosen = set(windowed)
+        windowed = [k for k in keys if k in chosen]  # input order
         try:
             rows.extend(run_windowed(cfg, windowed, plan))
         except Exception as exc:

@@ -274,12 +274,41 @@ def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
             os._exit(70)
 
 
+#: status of an image row the image path hands to the raster-window path (``job.geo``): its header says it has more
+#: than ``JobConfig.window_pixels`` pixels. Such a row is never decoded, skipped by every stage like an error row,
+#: gets no manifest row from ``write_outputs`` (the window path writes the input's row) and is returned to the
+#: driver, which runs it through ``job.geo.run_windowed``.
+WINDOWED = "windowed"
+
+
+def _window_or_refuse(row: dict[str, Any], data: bytes, cfg: JobConfig) -> bool:
+    """True (and the row marked) when the image is too large for one row: ``WINDOWED``, or an error row saying
+    what to install when the window path's extra is missing. Header only: no pixel is decoded."""
+    from finedetail.codecs import image_pixels
+
+    n = image_pixels(data, max_pixels=cfg.max_pixels)
+    if n <= cfg.window_pixels:
+        return False
+    from job.geo import GEO_EXTRA, require_rasterio
+
+    try:
+        require_rasterio()
+        row["status"] = WINDOWED
+    except ImportError:
+        row["status"] = "error"
+        row["error"] = (f"image has {n} pixels, more than window_pixels={cfg.window_pixels}: images that large are "
+                        f"processed window by window, which needs the 'geo' extra ({GEO_EXTRA}); or raise "
+                        "window_pixels (memory then grows with the image)")
+    return True
+
+
 def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig,
                 attempts: AttemptLog | None = None) -> dict[str, np.ndarray]:
     """CPU task: read each key (retries inside job.io), decode to RGB uint8 (EXIF applied), and read the coarse
     mask made elsewhere when ``--coarse`` is given, into the row's state. Any failure becomes an error row; the batch
-    goes on. With ``attempts``, an input that kills the worker (a decoder crash, an OOM kill) ends as an error row
-    after ``attempts.max_tries`` tries instead of being retried for ever."""
+    goes on. An image whose header has more than ``window_pixels`` pixels is not decoded: its row becomes
+    ``WINDOWED``. With ``attempts``, an input that kills the worker (a decoder crash, an OOM kill) ends as an error
+    row after ``attempts.max_tries`` tries instead of being retried for ever."""
     from job.models import coarse_from_mask_bytes
 
     storage = jio.open_storage(cfg.input)[0]
@@ -290,7 +319,11 @@ def read_decode(batch: dict[str, np.ndarray], *, cfg: JobConfig,
             t0 = time.perf_counter()
             key = row["key"]
             try:
-                image = decode_image(jio.read_bytes(storage, key), max_pixels=cfg.max_pixels)
+                data = jio.read_bytes(storage, key)
+                if _window_or_refuse(row, data, cfg):
+                    continue
+                image = decode_image(data, max_pixels=cfg.max_pixels)
+                del data
                 coarse = None
                 if coarse_storage is not None:
                     data = jio.read_bytes(coarse_storage, jio.mask_key(key))
@@ -413,7 +446,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
     """CPU task: write each row's files atomically, then one manifest part for the batch (last), and return the
     manifest rows only (the big columns stop here). A `jio.StorageError` (a write still failing after its retries)
     fails the task and so the job: the batch's manifest part is then never written, so no row claims outputs
-    that are not all there."""
+    that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
     from finedetail.outputs import render_outputs
     from job.manifest import write_part
 
@@ -451,6 +484,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
         for s in STAGES:
             m[f"seconds_{s}"] = float(r.get(f"seconds_{s}", 0.0))
         manifest.append(m)
-    if manifest:
-        write_part(storage, manifest)
+    done = [m for m in manifest if m["status"] != WINDOWED]
+    if done:
+        write_part(storage, done)
     return _batch(manifest)

@@ -84,3 +84,18 @@ def test_stitch_bench(capsys):
     assert set(rows) == {"off", "post"} and rows["off"]["windows"] == rows["post"]["windows"] == 15
     assert rows["post"]["pieces"] > 0 and rows["post"]["mask_area"] != rows["off"]["mask_area"]
     assert all(r["peak_rss_mb"] > 0 and r["seconds"] > 0 for r in rows.values())
+
+
+def test_largeimage_bench(capsys, tmp_path):
+    """One small photo through windows (window_pixels lowered by --set) in a fresh process with its own Ray."""
+    pytest.importorskip("psutil", reason="the benchmark samples memory with psutil")
+    pytest.importorskip("rasterio", reason="windows need the geo extra: pip install 'finedetail[geo]'")
+    from job.bench import largeimage
+
+    res = _json_of(capsys, largeimage, ["--sizes", "400x300", "--methods", "single", "--backend", "proxy",
+                                        "--cpus", "1", "--window-pixels", "65536", "--set", "window=256",
+                                        "--set", "window_overlap=32", "--workdir", str(tmp_path)])
+    (run,) = res["runs"]
+    assert run["size"] == "400x300" and run["ok"] == 1 and not run["timed_out"]
+    assert run["windows"] == 2 * 2 and run["encoder_passes"] > 0
+    assert run["peak_rss_mb"]["driver"] > 0 and run["peak_rss_mb"]["model_actor"] > 0

@@ -14,9 +14,11 @@ from finedetail.codecs import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     decode_image,
+    decode_image_strips,
     decode_label_map,
     decode_mask,
     encode_png,
+    image_pixels,
     overlay,
 )
 
@@ -349,3 +351,43 @@ def test_overlay_empty_mask_is_identity_and_errors():
         overlay(image, np.zeros((4, 5), bool), color=(300, 0, 0))
     with pytest.raises(ValueError, match="thickness must be an int >= 1"):
         overlay(image, np.zeros((4, 5), bool), thickness=0)
+
+
+def _modes(arr: np.ndarray) -> list[Image.Image]:
+    """One image per decoding rule of the module docstring, from an (h, w, 3) uint8 array."""
+    rgb = Image.fromarray(arr)
+    p_trans = rgb.convert("P")
+    p_trans.info["transparency"] = 3
+    sixteen = Image.fromarray((arr[..., 0].astype(np.uint16) * 251))
+    return [rgb, rgb.convert("L"), rgb.convert("P"), p_trans, rgb.convert("RGBA"), rgb.convert("LA"),
+            rgb.convert("CMYK"), sixteen, rgb.convert("1")]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_decode_image_strips_stack_to_decode_image(orientation):
+    # every EXIF orientation x every mode rule, odd sizes and a strip height that divides neither side
+    arr = np.random.default_rng(orientation).integers(0, 256, (13, 22, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for im in _modes(arr):
+        fmt = "JPEG" if im.mode == "CMYK" else "PNG"
+        data = _save(im, fmt, exif=exif.tobytes())
+        want = decode_image(data)
+        (h, w), strips = decode_image_strips(data, rows=5)
+        got = list(strips)
+        assert (h, w) == want.shape[:2] == ((22, 13) if orientation >= 5 else (13, 22)), im.mode
+        assert [y0 for y0, _ in got] == list(range(0, h, 5))
+        np.testing.assert_array_equal(np.concatenate([s for _, s in got]), want, err_msg=f"{im.mode}")
+        assert image_pixels(data) == 13 * 22
+
+
+def test_decode_image_strips_and_image_pixels_refuse_like_decode_image():
+    data = _save(Image.fromarray(RGB))
+    with pytest.raises(ImageDecodeError, match="max_pixels=5"):
+        image_pixels(data, max_pixels=5)
+    with pytest.raises(ImageDecodeError, match="max_pixels=5"):
+        decode_image_strips(data, rows=1, max_pixels=5)
+    with pytest.raises(ImageDecodeError, match="not a recognised image"):
+        image_pixels(b"plain text, not an image")
+    with pytest.raises(ValueError, match="rows must be"):
+        decode_image_strips(data, rows=0)

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from finedetail.rle import counts_to_string, rle_area, rle_counts, rle_decode, rle_encode, string_to_counts
+from finedetail.rle import (
+    StripRle,
+    counts_to_string,
+    rle_area,
+    rle_counts,
+    rle_decode,
+    rle_encode,
+    string_to_counts,
+)
 
 coco = pytest.importorskip("pycocotools.mask", reason="pycocotools is in the 'test' extra")
 
@@ -141,3 +149,31 @@ def test_decode_errors(rle, error, match):
 def test_encode_rejects_non_bool(bad):
     with pytest.raises(TypeError, match="bool"):
         rle_encode(bad)
+
+
+@given(masks, st.lists(st.integers(0, 40), max_size=4))
+def test_strip_rle_equals_rle_counts(mask, cuts):
+    h = mask.shape[0]
+    bounds = sorted({0, h, *(min(c, h) for c in cuts)})
+    r = StripRle(mask.shape)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        r.add(mask[a:b])
+    assert r.counts() == rle_counts(mask)
+
+
+@pytest.mark.parametrize("mask", [np.zeros((3, 4), bool), np.ones((3, 4), bool), np.eye(3, 4, dtype=bool),
+                                  np.array([[1], [0], [1]], bool), np.array([[0, 1, 0]], bool)])
+def test_strip_rle_literal_masks_row_by_row(mask):
+    r = StripRle(mask.shape)
+    for row in mask:
+        r.add(row[None])
+    assert r.counts() == rle_counts(mask)
+
+
+def test_strip_rle_refuses_a_short_or_misfit_mask():
+    r = StripRle((3, 2))
+    r.add(np.zeros((2, 2), bool))
+    with pytest.raises(ValueError, match="2 of the mask's 3 rows"):
+        r.counts()
+    with pytest.raises(ValueError, match="does not continue"):
+        r.add(np.zeros((1, 3), bool))

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch} [--json] ...``.
+"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage} [--json] ...``.
 
 Each prints a table, or one JSON document with ``--json``. Speed and memory targets live here, never in tests.
 """
@@ -18,6 +18,7 @@ COMMANDS = {
     "load": "job.bench.load",
     "real": "job.bench.real",
     "stitch": "job.bench.stitch",
+    "largeimage": "job.bench.largeimage",
 }
 
 
