@@ -152,13 +152,13 @@ def test_decode_hands_a_large_photo_to_the_window_path_without_decoding_it(tmp_p
     (tmp_path / "in" / "edge.png").write_bytes(encode_png(np.zeros((256, 256, 3), np.uint8)))  # = window_pixels
     cfg = _cfg(input=str(tmp_path / "in"), output=str(tmp_path / "out"), prompts="p", **SMALL_WINDOWS)
     batch = {"key": column(["big.png", "edge.png"])}
-    got = read_decode(batch, cfg=cfg, views=1)
+    got = read_decode(batch, cfg=cfg)
     assert list(got["status"]) == [WINDOWED, "ok"]
-    assert got["image"][0] == b"" and len(got["image"][1]) > 0
+    assert got["state"][0] == b"" and len(got["state"][1]) > 0
 
     # without the geo extra the large photo is an error row saying what to install; the rest of the batch runs
     monkeypatch.setitem(sys.modules, "rasterio", None)
-    got = read_decode(batch, cfg=cfg, views=1)
+    got = read_decode(batch, cfg=cfg)
     assert list(got["status"]) == ["error", "ok"]
     assert "77100 pixels, more than window_pixels=65536" in got["error"][0]
     assert "pip install 'finedetail[geo]'" in got["error"][0]
