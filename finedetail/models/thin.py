@@ -348,7 +348,7 @@ class GrowConfig(FeatureConfig):
     gap_width: float = 1.5
     reach_frac: float = 0.25
     min_reach: float = 8.0
-    grow_p: float = 0.5
+    grow_p: float = 0.9
     keep_p: float = 0.0
     point_radius: int = 1
     l_bins: int = 8
