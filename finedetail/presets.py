@@ -78,9 +78,16 @@ def preset_dict(name: str) -> dict[str, Any]:
 #:   evaluation: 10 positive + 5 negative points raise COIFT mBIoU 61.8 -> 86.4, DIS 17.9 -> 59.6) use box and
 #:   point prompts. So the coarse mask reaches SAM as its box and boundary points, not as logits, until real
 #:   weights can measure otherwise (``--set refine.use_mask_input=true`` brings it back).
+#: - classical: the single pass (scale 1, identity view, no crops, no post-processing). Real-data ablation with the
+#:   job's CLI (``python -m job.bench real``, 2 prompt pairs, 8 inputs each; README, Quality): against the single
+#:   pass, post-processing cost DRIVE -0.10 pixel F1 (topology sensitivity 0.66 -> 0.41) and PLD-UAV power lines
+#:   -0.22 F1 (opening and island removal erase free-standing 1-2 px wires), crops -0.03 / -0.00 / -0.01 F1 (DRIVE,
+#:   CrackForest, PLDU), scale 2 -0.00 / -0.00 / -0.01, the flip view +0.003 / +0.001 / -0.001 at twice the passes.
+#:   None helps the weight-free refiner at its cost, so none is on by default; a preset or flags turn them on.
 BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
     "seggpt-sam": {"refine": {"use_mask_input": False}},
-    "classical": {},
+    "classical": {"scales": [1.0], "tta": ["identity"], "crop": {"enabled": False},
+                  "post": {"guided": False, "close_size": 0, "hole_area": 0, "opening": "none", "island_area": 0}},
     "proxy": {},
 }
 

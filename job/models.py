@@ -155,12 +155,34 @@ def _device(cfg: JobConfig) -> str | None:
     return cfg.device
 
 
-def option_classes(backend: str) -> tuple[type, type] | None:
+#: the classical backend's model families, chosen by the ``coarse_model`` / ``refiner_model`` backend options:
+#: name -> (module, model class, config class)
+CLASSICAL_COARSE = {"pixel": ("finedetail.models.thin", "PixelSegmenter", "PixelConfig"),
+                    "colour-texture": ("finedetail.models.classical", "ColourTextureSegmenter", "ColourTextureConfig")}
+CLASSICAL_REFINERS = {"grow": ("finedetail.models.thin", "GrowRefiner", "GrowConfig"),
+                      "grabcut": ("finedetail.models.classical", "GrabCutRefiner", "GrabCutConfig")}
+_CHOICES = {"coarse_model": CLASSICAL_COARSE, "refiner_model": CLASSICAL_REFINERS}
+
+
+def _classical_choice(options: dict[str, Any], key: str) -> tuple[type, type]:
+    """(model class, config class) named by ``options[key]`` (``coarse_model`` / ``refiner_model``; default the
+    first family); refuses an unknown name, listing the valid ones."""
+    import importlib
+
+    table = _CHOICES[key]
+    name = options.get(key, next(iter(table)))
+    if name not in table:
+        raise ValueError(f"backend_options {key}={name!r} is not a classical model; choose one of {list(table)}")
+    module, model, config = table[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, model), getattr(mod, config)
+
+
+def option_classes(backend: str, options: dict[str, Any] | None = None) -> tuple[type, type] | None:
     """The (coarse, refiner) config dataclasses ``backend_options`` fill for ``backend``; None: it takes none."""
     if backend == "classical":
-        from finedetail.models.classical import ColourTextureConfig, GrabCutConfig
-
-        return ColourTextureConfig, GrabCutConfig
+        options = options or {}
+        return _classical_choice(options, "coarse_model")[1], _classical_choice(options, "refiner_model")[1]
     if backend == "proxy":
         from finedetail.models.proxy import ProxySAMConfig, ProxySegGPTConfig
 
@@ -171,15 +193,18 @@ def option_classes(backend: str) -> tuple[type, type] | None:
 def backend_configs(cfg: JobConfig) -> tuple[Any, Any]:
     """``cfg.backend_options`` -> (coarse model config, refiner config) of ``cfg.backend``.
 
-    A key is ``coarse_<field>`` or ``refiner_<field>``, naming a field of the backend's config dataclass:
-    classical: ``ColourTextureConfig`` / ``GrabCutConfig`` (e.g. ``coarse_input_size: 192``,
-    ``refiner_input_size: 384``, ``refiner_iterations: 2``); proxy: ``ProxySegGPTConfig`` / ``ProxySAMConfig``
-    (e.g. ``refiner_threshold``). seggpt-sam takes none (its models are set by the checkpoint flags) and returns
+    A key is ``coarse_<field>`` or ``refiner_<field>``, naming a field of the backend's config dataclass.
+    classical: ``coarse_model`` picks the coarse model (``pixel``, the default: ``finedetail.models.thin``'s
+    thin-structure pixel model, ``PixelConfig``; or ``colour-texture``: ``ColourTextureConfig``) and
+    ``refiner_model`` the refiner (``grow``, the default: ``GrowConfig``; or ``grabcut``: ``GrabCutConfig``); the
+    other keys fill the chosen config (e.g. ``coarse_input_size: 192``, ``refiner_input_size: 384``,
+    ``refiner_iterations: 2`` with grabcut). proxy: ``ProxySegGPTConfig`` / ``ProxySAMConfig`` (e.g.
+    ``refiner_threshold``). seggpt-sam takes none (its models are set by the checkpoint flags) and returns
     (None, None). Lists become tuples. An unknown key raises ValueError naming it and the valid keys; a bad value
     raises the config's ValueError prefixed with ``backend_options``.
     """
     options = dict(cfg.backend_options)
-    classes = option_classes(cfg.backend)
+    classes = option_classes(cfg.backend, options)
     if classes is None:
         if options:
             raise ValueError(f"backend {cfg.backend!r} takes no backend_options, got {sorted(options)}; its models "
@@ -188,7 +213,11 @@ def backend_configs(cfg: JobConfig) -> tuple[Any, Any]:
     fields = {prefix: {f.name for f in dataclasses.fields(c)} for prefix, c in zip(("coarse_", "refiner_"), classes)}
     valid = sorted(prefix + name for prefix, names in fields.items() for name in names)
     kwargs: dict[str, dict[str, Any]] = {"coarse_": {}, "refiner_": {}}
+    if cfg.backend == "classical":
+        valid = sorted(valid + list(_CHOICES))
     for key, value in options.items():
+        if cfg.backend == "classical" and key in _CHOICES:
+            continue  # chose the config classes above
         prefix = next((p for p in fields if str(key).startswith(p) and str(key)[len(p):] in fields[p]), None)
         if prefix is None:
             raise ValueError(f"unknown backend_options key {key!r} for backend {cfg.backend!r}; valid keys: {valid}")
@@ -214,9 +243,7 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
         model, processor = load_seggpt(cfg.seggpt_checkpoint or SEGGPT_DEFAULT, device=_device(cfg) or "auto")
         seg = SegGptSegmenter(model, processor, device=_device(cfg), batch=cfg.resources.batch_size)
     elif cfg.backend == "classical":
-        from finedetail.models.classical import ColourTextureSegmenter
-
-        seg = ColourTextureSegmenter(config=options)
+        seg = _classical_choice(dict(cfg.backend_options), "coarse_model")[0](config=options)
     elif cfg.backend == "proxy":
         from finedetail.models.proxy import ProxySegGPT
 
@@ -274,9 +301,7 @@ def build_refiner(cfg: JobConfig) -> Any:
             use_box=r.use_box, use_points=r.use_points, use_mask_input=r.use_mask_input,
         )
     if cfg.backend == "classical":
-        from finedetail.models.classical import GrabCutRefiner
-
-        return GrabCutRefiner(config=options)
+        return _classical_choice(dict(cfg.backend_options), "refiner_model")[0](config=options)
     from finedetail.models.proxy import ProxySAM
 
     return ProxySAM(config=options)

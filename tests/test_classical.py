@@ -365,8 +365,8 @@ def _job_cfg(backend: str, options: dict):
 def test_backend_options_reach_the_classical_models():
     from job.models import build_coarse, build_refiner
 
-    cfg = _job_cfg("classical", {"coarse_input_size": 192, "coarse_texture_scales": [5, 9],
-                                 "refiner_input_size": 384, "refiner_iterations": 2})
+    cfg = _job_cfg("classical", {"coarse_model": "colour-texture", "refiner_model": "grabcut", "coarse_input_size": 192,
+                                 "coarse_texture_scales": [5, 9], "refiner_input_size": 384, "refiner_iterations": 2})
     img, mask = blob_scene(0)
     seg = build_coarse(cfg, [PromptPair(img, mask)])
     gc = build_refiner(cfg)
@@ -383,10 +383,11 @@ def test_backend_options_reach_the_proxy_models():
 
 
 @pytest.mark.parametrize("backend, options, match", [
-    ("classical", {"grabcut_iterations": 2}, r"unknown backend_options key 'grabcut_iterations'.*'refiner_iterations'"),
+    ("classical", {"refiner_model": "grabcut", "grabcut_iterations": 2},
+     r"unknown backend_options key 'grabcut_iterations'.*'refiner_iterations'"),
     ("classical", {"input_size": 2}, r"unknown backend_options key 'input_size'.*'coarse_input_size'"),
-    ("classical", {"refiner_iterations": 0}, r"GrabCutConfig.*iterations must be >= 1"),
-    ("classical", {"coarse_input_size": "big"}, r"ColourTextureConfig"),
+    ("classical", {"refiner_model": "grabcut", "refiner_iterations": 0}, r"GrabCutConfig.*iterations must be >= 1"),
+    ("classical", {"coarse_model": "colour-texture", "coarse_input_size": "big"}, r"ColourTextureConfig"),
     ("proxy", {"refiner_input_size": 512}, r"unknown backend_options key 'refiner_input_size'.*'refiner_threshold'"),
     ("seggpt-sam", {"refiner_input_size": 512}, r"takes no backend_options"),
 ])

@@ -28,6 +28,8 @@ PURE = [
     "finedetail.models",
     "finedetail.models.base",
     "finedetail.models.classical",
+    "finedetail.models.thin",
+    "finedetail.ridges",
     "finedetail.models.proxy",
     "finedetail.decode",
     "finedetail.models.checkpoints",

@@ -28,6 +28,8 @@ _LAZY = {
     "save_tiny_seggpt": "finedetail.models.tiny",
     "ColourTextureSegmenter": "finedetail.models.classical",
     "GrabCutRefiner": "finedetail.models.classical",
+    "PixelSegmenter": "finedetail.models.thin",
+    "GrowRefiner": "finedetail.models.thin",
     "ProxySegGPT": "finedetail.models.proxy",
     "ProxySAM": "finedetail.models.proxy",
 }

@@ -1,0 +1,524 @@
+"""The weight-free backend's thin-structure models (``--backend classical``): CPU only, deterministic, no weights.
+
+Not SegGPT + SAM: a per-pixel classifier fitted on the prompt pairs, and a refiner that grows each prompted component
+along what looks like it in the window. Good for thin, contrasted structures (vessels, cracks, wires) and colour-
+keyed objects; it knows nothing about object shape or semantics.
+
+``PixelSegmenter`` (CoarseSegmenter)
+    Working resolution: the image itself, shrunk (INTER_AREA) when its long side exceeds ``input_size`` (never
+    enlarged: enlarging adds no information and blurs what the ridge filters measure). Features:
+    ``finedetail.ridges.thin_features`` (colour, local contrast normalisation, multi-scale Hessian eigenvalues and
+    Sato-style lineness for dark and bright lines, gradient magnitude, oriented line filters).
+
+    Classifier: scikit-learn's ``HistGradientBoostingClassifier``, one binary model per class (one-vs-rest). Chosen
+    over a random forest because it is fast on ~10^5 training pixels and ~20 features (binned features, one core in a
+    second or two), small (``max_iter`` trees of ``max_leaf_nodes`` leaves) and fast to predict on a whole image,
+    needs no feature scaling, and is deterministic for a fixed ``random_state`` with early stopping off; OpenCV's
+    ``ml`` module has no histogram boosting and its random trees are slower to predict per pixel.
+
+    Training pixels: per prompt image and class up to ``max_samples / len(prompts)`` foreground pixels and as many
+    background pixels, ``near_frac`` of them from the band within ``near_px`` px of the foreground (the hard
+    negatives that decide where a thin object ends) and the rest uniformly (``seed``). Pixels whose resized mask value
+    lies in (0.25, 0.75) (mixed at the working resolution) are not used. Sample weights make both classes weigh the
+    same, so the prompts' object fraction does not bias the model.
+
+    Operating point (``calibrate``): balanced weights over-predict a rare object, so the decision threshold is chosen
+    on held-out prompt pixels: each prompt is predicted by a model fitted on the others (two halves of the image when
+    there is one prompt), and the logit threshold that maximises the pooled pixel F1 is subtracted from the final
+    model's logits, so ``p >= 0.5`` is that operating point. Costs one extra fit per fold, once per prompt set.
+
+``GrowRefiner`` (PromptedRefiner)
+    ``encode``: the same ``thin_features`` on the window (long side shrunk to ``input_size`` if larger), at the
+    window's own resolution, so a window zoomed 2x shows the refiner half-width structure scales.
+    ``refine``: per component, in the component's expanded box (``box_margin``, ``min_margin``), a linear
+    discriminant (LDA, shared covariance, equal priors) is fitted on the window's features: positives = the
+    component's coarse mask and positive points, negatives = box pixels farther than ``gap`` px from them (``gap =
+    max(min_gap, gap_width * the component's mean width)``, scale-covariant) and negative points. The refined mask is
+    hysteresis growth: every pixel with LDA probability >= ``grow_p`` that is 8-connected to the component through
+    such pixels and lies within ``reach = max(min_reach, reach_frac * long side of the box)`` px of it, united with
+    the component's pixels whose LDA probability is >= ``keep_p`` (``keep_p`` 0 keeps the whole component). So a
+    tip or a gap that the coarse mask missed is added only where the window shows the same kind of structure,
+    connected to it. Degenerate seeds (fewer than ``min_samples`` on a side) return the component's mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from finedetail.models.classical import colour_index
+from finedetail.ridges import thin_features
+from finedetail.types import ComponentPrompt, PromptPair, check_image
+
+__all__ = [
+    "GrowConfig",
+    "GrowEmbedding",
+    "GrowRefiner",
+    "PixelConfig",
+    "PixelModel",
+    "PixelSegmenter",
+    "best_threshold",
+    "fit_pixel_model",
+    "grow_component",
+    "lda_fit",
+    "sample_pixels",
+]
+
+
+def _shrink_to(hw: tuple[int, int], long_side: int) -> tuple[int, int]:
+    h, w = hw
+    if max(h, w) <= long_side:
+        return int(h), int(w)
+    s = long_side / max(h, w)
+    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+
+
+def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """INTER_AREA when shrinking, INTER_LINEAR when growing, the array itself when the size matches."""
+    if a.shape[:2] == tuple(hw):
+        return a
+    flag = cv2.INTER_AREA if hw[0] <= a.shape[0] and hw[1] <= a.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(a, (hw[1], hw[0]), interpolation=flag)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """``thin_features`` knobs shared by both models (working-resolution px)."""
+
+    sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    norm_sigma: float = 8.0
+    line_length: int = 15
+    line_angles: int = 12
+
+    def _check_features(self) -> None:
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        if not self.sigmas or any(not (s > 0) for s in self.sigmas):
+            raise ValueError(f"sigmas must be positive px, got {self.sigmas=}")
+        if not (self.norm_sigma > 0):
+            raise ValueError(f"norm_sigma must be > 0 px, got {self.norm_sigma=}")
+        if self.line_length != 0 and (self.line_length < 3 or self.line_length % 2 == 0):
+            raise ValueError(f"line_length must be 0 (off) or an odd number of px >= 3, got {self.line_length=}")
+        if self.line_angles < 1:
+            raise ValueError(f"line_angles must be >= 1, got {self.line_angles=}")
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        return thin_features(image, sigmas=self.sigmas, norm_sigma=self.norm_sigma, line_length=self.line_length,
+                             line_angles=self.line_angles)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PixelSegmenter
+
+
+@dataclass(frozen=True)
+class PixelConfig(FeatureConfig):
+    """Knobs of the in-context pixel model (module docstring). Sizes in working-resolution px."""
+
+    input_size: int = 1024
+    max_samples: int = 40_000
+    near_px: int = 4
+    near_frac: float = 0.5
+    iterations: int = 150
+    learning_rate: float = 0.1
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 20
+    l2: float = 1.0
+    calibrate: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_features()
+        if self.input_size < 16:
+            raise ValueError(f"input_size must be >= 16 px, got {self.input_size=}")
+        if self.max_samples < 10:
+            raise ValueError(f"max_samples must be >= 10, got {self.max_samples=}")
+        if self.near_px < 1 or not (0.0 <= self.near_frac <= 1.0):
+            raise ValueError(f"near_px must be >= 1 px and near_frac in [0, 1], got {self.near_px=}, {self.near_frac=}")
+        if self.iterations < 1 or not (self.learning_rate > 0) or self.max_leaf_nodes < 2 or self.min_samples_leaf < 1:
+            raise ValueError(f"need iterations >= 1, learning_rate > 0, max_leaf_nodes >= 2, min_samples_leaf >= 1, got "
+                             f"{self.iterations=}, {self.learning_rate=}, {self.max_leaf_nodes=}, {self.min_samples_leaf=}")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2=}")
+
+
+def sample_pixels(labels: np.ndarray, n: int, *, near_px: int, near_frac: float, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Training pixels of one image. labels: (H, W) int8, 1 fg, 0 bg, -1 unused. Returns (flat indices (m,) int64
+    sorted, y (m,) int8): up to ``n`` fg and ``n`` bg pixels, ``near_frac`` of the bg ones (as far as there are) from
+    the band within ``near_px`` px of the fg, the rest from all bg pixels (disjoint from the band picks)."""
+    fg = labels == 1
+    bg = labels == 0
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * near_px + 1, 2 * near_px + 1))
+    near = cv2.dilate(fg.view(np.uint8), disc).astype(bool) & bg
+
+    def pick(where: np.ndarray, k: int) -> np.ndarray:
+        return where if where.size <= k else rng.choice(where, k, replace=False)
+
+    f = pick(np.flatnonzero(fg), n)
+    b_near = pick(np.flatnonzero(near), int(round(n * near_frac)))
+    rest = np.flatnonzero(bg)
+    rest = rest[~np.isin(rest, b_near, assume_unique=True)]
+    b = np.concatenate([b_near, pick(rest, n - b_near.size)])
+    idx = np.concatenate([f, b]).astype(np.int64)
+    y = np.concatenate([np.ones(f.size, np.int8), np.zeros(b.size, np.int8)])
+    order = np.argsort(idx, kind="stable")
+    return idx[order], y[order]
+
+
+def _fit_hgb(x: np.ndarray, y: np.ndarray, cfg: PixelConfig) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    n1 = max(1, int(np.count_nonzero(y == 1)))
+    n0 = max(1, int(np.count_nonzero(y == 0)))
+    sw = np.where(y == 1, 0.5 / n1, 0.5 / n0) * len(y)
+    clf = HistGradientBoostingClassifier(
+        max_iter=cfg.iterations, learning_rate=cfg.learning_rate, max_leaf_nodes=cfg.max_leaf_nodes,
+        min_samples_leaf=cfg.min_samples_leaf, l2_regularization=cfg.l2, early_stopping=False,
+        random_state=cfg.seed)
+    return clf.fit(x, y, sample_weight=sw)
+
+
+def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+    """The threshold t maximising the F1 of ``scores >= t`` against ``truth`` (both (n,), truth bool). Ties go to
+    the highest t. t lies midway between the lowest kept score and the next lower one, so ``scores >= t`` keeps
+    exactly the chosen pixels. Empty input or no positive in ``truth``: 0.0 (the classifier's own decision)."""
+    s = np.asarray(scores, np.float64).ravel()
+    t = np.asarray(truth, bool).ravel()
+    if s.size == 0 or not t.any():
+        return 0.0
+    order = np.argsort(-s, kind="stable")
+    ss, tt = s[order], t[order]
+    tp = np.cumsum(tt)
+    k = np.arange(1, ss.size + 1)
+    last = np.r_[ss[1:] != ss[:-1], True]  # only cut between distinct scores
+    f1 = np.where(last, 2.0 * tp / (k + tt.sum()), -1.0)
+    i = int(np.argmax(f1))
+    return float(ss[i] if i + 1 == ss.size else 0.5 * (ss[i] + ss[i + 1]))
+
+
+@dataclass(frozen=True, eq=False)
+class PixelModel:
+    """One fitted one-vs-rest model: the scikit-learn classifier and the logit threshold subtracted before the
+    sigmoid (``calibrate``; 0.0 without)."""
+
+    classifier: Any
+    threshold: float
+
+    def prob(self, feats: np.ndarray) -> np.ndarray:
+        """(H, W, F) float32 features -> (H, W) float32 probability of the class."""
+        z = self.classifier.decision_function(feats.reshape(-1, feats.shape[-1])) - self.threshold
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32).reshape(feats.shape[:2])
+
+
+def fit_pixel_model(feats: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: PixelConfig) -> PixelModel:
+    """feats: per prompt (H, W, F) float32; labels: per prompt (H, W) int8 (1 fg, 0 bg, -1 unused)."""
+    n_fg = sum(int(np.count_nonzero(lab == 1)) for lab in labels)
+    n_bg = sum(int(np.count_nonzero(lab == 0)) for lab in labels)
+    if n_fg == 0 or n_bg == 0:
+        raise ValueError(f"the prompts give {n_fg} clean foreground and {n_bg} clean background pixels at the "
+                         f"working resolution; both are needed: give a prompt whose mask has both, or raise input_size")
+    rng = np.random.default_rng(cfg.seed)
+    per = max(1, cfg.max_samples // len(feats))
+    picks = [sample_pixels(lab, per, near_px=cfg.near_px, near_frac=cfg.near_frac, rng=rng) for lab in labels]
+
+    def stack(ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate([feats[i].reshape(-1, feats[i].shape[-1])[picks[i][0]] for i in ids])
+        return x, np.concatenate([picks[i][1] for i in ids])
+
+    x, y = stack(range(len(feats)))
+    clf = _fit_hgb(x, y, cfg)
+    threshold = 0.0
+    if cfg.calibrate:
+        threshold = _cross_fit_threshold(feats, labels, picks, cfg)
+    return PixelModel(classifier=clf, threshold=threshold)
+
+
+def _cross_fit_threshold(feats, labels, picks, cfg: PixelConfig) -> float:
+    """Held-out logits of every prompt pixel (a model fitted without that prompt; with one prompt, without that
+    half of the image) -> ``best_threshold`` of their pooled F1. Folds without both classes are skipped; no usable
+    fold: 0.0."""
+    folds: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (train x, train y, test f, test lab)
+    if len(feats) > 1:
+        for k in range(len(feats)):
+            rest = [i for i in range(len(feats)) if i != k]
+            x = np.concatenate([feats[i].reshape(-1, feats[i].shape[-1])[picks[i][0]] for i in rest])
+            y = np.concatenate([picks[i][1] for i in rest])
+            folds.append((x, y, feats[k], labels[k]))
+    else:
+        f, lab = feats[0], labels[0]
+        w = f.shape[1]
+        idx, y = picks[0]
+        left = (idx % w) < w // 2
+        for train, half in ((left, slice(w // 2, None)), (~left, slice(0, w // 2))):
+            folds.append((f.reshape(-1, f.shape[-1])[idx[train]], y[train], f[:, half], lab[:, half]))
+    scores, truth = [], []
+    for x, y, f, lab in folds:
+        if not (np.any(y == 1) and np.any(y == 0)) or not np.any(lab == 1):
+            continue
+        clf = _fit_hgb(x, y, cfg)
+        keep = lab >= 0
+        scores.append(clf.decision_function(f[keep]))
+        truth.append(lab[keep] == 1)
+    if not scores:
+        return 0.0
+    return best_threshold(np.concatenate(scores), np.concatenate(truth))
+
+
+def _labels_at(mask: np.ndarray, cls: int | None, hw: tuple[int, int]) -> np.ndarray:
+    """Prompt mask (image frame) -> (h, w) int8 training labels at the working size: 1 fg, 0 bg, -1 mixed."""
+    fg = (mask != 0) if cls is None else (mask == cls)
+    if fg.shape == tuple(hw):
+        return fg.astype(np.int8)
+    m = _resize(fg.astype(np.float32), hw)
+    lab = np.full(hw, -1, np.int8)
+    lab[m >= 0.75] = 1
+    lab[m <= 0.25] = 0
+    return lab
+
+
+class PixelSegmenter:
+    """Weight-free in-context coarse segmenter (CoarseSegmenter); method in the module docstring.
+
+    ``predict`` returns (num_classes, H, W) float32 in [0, 1] in each image's frame and counts one encoder pass per
+    image.
+    """
+
+    name = "classical-thin-pixel"
+
+    def __init__(self, *, config: PixelConfig | None = None) -> None:
+        self.config = config or PixelConfig()
+        self.input_size = self.config.input_size
+        self.num_classes = 1
+        self.encoder_passes = 0
+        self._models: list[PixelModel] | None = None
+
+    def _features(self, image: np.ndarray) -> np.ndarray:
+        hw = _shrink_to(image.shape[:2], self.config.input_size)
+        return self.config.features(np.ascontiguousarray(_resize(image, hw)))
+
+    def set_prompts(self, prompts: Sequence[PromptPair], *, num_classes: int = 1) -> None:
+        """Fit the model(s) on the prompt pairs. Binary (``num_classes=1``): mask bool or any nonzero = fg.
+        ``num_classes > 1``: masks are (H, W) integer class maps, 0 = background, 1..num_classes."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes=}")
+        if len(prompts) == 0:
+            raise ValueError("set_prompts needs at least one PromptPair (image + mask) saying what to segment, got 0")
+        feats = [self._features(p.image) for p in prompts]
+        classes: list[int | None] = [None] if num_classes == 1 else list(range(1, num_classes + 1))
+        models = []
+        for cls in classes:
+            labels = [_labels_at(p.mask, cls, f.shape[:2]) for p, f in zip(prompts, feats)]
+            try:
+                models.append(fit_pixel_model(feats, labels, self.config))
+            except ValueError as e:
+                raise ValueError(f"class {cls or 1}: {e}") from None
+        self._models = models
+        self.num_classes = int(num_classes)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """images: (H, W, 3) uint8 each -> (num_classes, H, W) float32 in [0, 1], that image's frame."""
+        if self._models is None:
+            raise RuntimeError("PixelSegmenter.predict called before set_prompts; "
+                               "call set_prompts(prompts) with at least one PromptPair first")
+        out = []
+        for image in images:
+            check_image(image)
+            feats = self._features(image)
+            self.encoder_passes += 1
+            maps = [np.clip(_resize(m.prob(feats), image.shape[:2]), 0.0, 1.0) for m in self._models]
+            out.append(np.stack(maps).astype(np.float32))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GrowRefiner
+
+
+@dataclass(frozen=True)
+class GrowConfig(FeatureConfig):
+    """Knobs of the growing refiner (module docstring). Pixel sizes are working-resolution px."""
+
+    input_size: int = 1024
+    box_margin: float = 0.15
+    min_margin: int = 8
+    min_gap: float = 3.0
+    gap_width: float = 1.5
+    reach_frac: float = 0.25
+    min_reach: float = 8.0
+    grow_p: float = 0.9
+    keep_p: float = 0.0
+    point_radius: int = 1
+    l_bins: int = 8
+    ab_bins: int = 16
+    max_samples: int = 5000
+    min_samples: int = 8
+    shrinkage: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_features()
+        if self.input_size < 16:
+            raise ValueError(f"input_size must be >= 16 px, got {self.input_size=}")
+        if self.box_margin < 0 or self.min_margin < 0 or self.point_radius < 0:
+            raise ValueError(f"box_margin, min_margin and point_radius must be >= 0, got {self.box_margin=}, "
+                             f"{self.min_margin=}, {self.point_radius=}")
+        if self.min_gap < 1 or self.gap_width < 0:
+            raise ValueError(f"min_gap must be >= 1 px and gap_width >= 0, got {self.min_gap=}, {self.gap_width=}")
+        if self.reach_frac < 0 or self.min_reach < 0:
+            raise ValueError(f"reach_frac and min_reach must be >= 0, got {self.reach_frac=}, {self.min_reach=}")
+        if not (0.0 < self.grow_p <= 1.0 and 0.0 <= self.keep_p <= 1.0):
+            raise ValueError(f"grow_p must lie in (0, 1] and keep_p in [0, 1], got {self.grow_p=}, {self.keep_p=}")
+        if self.max_samples < 10 or self.min_samples < 1:
+            raise ValueError(f"need max_samples >= 10 and min_samples >= 1, got {self.max_samples=}, "
+                             f"{self.min_samples=}")
+        if not (0.0 <= self.shrinkage < 1.0):
+            raise ValueError(f"shrinkage must lie in [0, 1), got {self.shrinkage=}")
+
+
+def lda_fit(x: np.ndarray, y: np.ndarray, *, shrinkage: float) -> tuple[np.ndarray, float]:
+    """Fisher's linear discriminant with equal priors: (w (F,), b) such that ``x @ w + b`` is the log-likelihood
+    ratio fg / bg of two Gaussians with a shared covariance (shrunk toward its diagonal by ``shrinkage``)."""
+    x = np.asarray(x, np.float64)
+    pos, neg = x[y == 1], x[y == 0]
+    m1, m0 = pos.mean(axis=0), neg.mean(axis=0)
+    d = np.concatenate([pos - m1, neg - m0])
+    cov = d.T @ d / max(1, len(d) - 2)
+    diag = np.diag(np.diag(cov)) + 1e-6 * np.eye(len(cov))
+    cov = (1.0 - shrinkage) * cov + shrinkage * diag + 1e-9 * np.eye(len(cov))
+    w = np.linalg.solve(cov, m1 - m0)
+    return w, float(-0.5 * (m1 + m0) @ w)
+
+
+@dataclass(frozen=True, eq=False)
+class GrowEmbedding:
+    """GrowRefiner's encoding of one image. hw: the image's (h, w). feats: (h', w', F) float32 at the working
+    resolution (long side <= input_size). scale_xy: (w' / w, h' / h), image frame -> working frame."""
+
+    hw: tuple[int, int]
+    feats: np.ndarray
+    colours: np.ndarray
+    scale_xy: tuple[float, float]
+
+
+def _disc_mask(shape: tuple[int, int], pts: np.ndarray, radius: int) -> np.ndarray:
+    out = np.zeros(shape, np.uint8)
+    for x, y in pts:
+        cv2.circle(out, (int(np.floor(x)), int(np.floor(y))), radius, 1, thickness=-1)
+    return out.astype(bool)
+
+
+def grow_component(feats: np.ndarray, colours: np.ndarray, mask: np.ndarray, box: np.ndarray, points: np.ndarray, labels: np.ndarray,
+                   cfg: GrowConfig) -> np.ndarray | None:
+    """Refine one component at the working resolution (module docstring).
+
+    feats: (h, w, F) float32; mask: (h, w) bool coarse component; box (4,) XYXY and points (P, 2) xy in the working
+    frame; labels (P,) 1 positive, 0 negative. Returns (h, w) bool, or None when the seeds are degenerate."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    m = max(cfg.min_margin, cfg.box_margin * max(x1 - x0, y1 - y0))
+    bx0, by0 = max(0, int(np.floor(x0 - m))), max(0, int(np.floor(y0 - m)))
+    bx1, by1 = min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m)))
+    if bx1 <= bx0 or by1 <= by0:
+        return None
+    roi = (slice(by0, by1), slice(bx0, bx1))
+    pts = np.asarray(points, np.float64).reshape(-1, 2) - np.array([bx0, by0])
+    labs = np.asarray(labels).reshape(-1)
+    shape = (by1 - by0, bx1 - bx0)
+    comp = mask[roi]
+    pos = comp | _disc_mask(shape, pts[labs == 1], cfg.point_radius)
+    neg_pts = _disc_mask(shape, pts[labs == 0], cfg.point_radius)
+    area = int(np.count_nonzero(comp))
+    if area == 0:
+        return None
+    dist = cv2.distanceTransform((~pos).view(np.uint8), cv2.DIST_L2, 3)
+    inner = cv2.distanceTransform(np.pad(comp, 1).view(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    width = 2.0 * float(inner[comp].mean())  # mean width of the component (2 x mean distance to its outside)
+    gap = max(cfg.min_gap, cfg.gap_width * width)
+    neg = ((dist > gap) | neg_pts) & ~pos
+    if np.count_nonzero(pos) < cfg.min_samples or np.count_nonzero(neg) < cfg.min_samples:
+        return None
+    f = feats[roi]
+    rng = np.random.default_rng(cfg.seed)
+    ids = []
+    for where in (np.flatnonzero(pos), np.flatnonzero(neg)):
+        ids.append(where if where.size <= cfg.max_samples else np.sort(rng.choice(where, cfg.max_samples, False)))
+    flat = f.reshape(-1, f.shape[-1])
+    colour_ok = np.ones(shape, bool)
+    if cfg.l_bins:  # the component's own colour model, as GrabCut's: log-ratio of smoothed Lab-bin densities
+        k = cfg.l_bins * cfg.ab_bins ** 2
+        c = colours[roi].ravel()
+        h_pos = np.bincount(c[ids[0]], minlength=k) + 0.5
+        h_neg = np.bincount(c[ids[1]], minlength=k) + 0.5
+        llr = (np.log(h_pos / h_pos.sum()) - np.log(h_neg / h_neg.sum())).astype(np.float32)
+        flat = np.concatenate([flat, llr[c][:, None]], axis=1)
+        colour_ok = (llr[c] > 0).reshape(shape)
+    x = np.concatenate([flat[ids[0]], flat[ids[1]]])
+    y = np.r_[np.ones(ids[0].size, np.int8), np.zeros(ids[1].size, np.int8)]
+    wv, b = lda_fit(x, y, shrinkage=cfg.shrinkage)
+    z = (flat @ wv.astype(np.float32) + np.float32(b)).reshape(shape)
+    p_ok = z >= np.log(cfg.grow_p / (1.0 - cfg.grow_p)) if cfg.grow_p < 1.0 else np.zeros(shape, bool)
+    reach = max(cfg.min_reach, cfg.reach_frac * max(x1 - x0, y1 - y0))
+    cand = ((p_ok & colour_ok & (dist <= reach)) | pos) & ~neg_pts
+    n, lab = cv2.connectedComponents(cand.view(np.uint8), connectivity=8)
+    touching = np.zeros(n, bool)
+    touching[np.unique(lab[pos & cand])] = True
+    touching[0] = False
+    grown = touching[lab] & ~comp
+    keep = comp if cfg.keep_p <= 0.0 else comp & (z >= np.log(cfg.keep_p / (1.0 - cfg.keep_p) + 1e-12))
+    out = np.zeros((h, w), bool)
+    out[roi] = grown | keep
+    return out
+
+
+class GrowRefiner:
+    """Weight-free prompted refiner (PromptedRefiner): LDA-guided hysteresis growth; method in the module docstring.
+
+    ``encode`` counts one encoder pass per image; ``refine`` returns (N, H, W) float32 in [0, 1], image frame.
+    """
+
+    name = "classical-grow"
+
+    def __init__(self, *, config: GrowConfig | None = None) -> None:
+        self.config = config or GrowConfig()
+        self.input_size = self.config.input_size
+        self.encoder_passes = 0
+
+    def encode(self, images: Sequence[np.ndarray]) -> list[GrowEmbedding]:
+        """images: (H, W, 3) uint8 each -> one GrowEmbedding each (features at long side <= input_size)."""
+        out = []
+        for image in images:
+            check_image(image)
+            h, w = image.shape[:2]
+            wh = _shrink_to((h, w), self.config.input_size)
+            small = np.ascontiguousarray(_resize(image, wh))
+            out.append(GrowEmbedding(hw=(h, w), feats=self.config.features(small),
+                                     colours=colour_index(small, l_bins=self.config.l_bins, ab_bins=self.config.ab_bins),
+                                     scale_xy=(wh[1] / w, wh[0] / h)))
+            self.encoder_passes += 1
+        return out
+
+    def refine(self, embedding: GrowEmbedding, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
+        """All prompts of one image (image frame) -> (N, H, W) float32 in [0, 1], image frame."""
+        if not isinstance(embedding, GrowEmbedding):
+            raise TypeError(f"embedding must come from GrowRefiner.encode, got {type(embedding).__name__}; "
+                            f"call refiner.encode([image]) first")
+        h, w = embedding.hw
+        wh = embedding.feats.shape[:2]
+        sx, sy = embedding.scale_xy
+        out = np.zeros((len(prompts), h, w), np.float32)
+        for i, p in enumerate(prompts):
+            if p.mask.shape != (h, w):
+                raise ValueError(f"prompt {i}: mask is {p.mask.shape} but the encoded image is {(h, w)}; "
+                                 f"prompts must be in the frame of the image passed to encode")
+            small = p.mask if wh == (h, w) else _resize(p.mask.astype(np.float32), wh) >= 0.5
+            box = np.asarray(p.box, np.float64) * np.array([sx, sy, sx, sy])
+            pts = np.asarray(p.points, np.float64).reshape(-1, 2) * np.array([sx, sy])
+            grown = grow_component(embedding.feats, embedding.colours, small, box, pts, p.labels, self.config)
+            if grown is None:
+                out[i] = p.mask
+            else:
+                out[i] = np.clip(_resize(grown.astype(np.float32), (h, w)), 0.0, 1.0)
+        return out
