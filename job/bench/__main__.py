@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m job.bench {postprocess,quality,throughput,overhead,encoder} [--json] ...``.
+"""Benchmarks: ``python -m job.bench {postprocess,quality,throughput,overhead,encoder,classical} [--json] ...``.
 
 Each prints a table, or one JSON document with ``--json``. Speed and memory targets live here, never in tests.
 """
@@ -16,6 +16,7 @@ COMMANDS = {
     "encoder": "job.bench.encoder",
     "quality_classes": "job.bench.quality_classes",
     "load": "job.bench.load",
+    "classical": "job.bench.classical",
 }
 
 
