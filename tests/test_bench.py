@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 
@@ -99,3 +100,22 @@ def test_largeimage_bench(capsys, tmp_path):
     assert run["size"] == "400x300" and run["ok"] == 1 and not run["timed_out"]
     assert run["windows"] == 2 * 2 and run["encoder_passes"] > 0
     assert run["peak_rss_mb"]["driver"] > 0 and run["peak_rss_mb"]["model_actor"] > 0
+
+
+def test_classical_bench(capsys, tmp_path):
+    from finedetail.codecs import encode_png
+    from job.bench import classical
+    from tests.test_thin import lines_scene
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(3):
+        img, mask = lines_scene(i)
+        (tmp_path / f"images/s{i}.png").write_bytes(encode_png(img))
+        (tmp_path / f"masks/s{i}.png").write_bytes(encode_png(mask.astype(np.uint8) * 255))
+    res = _json_of(capsys, classical, ["--data", str(tmp_path), "--inputs", "1", "--configs", "single,+crop",
+                                       "--set", "post.guided=false", "--set", "post.opening=none",
+                                       "--option", "coarse_iterations=20"])
+    assert res["prompts"] == ["s0", "s1"] and res["inputs"] == ["s2"] and res["threads"] == 1
+    assert [r["config"] for r in res["rows"]] == ["single", "+crop"]
+    assert all(r["f1"] > 0.5 and r["cpu_s"] > 0 for r in res["rows"]), res["rows"]

@@ -59,7 +59,7 @@ Lower quality than SegGPT + SAM, and meant as such: it needs no checkpoint and n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -70,6 +70,7 @@ __all__ = [
     "ColourTextureConfig",
     "ColourTextureModel",
     "ColourTextureSegmenter",
+    "PixelClassifierSegmenter",
     "GrabCutConfig",
     "GrabCutEmbedding",
     "GrabCutRefiner",
@@ -272,28 +273,32 @@ def _prompt_labels(mask: np.ndarray, cls: int | None, hw: tuple[int, int]) -> np
     return lab
 
 
-class ColourTextureSegmenter:
-    """Weight-free in-context coarse segmenter (CoarseSegmenter); method in the module docstring.
+class PixelClassifierSegmenter:
+    """Shared shell of the in-context per-pixel segmenters (CoarseSegmenter): one model per class fitted on the
+    prompts' working-resolution features and labels, probabilities resized back to each image's frame.
 
-    ``predict`` returns (num_classes, H, W) float32 in [0, 1] in each image's frame and counts one encoder pass per
-    image.
+    Subclasses set ``name`` and ``config`` (with ``input_size``) and implement ``_features(image) -> (features,
+    (h, w))``, ``_fit(features list, labels list) -> model`` (ValueError when a class lacks samples) and
+    ``_prob(model, features) -> (h, w) float32``. ``predict`` counts one encoder pass per image.
     """
 
-    name = "classical-colour-texture"
+    name = "classical-pixel-classifier"
 
-    def __init__(self, *, config: ColourTextureConfig | None = None) -> None:
-        self.config = config or ColourTextureConfig()
-        self.input_size = self.config.input_size
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.input_size = config.input_size
         self.num_classes = 1
         self.encoder_passes = 0
-        self._models: list[ColourTextureModel] | None = None
+        self._models: list[Any] | None = None
 
-    def _features(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        cfg = self.config
-        hw = working_size(image.shape[:2], cfg.input_size, allow_upscale=True)
-        small = _resize(image, hw)
-        return (colour_index(small, l_bins=cfg.l_bins, ab_bins=cfg.ab_bins),
-                texture_features(small, scales=cfg.texture_scales), hw)
+    def _features(self, image: np.ndarray) -> tuple[Any, tuple[int, int]]:
+        raise NotImplementedError
+
+    def _fit(self, feats: list[Any], labels: list[np.ndarray]) -> Any:
+        raise NotImplementedError
+
+    def _prob(self, model: Any, feats: Any) -> np.ndarray:
+        raise NotImplementedError
 
     def set_prompts(self, prompts: Sequence[PromptPair], *, num_classes: int = 1) -> None:
         """Fit the classifier(s) on the prompt pairs. Binary (``num_classes=1``): mask bool or any nonzero = fg.
@@ -306,9 +311,9 @@ class ColourTextureSegmenter:
         classes: list[int | None] = [None] if num_classes == 1 else list(range(1, num_classes + 1))
         models = []
         for cls in classes:
-            samples = [(c, t, _prompt_labels(p.mask, cls, hw)) for p, (c, t, hw) in zip(prompts, feats)]
+            labels = [_prompt_labels(p.mask, cls, hw) for p, (_, hw) in zip(prompts, feats)]
             try:
-                models.append(fit_colour_texture(samples, self.config))
+                models.append(self._fit([f for f, _ in feats], labels))
             except ValueError as e:
                 raise ValueError(f"class {cls or 1}: {e}") from None
         self._models = models
@@ -317,17 +322,42 @@ class ColourTextureSegmenter:
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """images: (H, W, 3) uint8 each -> (num_classes, H, W) float32 in [0, 1], that image's frame."""
         if self._models is None:
-            raise RuntimeError("ColourTextureSegmenter.predict called before set_prompts; "
+            raise RuntimeError(f"{type(self).__name__}.predict called before set_prompts; "
                                "call set_prompts(prompts) with at least one PromptPair first")
         out = []
         for image in images:
             check_image(image)
-            cidx, tex, _ = self._features(image)
+            feats, _ = self._features(image)
             self.encoder_passes += 1
-            maps = [np.clip(_resize(predict_colour_texture(m, cidx, tex), image.shape[:2]), 0.0, 1.0)
-                    for m in self._models]
+            maps = [np.clip(_resize(self._prob(m, feats), image.shape[:2]), 0.0, 1.0) for m in self._models]
             out.append(np.stack(maps).astype(np.float32))
         return out
+
+
+class ColourTextureSegmenter(PixelClassifierSegmenter):
+    """Weight-free in-context coarse segmenter (CoarseSegmenter); method in the module docstring.
+
+    ``predict`` returns (num_classes, H, W) float32 in [0, 1] in each image's frame and counts one encoder pass per
+    image.
+    """
+
+    name = "classical-colour-texture"
+
+    def __init__(self, *, config: ColourTextureConfig | None = None) -> None:
+        super().__init__(config or ColourTextureConfig())
+
+    def _features(self, image: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]:
+        cfg = self.config
+        hw = working_size(image.shape[:2], cfg.input_size, allow_upscale=True)
+        small = _resize(image, hw)
+        return (colour_index(small, l_bins=cfg.l_bins, ab_bins=cfg.ab_bins),
+                texture_features(small, scales=cfg.texture_scales)), hw
+
+    def _fit(self, feats, labels) -> ColourTextureModel:
+        return fit_colour_texture([(c, t, lab) for (c, t), lab in zip(feats, labels)], self.config)
+
+    def _prob(self, model: ColourTextureModel, feats) -> np.ndarray:
+        return predict_colour_texture(model, *feats)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage} [--json] ...``.
+"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage,classical} [--json] ...``.
 
 Each prints a table, or one JSON document with ``--json``. Speed and memory targets live here, never in tests.
 """
@@ -19,6 +19,7 @@ COMMANDS = {
     "real": "job.bench.real",
     "stitch": "job.bench.stitch",
     "largeimage": "job.bench.largeimage",
+    "classical": "job.bench.classical",
 }
 
 
