@@ -257,8 +257,8 @@ def test_unknown_backend_option_is_refused(tmp_path):
 
     prompts = write_prompts(tmp_path / "prompts")
     err, out = _refusal(tmp_path, ["--prompts", str(prompts), "--backend", "classical", "--set",
-                                   "backend_options.refiner_iteration=2"])
-    assert "unknown backend_options key 'refiner_iteration'" in err and "'refiner_iterations'" in err
+                                   "backend_options.refiner_reach_fraction=0.3"])
+    assert "unknown backend_options key 'refiner_reach_fraction'" in err and "'refiner_reach_frac'" in err
     assert not out.exists()
 
 
