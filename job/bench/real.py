@@ -25,8 +25,12 @@ Configurations (``--configs``, comma-separated; default all but ``selective`` on
 Metrics per image (inside ``valid`` when given), then means over images: pixel precision, recall and F1, IoU,
 Boundary IoU, mBA (CascadePSP), clDice topology sensitivity (the ground truth's skeleton covered by the prediction)
 and precision (the prediction's skeleton inside the ground truth), the 2-px tolerance F on skeletons (for
-centre-line labels such as power lines), encoder passes per image (from the manifest), and seconds per image (the
+centre-line labels), encoder passes per image (from the manifest), and seconds per image (the
 job's wall time, Ray's start included, divided by the inputs; and the manifest's per-image stage seconds).
+
+Caveat on PLD-UAV: its ``groundTruth.Boundaries`` trace BOTH edges of a wire (up to ~10 px wide), not its centre
+line, so a prediction that fills a wide wire thins to a centre line more than 2 px from either labelled edge and
+loses tolerance F; pixel F1 has the same bias. Compare configurations on it, not absolute numbers with other sets.
 
 Usage::
 
