@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from finedetail.codecs import decode_image, decode_mask
     from finedetail.config import config_from_dict
-    from finedetail.pipeline import run_image
+    from finedetail.execute import run_image
     from finedetail.types import PromptPair
     from job.config import job_config_from_dict
     from job.models import build_coarse, build_refiner
