@@ -8,7 +8,7 @@ Usage::
 ``DIR`` has the common layout (``images/NAME.ext``, ``masks/NAME.png``, optional ``valid/NAME.png`` scored inside):
 the first ``--prompts`` pairs (sorted names) say what to segment, the next ``--inputs`` are segmented. The models are
 built as the job builds them (``job.models.build_coarse`` / ``build_refiner``, ``--option`` = ``backend_options``)
-and ``finedetail.pipeline.run_image`` runs each configuration on each input: ``single`` (scale 1, identity view, no
+and ``finedetail.execute.run_image`` runs each configuration on each input: ``single`` (scale 1, identity view, no
 crops), each stage added alone, and ``default`` (``PipelineConfig()``); ``--set`` overrides apply to every one.
 
 Columns: pixel F1 and IoU inside ``valid`` (mean over inputs), wall and CPU seconds per image (CPU = this process's
