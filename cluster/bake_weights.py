@@ -5,7 +5,7 @@ the job fetches them into ``$FINEDETAIL_CACHE`` (``/cache``, a volume) on first 
     python bake_weights.py --dest /opt/finedetail/weights --sam URL [--sam-sha256 HEX] [--seggpt HUB_ID_OR_URI]
 
 SAM: the file lands as ``DEST/<basename of URL>``, SHA-256-verified (the official vit_h/vit_l/vit_b URLs are
-checked against ``finedetail.models.checkpoints.SAM_SHA256`` when no digest is given). SegGPT (a Hub id such as
+checked against ``finedetail.models.weights.SAM_SHA256`` when no digest is given). SegGPT (a Hub id such as
 ``BAAI/seggpt-vit-large``, an ``s3://`` prefix or a directory) is saved as a ``save_pretrained`` directory
 ``DEST/seggpt``. Prints the ``python -m job run`` flags that use the baked files. Uses the project's own loaders, so
 what is baked is exactly what the job would have downloaded.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def bake_sam(url: str, dest: Path, sha256: str | None = None) -> Path:
-    from finedetail.models.checkpoints import SAM_SHA256, SAM_URLS, resolve_checkpoint
+    from finedetail.models.weights import SAM_SHA256, SAM_URLS, resolve_checkpoint
 
     if not sha256:
         sha256 = {u: SAM_SHA256.get(k) for k, u in SAM_URLS.items()}.get(url)

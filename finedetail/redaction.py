@@ -1,7 +1,7 @@
 """Credentials out of text: `redact` for every message, log line and traceback that may quote a URI, a header or
 an environment.
 
-Pure: imports only the standard library. The checkpoint loader (``finedetail.models.checkpoints``) and the job
+Pure: imports only the standard library. The checkpoint loader (``finedetail.models.weights``) and the job
 (``job.io.redact`` is this function) both use it, so a secret is masked the same way everywhere.
 """
 

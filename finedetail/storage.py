@@ -1,12 +1,12 @@
-"""Storage: local folders and S3, with one retry policy, key safety and redaction.
+"""Storage: keys under a local folder or an S3 root, read and written atomically, each key checked to stay inside.
 
-The one IO stack of the project: the job's inputs, prompts and outputs (``job.io`` re-exports this module and adds
-the job's output layout) and the checkpoint loader's downloads (``finedetail.models.checkpoints``: S3 objects through
-`read_to_file`, HTTP(S) through `retry_call`) all retry through `retry_call`.  A `Storage` is opened from a URI and
-addressed with keys relative to its root:
+The one IO stack of the project: the job's inputs, prompts and outputs (``job.io`` re-exports this module, with
+`finedetail.listing`, `finedetail.retry` and `finedetail.s3`, and adds the job's output layout) and the checkpoint
+loader's downloads (``finedetail.models.weights``: S3 objects through `read_to_file`) all retry through
+`finedetail.retry.retry_call`.  A `Storage` is opened from a URI and addressed with keys relative to its root:
 
     storage, root = open_storage("s3://archive/photos")
-    keys = list_files(storage)                        # ["a/1.jpg", "b/2.png", ...]
+    keys = list_files(storage)                        # finedetail.listing: ["a/1.jpg", "b/2.png", ...]
     data = read_bytes(storage, keys[0])
     write_bytes_atomic(out, "masks/a/1.png", png)
 
@@ -14,7 +14,7 @@ Backends:
   * local paths and ``file://`` URIs: plain files; atomic writes go through a
     hidden temp file in the destination folder + ``os.replace``;
   * ``s3://bucket/prefix``: ``pyarrow.fs.S3FileSystem`` (the filesystem Ray
-    Data reads through).  Non-secret settings (endpoint, region) are read from
+    Data reads through; `finedetail.s3`).  Non-secret settings (endpoint, region) are read from
     the environment when the storage is opened, on the driver, and travel with
     the pickled `Storage`; credentials never do: every process resolves them
     itself from the standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
@@ -28,9 +28,8 @@ sub-folder cannot make it write elsewhere; links between folders of one archive,
 link, work. The check runs right before each operation (a link swapped in between is not caught).
 
 Every operation retries transient failures (connection refused / reset,
-timeouts, 5xx, throttling) with exponential backoff and jitter
-(`RetryPolicy`, `is_transient`, `retry_call`); what still fails raises `StorageError`, whose message names
-the URI and key and has credentials removed (`redact`).
+timeouts, 5xx, throttling) with exponential backoff and jitter (`retrying`, over `finedetail.retry`); what still
+fails raises `StorageError`, whose message names the URI and key and has credentials removed (`redact`).
 
 This module imports neither ray nor torch (tests/test_layering.py checks it), so Ray tasks and the checkpoint loader
 can import it cheaply; it lives in ``finedetail`` because ``finedetail`` never imports ``job``.
@@ -38,193 +37,45 @@ can import it cheaply; it lives in ``finedetail`` because ``finedetail`` never i
 
 from __future__ import annotations
 
-import errno
-import http.client
-import logging
 import os
-import random
 import re
 import shutil
-import time
 import unicodedata
-import urllib.error
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from finedetail.redaction import redact
+from finedetail.retry import ObjectNotFoundError, RetryPolicy, StorageError, error_detail, retry_call
+from finedetail.s3 import S3Settings, s3_filesystem
 
 __all__ = [
-    "IMAGE_EXTS",
-    "ObjectNotFoundError",
-    "RetryPolicy",
-    "S3Settings",
     "Storage",
-    "StorageError",
-    "backoff_delay",
     "check_writable",
     "delete",
     "exists",
-    "is_transient",
-    "list_files",
     "open_storage",
     "read_bytes",
     "read_to_file",
     "read_uri",
     "redact",
-    "relative_root",
     "remove_temp_files",
-    "retry_call",
     "retrying",
     "safe_key",
     "write_bytes_atomic",
     "write_file",
 ]
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-
-IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-"""Extensions `list_files` keeps by default (compared case-insensitively)."""
 
 # S3 caps keys at 1024 bytes of UTF-8; most local filesystems cap a name at 255 bytes.
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
 _CHUNK = 8 << 20  # streamed copies (read_to_file, write_file)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class StorageError(Exception):
-    """An IO operation failed for good: a permanent error, or transient errors on every try.
-
-    Attributes: ``uri`` (storage root URI), ``key`` (relative key or None),
-    ``op`` ("read", "write", "list", ...), ``attempts`` (tries made),
-    ``transient`` (whether the last error was of a transient kind).
-    The message is redacted: it never contains credentials.
-    """
-
-    def __init__(self, message: str, *, uri: str | None = None, key: str | None = None,
-                 op: str | None = None, attempts: int = 0, transient: bool = False):
-        super().__init__(message)
-        self.uri = uri
-        self.key = key
-        self.op = op
-        self.attempts = attempts
-        self.transient = transient
-
-    def __reduce__(self):
-        # Exceptions pickle as cls(*args); carry the keyword attributes as state
-        # so the error survives the trip from a Ray worker to the driver.
-        return (self.__class__, (str(self),), dict(self.__dict__))
-
-
-class ObjectNotFoundError(StorageError, FileNotFoundError):
-    """The key does not exist.  Never retried."""
-
-
-# --------------------------------------------------------------------------- retries
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for transient IO errors.
-
-    Try ``n`` (1-based) that fails transiently is followed by a sleep of
-    ``uniform(0.5, 1) * min(max_delay, base_delay * 2 ** (n - 1))`` seconds,
-    unless it was try ``max_tries``.  ``max_tries=1`` disables retries.
-    """
-
-    max_tries: int = 8
-    base_delay: float = 0.5
-    max_delay: float = 10.0
-
-    def __post_init__(self):
-        if not isinstance(self.max_tries, int) or isinstance(self.max_tries, bool) or self.max_tries < 1:
-            raise ValueError(f"max_tries must be an int >= 1, got {self.max_tries=}")
-        if not self.base_delay >= 0:
-            raise ValueError(f"base_delay must be >= 0 seconds, got {self.base_delay=}")
-        if not self.max_delay >= self.base_delay:
-            raise ValueError(
-                f"max_delay must be >= base_delay, got {self.max_delay=} and {self.base_delay=}")
-
-
-def backoff_delay(policy: RetryPolicy, attempt: int, *, rng: random.Random | None = None) -> float:
-    """Seconds to sleep after failed try `attempt` (1-based).
-
-    In ``[cap / 2, cap]`` with ``cap = min(max_delay, base_delay * 2 ** (attempt - 1))``.
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt is 1-based, got {attempt=}")
-    # Exponent capped so 2 ** n stays a small float for any attempt count.
-    cap = min(policy.max_delay, policy.base_delay * 2.0 ** min(attempt - 1, 60))
-    return cap * (0.5 + 0.5 * (rng or random).random())
-
-
-# errno values that mean "the other side or the network hiccuped; try again".
-_TRANSIENT_ERRNOS = frozenset({
-    errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
-    errno.ECONNABORTED, errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
-    errno.ENETRESET, errno.EBUSY,
-})
-# Error names pyarrow's S3 layer prints as "AWS Error <NAME>" that are worth retrying.
-_TRANSIENT_AWS_ERRORS = frozenset({
-    "NETWORK_CONNECTION", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "THROTTLING", "SLOW_DOWN",
-    "REQUEST_TIMEOUT", "REQUEST_TIMEOUT_EXCEPTION", "THROTTLING_EXCEPTION", "TOO_MANY_REQUESTS",
-})
-_AWS_ERROR_RE = re.compile(r"AWS Error ([A-Z_]+)(?: \(HTTP status (\d{3})\))?")
-_HTTP_STATUS_RE = re.compile(r"HTTP (?:status|response)(?: code)?:? ?(\d{3})", re.IGNORECASE)
-_TRANSIENT_TEXT_RE = re.compile(
-    r"(?i)connection (?:refused|reset|aborted)|could not connect|couldn't connect|timed? ?out|"
-    r"temporarily unavailable|service unavailable|slow ?down|throttl|too many requests|broken pipe"
-)
-
-
-def _transient_status(status: int) -> bool:
-    return status >= 500 or status in (408, 429)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether `exc` is worth retrying: network / timeout / 5xx / throttling, not "missing" or "denied".
-
-    Understands Python OS errors (by type and errno), urllib's HTTP errors (by status) and connection errors (by
-    their reason), a truncated or garbled HTTP response (``http.client.IncompleteRead`` and kin), pyarrow's S3
-    errors ("AWS Error NAME [(HTTP status NNN)]") and, as a fallback, the usual words for connection failures in a
-    message.
-    """
-    if isinstance(exc, StorageError):
-        return False
-    if isinstance(exc, urllib.error.HTTPError):
-        return _transient_status(exc.code)
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        return is_transient(exc.reason)
-    if isinstance(exc, http.client.HTTPException):
-        return True  # the connection broke mid-response (IncompleteRead, RemoteDisconnected, BadStatusLine)
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        FileExistsError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return True
-    message = str(exc)
-    aws = _AWS_ERROR_RE.search(message)
-    if aws is not None:
-        name, status = aws.group(1), aws.group(2)
-        if name in _TRANSIENT_AWS_ERRORS:
-            return True
-        return status is not None and _transient_status(int(status))
-    status_match = _HTTP_STATUS_RE.search(message)
-    if status_match is not None and _transient_status(int(status_match.group(1))):
-        return True
-    return bool(_TRANSIENT_TEXT_RE.search(message))
 
 
 # --------------------------------------------------------------------------- keys
@@ -275,53 +126,6 @@ def safe_key(key: str) -> str:
 
 
 # --------------------------------------------------------------------------- storage
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Non-secret S3 connection settings (picklable; credentials are never stored here).
-
-    ``endpoint`` is ``host[:port]`` for S3-compatible servers (None = AWS),
-    ``scheme`` "http" or "https", ``region`` None = resolve from the bucket
-    when the filesystem is first created (AWS only).  Timeouts in seconds.
-    ``sdk_max_attempts`` is the AWS SDK's own (fast) retry layer inside each of
-    our tries; Ray Data reading through `Storage.filesystem` relies on it.
-    """
-
-    endpoint: str | None = None
-    scheme: str = "https"
-    region: str | None = None
-    connect_timeout: float = 5.0
-    request_timeout: float = 60.0
-    sdk_max_attempts: int = 3
-
-    def __post_init__(self):
-        if self.scheme not in ("http", "https"):
-            raise ValueError(f"scheme must be 'http' or 'https', got {self.scheme=}")
-        if self.sdk_max_attempts < 1:
-            raise ValueError(f"sdk_max_attempts must be >= 1, got {self.sdk_max_attempts=}")
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> S3Settings:
-        """Settings from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and AWS_REGION / AWS_DEFAULT_REGION.
-
-        The S3-specific endpoint variable wins over the global one, AWS_REGION
-        over AWS_DEFAULT_REGION (AWS SDK precedence).  With a custom endpoint
-        and no region, the region is "us-east-1" (what S3-compatible servers expect).
-        """
-        env = os.environ if environ is None else environ
-        url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
-        if url is None:
-            return cls(region=region)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"AWS endpoint URL must look like http(s)://host[:port], got {redact(url)!r}")
-        if parts.path not in ("", "/") or parts.query or parts.username:
-            raise ValueError(
-                f"AWS endpoint URL must have no path, query or user info, got {redact(url)!r}; "
-                "the bucket goes in the s3:// URI")
-        return cls(endpoint=parts.netloc, scheme=parts.scheme, region=region or "us-east-1")
 
 
 @dataclass(frozen=True)
@@ -421,17 +225,7 @@ def _make_filesystem(storage: Storage) -> pafs.FileSystem:
     if region is None and s.endpoint is None:
         bucket = storage.root.split("/", 1)[0]
         region = retrying(storage, "resolve region of", None, lambda: pafs.resolve_s3_region(bucket))
-    return pafs.S3FileSystem(
-        region=region,
-        endpoint_override=s.endpoint,
-        scheme=s.scheme,
-        connect_timeout=s.connect_timeout,
-        request_timeout=s.request_timeout,
-        # Small objects then go up in one PutObject instead of a multipart upload.
-        allow_delayed_open=True,
-        background_writes=False,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=s.sdk_max_attempts),
-    )
+    return s3_filesystem(s, region=region)
 
 
 def _inside_root(storage: Storage, op: str, key: str, path: str) -> None:
@@ -444,46 +238,13 @@ def _inside_root(storage: Storage, op: str, key: str, path: str) -> None:
             uri=storage.uri, key=key, op=op, attempts=0)
 
 
-def _detail(exc: BaseException) -> str:
-    return redact(f"{type(exc).__name__}: {exc}")
-
-
-def retry_call(fn: Callable[[], T], policy: RetryPolicy, *, what: str,
-               fail: Callable[[BaseException, int, bool], BaseException],
-               catch: tuple[type[BaseException], ...] = (OSError, pa.ArrowException),
-               sleep: Callable[[float], None] = time.sleep) -> T:
-    """``fn()``, retried while it fails transiently: THE retry loop of the project.
-
-    Storage operations (inputs, outputs, listings: `retrying`), checkpoint downloads (HTTP(S) and S3) and the job's
-    streamed uploads all run through it, so they share one notion of transient (`is_transient`) and one backoff
-    (`backoff_delay` under `policy`).  An exception of a `catch` type is retried when transient, with a warning
-    naming `what` (redacted); a permanent one, or the one of try ``policy.max_tries``, is replaced by
-    ``fail(exc, tries_made, transient)``, raised ``from None`` (the original's traceback may quote credentials).
-    A `StorageError` from `fn` and exceptions of other types (programming errors) propagate unchanged.
-    """
-    for attempt in range(1, policy.max_tries + 1):
-        try:
-            return fn()
-        except StorageError:
-            raise
-        except catch as exc:
-            transient = is_transient(exc)
-            if not transient or attempt == policy.max_tries:
-                raise fail(exc, attempt, transient) from None
-            delay = backoff_delay(policy, attempt)
-            log.warning("transient error on %s (try %d/%d): %s; retrying in %.2f s",
-                        redact(what), attempt, policy.max_tries, _detail(exc), delay)
-            sleep(delay)
-    raise AssertionError("unreachable")  # the loop always returns or raises
-
-
 def retrying(storage: Storage, op: str, key: str | None, fn: Callable[[], T]) -> T:
     """`retry_call` for operation `op` ("read", "write", ...) on `key` of `storage` under ``storage.retry``: the
     final failure becomes `ObjectNotFoundError` (missing: never retried) or `StorageError`, naming URI and key."""
     where = storage.uri if key is None else f"{storage.uri} key {key!r}"
 
     def fail(exc: BaseException, attempt: int, transient: bool) -> StorageError:
-        detail = _detail(exc)
+        detail = error_detail(exc)
         if isinstance(exc, FileNotFoundError):
             return ObjectNotFoundError(f"cannot {op} {where}: not found ({detail})",
                                        uri=storage.uri, key=key, op=op, attempts=attempt)
@@ -502,124 +263,6 @@ def retrying(storage: Storage, op: str, key: str | None, fn: Callable[[], T]) ->
 
 
 # --------------------------------------------------------------------------- operations
-
-
-def _normalise_exts(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
-    if extensions is None:
-        return None
-    if isinstance(extensions, str):
-        raise ValueError(f"extensions must be a sequence like ('.png',), got the string {extensions!r}")
-    exts = tuple(e.lower() for e in extensions)
-    bad = [e for e in exts if not (isinstance(e, str) and e.startswith(".") and len(e) > 1)]
-    if bad:
-        raise ValueError(f"extensions must start with '.', got {bad!r}")
-    return exts
-
-
-def _list_local(folder: str, exclude: frozenset[str] = frozenset()) -> list[str]:
-    if not os.path.exists(folder):
-        return []
-    if not os.path.isdir(folder):
-        raise NotADirectoryError(errno.ENOTDIR, "not a folder", folder)
-    keys = []
-    # Symlinked folders are not followed (no cycles); symlinked files are listed, and reading one that points
-    # outside the root is refused (see "Symbolic links" above), so it becomes an error row, not a silent skip.
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
-        rel = os.path.relpath(dirpath, folder)
-        sub = "" if rel == "." else f"{rel.replace(os.sep, '/')}/"
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and f"{sub}{d}" not in exclude]
-        for name in filenames:
-            keys.append(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}")
-    return keys
-
-
-def _raise(exc: OSError) -> None:
-    raise exc
-
-
-def _list_s3(storage: Storage, folder: str) -> list[str]:
-    # S3 has no folders: an absent prefix lists as empty.  allow_not_found=True
-    # would also hide a missing bucket, so the "not found" case is caught here.
-    try:
-        infos = storage.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
-    except FileNotFoundError:
-        return []
-    start = len(folder.rstrip("/")) + 1
-    return [info.path[start:] for info in infos if info.type == pafs.FileType.File]
-
-
-def list_files(uri_or_storage: str | Storage, prefix: str = "", *,
-               extensions: Iterable[str] | None = IMAGE_EXTS, limit: int | None = None,
-               refused: list[str] | None = None, exclude: Iterable[str] = ()) -> list[str]:
-    """Keys of the files under ``root/prefix``, recursive, sorted, relative to ``root/prefix``.
-
-    ``list_files(storage, "masks")`` lists ``masks/a/b.png`` as ``"a/b.png"``.
-    Hidden files and folders (any segment starting with '.') are skipped, so
-    are keys `safe_key` refuses (logged as a warning).  `extensions`: keep
-    only these (case-insensitive), None = all files.  `limit`: the first
-    `limit` keys of the sorted list.  A missing folder or an S3 prefix with no
-    objects lists as [] (S3 cannot tell them apart); a missing bucket or a
-    local root that is a file raises StorageError.  `refused`: when given, the
-    raw names `safe_key` refused (with a matching extension) are appended to
-    it, so a caller can account for them instead of losing them silently.
-    `exclude`: folders (keys relative to ``root/prefix``, e.g. ``"out"``) whose
-    files are left out, at any depth (a local walk does not enter them).
-    """
-    storage = _as_storage(uri_or_storage)
-    exts = _normalise_exts(extensions)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit=}")
-    if not isinstance(prefix, str):
-        raise ValueError(f"prefix must be a str key prefix like 'masks', got {prefix!r}")
-    sub = "" if prefix.strip("/") in ("", ".") else safe_key(prefix.rstrip("/"))
-    folder = f"{storage.root.rstrip('/')}/{sub}" if sub else storage.root
-    if isinstance(exclude, str):
-        raise ValueError(f"exclude must be a sequence of folder keys like ('out',), got the string {exclude!r}")
-    skip = frozenset(safe_key(e.rstrip("/")) for e in exclude)
-    if storage.kind == "local":
-        raw = retrying(storage, "list", sub or None, lambda: _list_local(folder, skip))
-    else:
-        raw = retrying(storage, "list", sub or None, lambda: _list_s3(storage, folder))
-    keys, unsafe = [], []
-    for key in raw:
-        if skip and any(key.startswith(f"{e}/") for e in skip):
-            continue
-        if any(seg.startswith(".") and seg not in (".", "..") for seg in key.split("/")):
-            continue  # hidden; "." and ".." are not hidden names but path tricks: safe_key refuses ".." below
-        if exts is not None and not key.lower().endswith(exts):
-            continue
-        try:
-            keys.append(safe_key(key))
-        except ValueError:
-            unsafe.append(key)
-    if refused is not None:
-        refused.extend(sorted(unsafe))
-    if unsafe:
-        log.warning("skipped %d file(s) with unsafe names under %s, e.g. %r",
-                    len(unsafe), storage.uri_for(sub) if sub else storage.uri, unsafe[0])
-    keys.sort()
-    return keys if limit is None else keys[:limit]
-
-
-def relative_root(inner: str | Storage, outer: str | Storage) -> str | None:
-    """Where `inner`'s root lies under `outer`'s root, as a key prefix: ``""`` when they are the same place,
-    ``"a/b"`` when inner is the folder ``a/b`` of outer, None when inner is not within outer (another bucket,
-    endpoint or kind, a sibling prefix: ``s3://b/photos-out`` is not within ``s3://b/photos``). Local roots are
-    compared after resolving symlinks. Nothing is contacted.
-    """
-    inner, outer = _as_storage(inner), _as_storage(outer)
-    if inner.kind != outer.kind or (inner.kind == "s3" and inner.s3.endpoint != outer.s3.endpoint):
-        return None
-    if inner.kind == "local":
-        a, b = os.path.realpath(inner.root), os.path.realpath(outer.root)
-        if os.path.commonpath([a, b]) != b:
-            return None
-        rel = os.path.relpath(a, b)
-        return "" if rel == "." else rel.replace(os.sep, "/")
-    if inner.root == outer.root:
-        return ""
-    head = outer.root.rstrip("/") + "/"
-    return inner.root[len(head):] if inner.root.startswith(head) else None
 
 
 def _source(storage: Storage, key: str) -> tuple[str, Callable[[], BinaryIO]]:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
 from finedetail.knobs import knob
-from finedetail.models.checkpoints import check_sha256_option
+from finedetail.models.weights import check_sha256_option
 
 __all__ = ["BACKENDS", "JobConfig", "Resources", "job_config_from_dict", "load_yaml"]
 
@@ -216,7 +216,7 @@ class JobConfig:
         return d
 
 
-#: ``--sam-checkpoint`` may name the official weights by model type (``finedetail.models.checkpoints.load_sam``)
+#: ``--sam-checkpoint`` may name the official weights by model type (``finedetail.models.weights.resolve_sam_checkpoint``)
 _SAM_NAMES = ("vit_h", "vit_l", "vit_b")
 
 

@@ -54,11 +54,11 @@ def fingerprint(cfg: Any) -> str:
     if cfg.coarse is not None:
         parts["coarse"] = _location(cfg.coarse)
     if cfg.backend == "seggpt-sam":
-        from finedetail.models.checkpoints import SAM_URLS, SEGGPT_DEFAULT
+        from finedetail.models.weights import DEFAULT_SEGGPT, SAM_URLS
 
         sam = cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
         parts["sam"] = _guarded(checkpoint_identity, SAM_URLS.get(sam, sam), sha256=cfg.sam_sha256)
-        parts["seggpt"] = _guarded(seggpt_identity, cfg.seggpt_checkpoint or SEGGPT_DEFAULT)
+        parts["seggpt"] = _guarded(seggpt_identity, cfg.seggpt_checkpoint or DEFAULT_SEGGPT)
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -99,7 +99,7 @@ def prompt_digest(uri: str) -> str:
 
 def checkpoint_identity(uri: str, *, sha256: str | None = None) -> dict[str, Any]:
     """Identity of one checkpoint file (module docstring, SAM); ``sha256`` is the digest the loader verifies."""
-    from finedetail.models.checkpoints import SAM_SHA256, SAM_URLS, cache_path_for
+    from finedetail.models.weights import SAM_SHA256, SAM_URLS, cache_path_for
 
     if sha256 is None:
         sha256 = next((SAM_SHA256[k] for k, url in SAM_URLS.items() if url == uri), None)
@@ -154,7 +154,7 @@ def _http_head(uri: str) -> dict[str, Any]:
 def seggpt_identity(uri: str) -> dict[str, Any]:
     """Identity of a SegGPT checkpoint (module docstring): a directory's files, an s3 prefix's objects, a Hub id's
     cached commit."""
-    from finedetail.models.checkpoints import default_cache_dir
+    from finedetail.models.weights import default_cache_dir
 
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "s3":
@@ -180,7 +180,7 @@ def seggpt_identity(uri: str) -> dict[str, Any]:
 def local_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a local file, cached in ``$FINEDETAIL_CACHE/digests.json`` by (real path, size, mtime, ctime,
     inode): any write to the file changes its ctime, so a stale digest is never returned."""
-    from finedetail.models.checkpoints import default_cache_dir, file_sha256
+    from finedetail.models.weights import default_cache_dir, file_sha256
 
     real = os.path.realpath(path)
     st = os.stat(real)

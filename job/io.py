@@ -1,5 +1,6 @@
-"""The job's storage: `finedetail.storage` (local folders and S3, one retry policy, key safety, redaction) plus the
-job's output layout (`mask_key`, `output_key`, `output_path`).
+"""The job's storage: the storage core of `finedetail` (`storage`: keys, atomic reads and writes; `listing`;
+`retry`: one retry policy; `s3`: S3 settings) under one name, plus the job's output layout (`mask_key`,
+`output_key`, `output_path`).
 
 The storage core lives in ``finedetail`` so that the checkpoint loader, which must not import ``job``, shares it;
 the job keeps calling it by this name (``jio.read_bytes(...)``)::
@@ -13,11 +14,14 @@ from __future__ import annotations
 import posixpath
 import re
 
-from finedetail import storage
-from finedetail.storage import *  # noqa: F403 - the storage core, under the job's name
+from finedetail import listing, retry, s3, storage
+from finedetail.listing import *  # noqa: F403 - the storage core, under the job's name
+from finedetail.retry import *  # noqa: F403
+from finedetail.s3 import *  # noqa: F403
+from finedetail.storage import *  # noqa: F403
 from finedetail.storage import safe_key
 
-__all__ = [*storage.__all__, "mask_key", "output_key", "output_path"]
+__all__ = [*storage.__all__, *listing.__all__, *retry.__all__, *s3.__all__, "mask_key", "output_key", "output_path"]
 
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -237,10 +237,11 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
     n = len(cfg.classes)
     options, _ = backend_configs(cfg)  # refuses bad backend_options before any model is loaded
     if cfg.backend == "seggpt-sam":
-        from finedetail.models.checkpoints import SEGGPT_DEFAULT, load_seggpt
+        from finedetail.models.checkpoints import load_seggpt
+        from finedetail.models.weights import DEFAULT_SEGGPT
         from finedetail.models.seggpt import SegGptSegmenter
 
-        model, processor = load_seggpt(cfg.seggpt_checkpoint or SEGGPT_DEFAULT, device=_device(cfg) or "auto")
+        model, processor = load_seggpt(cfg.seggpt_checkpoint or DEFAULT_SEGGPT, device=_device(cfg) or "auto")
         seg = SegGptSegmenter(model, processor, device=_device(cfg), batch=cfg.resources.batch_size)
     elif cfg.backend == "classical":
         seg = _classical_choice(dict(cfg.backend_options), "coarse_model")[0](config=options)
@@ -256,7 +257,7 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
 
 def sam_source(cfg: JobConfig) -> str:
     """The SAM weights of a ``seggpt-sam`` job: ``--sam-checkpoint`` or the official URL of its model type."""
-    from finedetail.models.checkpoints import SAM_URLS
+    from finedetail.models.weights import SAM_URLS
 
     return cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
 
@@ -269,23 +270,15 @@ def fetch_weights(cfg: JobConfig) -> None:
     where to pre-seed the cache) or ValueError (checksum mismatch)."""
     if cfg.backend != "seggpt-sam":
         return
-    import logging
-
-    from finedetail.models.checkpoints import DEFAULT_SEGGPT, resolve_sam_checkpoint, resolve_seggpt_checkpoint
-    from finedetail.storage import RetryPolicy
+    from finedetail.models.weights import DEFAULT_SEGGPT, resolve_sam_checkpoint, resolve_seggpt_checkpoint
+    from finedetail.retry import RetryPolicy
 
     # The driver's check is quick and quiet: a few tries (an unreachable source is the common case: an offline
     # machine), and no per-try warnings; a failure becomes ONE refusal line naming the flag and the cache path.
-    quick = RetryPolicy(max_tries=3, base_delay=0.25, max_delay=1.0)
-    storage_log = logging.getLogger("finedetail.storage")
-    level = storage_log.level
-    storage_log.setLevel(logging.ERROR)
-    try:
-        if cfg.coarse is None:
-            resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT, retry=quick)
-        resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
-    finally:
-        storage_log.setLevel(level)
+    quick = RetryPolicy(max_tries=3, base_delay=0.25, max_delay=1.0, quiet=True)
+    if cfg.coarse is None:
+        resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT, retry=quick)
+    resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
 
 
 def build_refiner(cfg: JobConfig) -> Any:

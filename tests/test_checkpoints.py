@@ -14,21 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from finedetail.models.checkpoints import (
+from finedetail.models.checkpoints import infer_sam_arch, load_sam, load_seggpt
+from finedetail.models.weights import (
     SAM_SHA256,
     SAM_URLS,
     CheckpointUnavailableError,
     ChecksumMismatchError,
     cache_path_for,
     default_cache_dir,
-    infer_sam_arch,
-    load_sam,
-    load_seggpt,
     resolve_checkpoint,
 )
 from finedetail.models.sam import SamRefiner
 from finedetail.models.tiny import SAM_ARCHS, SamArch, build_sam, build_tiny_sam, save_tiny_sam, save_tiny_seggpt
-from finedetail.storage import RetryPolicy
+from finedetail.retry import RetryPolicy
 from finedetail.types import ComponentPrompt
 
 TINY_KW = dict(global_attn_indexes=(1,))  # one global block, so inference has both block kinds to tell apart

@@ -66,7 +66,7 @@ def test_a_prompt_replaced_at_the_same_path_changes_the_hash(tmp_path, which):
 
 def test_a_local_checkpoint_replaced_at_the_same_path_changes_the_hash_and_digests_are_cached(tmp_path,
                                                                                               monkeypatch):
-    import finedetail.models.checkpoints as ck
+    import finedetail.models.weights as ck
     from job import fingerprint as jf
 
     write_prompts(tmp_path / "prompts")

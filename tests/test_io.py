@@ -1,4 +1,4 @@
-"""finedetail/storage.py through its job-facing name job/io.py: local folders and a real S3 server (SeaweedFS on
+"""The storage core (finedetail/storage.py, listing.py, retry.py, s3.py) through its job-facing name job/io.py: local folders and a real S3 server (SeaweedFS on
 loopback, `s3_server` fixture)."""
 
 from __future__ import annotations
@@ -373,7 +373,7 @@ def test_list_files_local(tree):
 
 
 def test_list_files_warns_about_unsafe_names(tree, caplog):
-    with caplog.at_level(logging.WARNING, logger="finedetail.storage"):
+    with caplog.at_level(logging.WARNING, logger="finedetail.listing"):
         keys = list_files(str(tree))
     assert "a/bad\\name.png" not in keys
     assert "skipped 1 file(s) with unsafe names" in caplog.text
@@ -587,7 +587,7 @@ def test_transient_errors_are_retried(tmp_path, monkeypatch, caplog):
         real(path, data)
 
     monkeypatch.setattr(core, "_write_local_atomic", flaky)
-    with caplog.at_level(logging.WARNING, logger="finedetail.storage"):
+    with caplog.at_level(logging.WARNING, logger="finedetail.retry"):
         write_bytes_atomic(storage, "a.png", b"ok")
     assert len(calls) == 3 and (tmp_path / "a.png").read_bytes() == b"ok"
     assert "try 1/4" in caplog.text and "try 2/4" in caplog.text
@@ -741,7 +741,7 @@ def test_s3_wrong_secret_is_permanent_and_redacted(s3_env, monkeypatch, caplog):
         "list": lambda: list_files(storage),
         "'.write-check-": lambda: check_writable(storage),
     }
-    with caplog.at_level(logging.DEBUG, logger="finedetail.storage"):
+    with caplog.at_level(logging.DEBUG, logger="finedetail"):
         for named, call in calls.items():
             with pytest.raises(StorageError, match="permanent") as info:
                 call()

@@ -209,7 +209,7 @@ def test_weights_in_reach_are_fetched_by_the_driver_into_the_cache(tiny_weights,
     import http.server
     import threading
 
-    from finedetail.models.checkpoints import cache_path_for
+    from finedetail.models.weights import cache_path_for
     from job.models import fetch_weights
 
     (tmp_path / "srv").mkdir()

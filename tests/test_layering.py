@@ -33,6 +33,7 @@ PURE = [
     "finedetail.models.proxy",
     "finedetail.decode",
     "finedetail.models.checkpoints",
+    "finedetail.models.weights",
     "finedetail.selective",
     "finedetail.instances",
     "finedetail.geo",
@@ -52,7 +53,7 @@ def test_pure_module_imports_neither_torch_nor_ray(module):
     assert out.stdout.strip() == "", f"importing {module} pulled in {out.stdout.strip()}"
 
 
-@pytest.mark.parametrize("module", ["finedetail.storage", "job.io"])
+@pytest.mark.parametrize("module", ["finedetail.storage", "finedetail.listing", "finedetail.retry", "finedetail.s3", "job.io"])
 def test_the_storage_layer_imports_neither_torch_nor_ray(module):
     """Not pure numpy (pyarrow, sockets), but every Ray task and the checkpoint loader import it: no torch, no ray,
     no model libraries."""

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finedetail import storage as storage_core
+from finedetail import listing
 from finedetail import synthetic
 from finedetail.codecs import decode_image, decode_mask, encode_png
 from job import io as jio
@@ -208,14 +208,14 @@ def bad_run(ray_local, tmp_path_factory):
     cfg = _cfg(input=str(src), prompts=str(sandbox / "prompts"), output=str(out), max_pixels=MAX_PIXELS,
                max_tries=MAX_TRIES, **{**MINIMAL, "scales": [1.0, 2.0]})
     buf = io.StringIO()
-    real_list = storage_core._list_local
+    real_list = listing._list_local
 
     def crafted_listing(folder, *rest):  # a listing no real folder can produce (S3 servers may, SeaweedFS refuses them)
         keys = real_list(folder, *rest)
         return keys + CRAFTED if os.path.realpath(folder) == os.path.realpath(src) else keys
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(storage_core, "_list_local", crafted_listing)
+        mp.setattr(listing, "_list_local", crafted_listing)
         mp.setenv("FINEDETAIL_TEST_CRASH", json.dumps([{"key": k, "stage": v[0], "times": v[1]}
                                                        for k, v in CRASH.items() if v]))
         mp.setenv("FINEDETAIL_TEST_CRASH_DIR", str(crashes))

@@ -1,4 +1,4 @@
-"""One retry policy for every byte the project moves: `finedetail.storage.retry_call` (with `backoff_delay` under a
+"""One retry policy for every byte the project moves: `finedetail.retry.retry_call` (with `backoff_delay` under a
 `RetryPolicy`) is the loop behind an input read, an output write, the job's streamed upload (``jio.write_file``, what
 ``job.geo`` publishes rasters with) and the checkpoint downloads over HTTP(S) and S3. The endpoints here are real
 and local: a loopback HTTP server that fails on cue, and an S3 endpoint with nothing listening (a stopped server)."""
@@ -16,8 +16,9 @@ import threading
 
 import pytest
 
-from finedetail import storage as core
-from finedetail.models.checkpoints import CheckpointUnavailableError, resolve_checkpoint
+from finedetail import retry as core
+from finedetail import s3
+from finedetail.models.weights import CheckpointUnavailableError, resolve_checkpoint
 from job import io as jio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,13 +88,13 @@ def _retry_warnings(caplog) -> list[str]:
     out = []
     for r in caplog.records:
         if "transient error on" in r.getMessage():
-            assert (r.name, r.funcName) == ("finedetail.storage", "retry_call"), (r.name, r.funcName)
+            assert (r.name, r.funcName) == ("finedetail.retry", "retry_call"), (r.name, r.funcName)
             out.append(r.getMessage())
     return out
 
 
 def test_input_output_upload_and_checkpoints_retry_through_one_loop(tmp_path, monkeypatch, backoffs, caplog):
-    dead = core.S3Settings(endpoint=f"127.0.0.1:{_dead_port()}", scheme="http", connect_timeout=1.0,
+    dead = s3.S3Settings(endpoint=f"127.0.0.1:{_dead_port()}", scheme="http", connect_timeout=1.0,
                             sdk_max_attempts=1)
     policy = core.RetryPolicy(max_tries=3)
     src, _ = jio.open_storage("s3://archive/in", retry=policy, s3=dead)
@@ -110,7 +111,7 @@ def test_input_output_upload_and_checkpoints_retry_through_one_loop(tmp_path, mo
         "s3 checkpoint": (lambda: resolve_checkpoint("s3://weights/sam.pth", cache_dir=tmp_path / "c1",
                                                      retry=policy), CheckpointUnavailableError),
     }
-    with caplog.at_level(logging.WARNING, logger="finedetail.storage"):
+    with caplog.at_level(logging.WARNING, logger="finedetail.retry"):
         for name, (call, error) in failing.items():
             caplog.clear()
             backoffs.clear()
@@ -131,7 +132,7 @@ def test_input_output_upload_and_checkpoints_retry_through_one_loop(tmp_path, mo
 def test_a_checkpoint_download_cut_short_is_retried_not_cached(tmp_path, backoffs, caplog):
     """No digest known (a user's URL): a body shorter than its Content-Length used to be cached as the checkpoint,
     because http.client ends such a body without an error."""
-    with caplog.at_level(logging.WARNING, logger="finedetail.storage"), _serve(["short"]) as (url, served):
+    with caplog.at_level(logging.WARNING, logger="finedetail.retry"), _serve(["short"]) as (url, served):
         path = resolve_checkpoint(url, cache_dir=tmp_path)
     assert served == ["short", "ok"] and path.read_bytes() == DATA
     assert backoffs == [(core.RetryPolicy().max_tries, 1)]
@@ -145,7 +146,7 @@ def test_a_checkpoint_that_stays_short_fails_and_leaves_nothing(tmp_path, backof
 
 
 def test_no_module_has_a_retry_loop_of_its_own():
-    """The backoff is computed in one place: no module but finedetail/storage.py calls backoff_delay, and the
+    """The backoff is computed in one place: no module but finedetail/retry.py calls backoff_delay, and the
     modules that had loops of their own (checkpoint downloads, geo's upload) no longer sleep."""
     callers, sleepers = set(), set()
     for path in sorted([*(ROOT / "finedetail").rglob("*.py"), *(ROOT / "job").rglob("*.py")]):
@@ -157,8 +158,8 @@ def test_no_module_has_a_retry_loop_of_its_own():
                     callers.add(path.relative_to(ROOT).as_posix())
                 if name == "sleep":
                     sleepers.add(path.relative_to(ROOT).as_posix())
-    assert callers == {"finedetail/storage.py"}
-    assert "finedetail/models/checkpoints.py" not in sleepers and "job/geo.py" not in sleepers
+    assert callers == {"finedetail/retry.py"}
+    assert "finedetail/models/weights.py" not in sleepers and "job/geo.py" not in sleepers
 
 
 def test_streamed_upload_and_download_round_trip_on_s3(s3_env, tmp_path):
@@ -171,3 +172,25 @@ def test_streamed_upload_and_download_round_trip_on_s3(s3_env, tmp_path):
     assert jio.write_file(out, "geo/big.tif", tmp_path / "big.tif") == f"s3://{bucket}/run/geo/big.tif"
     jio.read_to_file(out, "geo/big.tif", tmp_path / "back.tif")
     assert (tmp_path / "back.tif").read_bytes() == data
+
+
+@pytest.mark.parametrize("quiet, warnings", [(False, 2), (True, 0)])
+def test_a_quiet_policy_retries_the_same_without_per_try_warnings(quiet, warnings, caplog):
+    """``RetryPolicy(quiet=True)`` (the driver's quick weights check) retries exactly as a loud one and logs no
+    per-try warning; the final failure is still raised."""
+    policy = core.RetryPolicy(max_tries=3, base_delay=0.0, max_delay=0.0, quiet=quiet)
+    tries = []
+
+    def down():
+        tries.append(1)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    with caplog.at_level(logging.WARNING, logger="finedetail"), pytest.raises(RuntimeError, match="gave up"):
+        core.retry_call(down, policy, what="http://h/w.pth",
+                        fail=lambda exc, n, transient: RuntimeError(f"gave up after {n}"))
+    assert len(tries) == 3 and len(_retry_warnings(caplog)) == warnings
+
+
+def test_quiet_must_be_a_bool():
+    with pytest.raises(ValueError, match="quiet must be a bool"):
+        core.RetryPolicy(quiet="yes")

@@ -101,7 +101,8 @@ class SegGptSegmenter:
         **kwargs: Any,
     ) -> "SegGptSegmenter":
         """Load with ``checkpoints.load_seggpt`` (dir, s3:// prefix or Hub id; default the official weights)."""
-        from finedetail.models.checkpoints import DEFAULT_SEGGPT, load_seggpt
+        from finedetail.models.checkpoints import load_seggpt
+        from finedetail.models.weights import DEFAULT_SEGGPT
 
         dev = resolve_device(device)
         model, processor = load_seggpt(uri_or_dir or DEFAULT_SEGGPT, device=str(dev), cache_dir=cache_dir,
