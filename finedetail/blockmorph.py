@@ -40,7 +40,8 @@ import cv2
 import numpy as np
 
 from finedetail.geo import block_grid
-from finedetail.postprocess import PostprocessConfig, disk, close, open_plain
+from finedetail.morphology import close, disk, open_plain
+from finedetail.postprocess import PostprocessConfig
 from finedetail.tiling import Window
 from finedetail.transforms import check_hw
 

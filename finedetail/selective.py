@@ -24,7 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from finedetail.postprocess import disk
+from finedetail.morphology import disk
 from finedetail.tiling import Window, blend_weights
 
 __all__ = [

@@ -11,19 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import finedetail.postprocess as pp
-from finedetail.postprocess import (
-    PostprocessConfig,
-    close,
-    dense_crf,
-    fast_guided_filter,
-    fill_holes,
-    guided_filter,
-    open_by_reconstruction,
-    open_plain,
-    postprocess,
-    remove_islands,
-)
+import finedetail.guided as gf
+from finedetail.crf import dense_crf
+from finedetail.guided import fast_guided_filter, guided_filter
+from finedetail.morphology import close, disk, fill_holes, open_by_reconstruction, open_plain, remove_islands
+from finedetail.postprocess import PostprocessConfig, postprocess
 
 
 def M(text: str) -> np.ndarray:
@@ -71,9 +63,9 @@ GUIDES = {
 
 @pytest.mark.parametrize("guide_kind", sorted(GUIDES))
 @pytest.mark.parametrize(("radius", "eps"), [(1, 1e-4), (2, 1e-3), (4, 1e-2), (8, 1e-3)])
-@pytest.mark.parametrize("block_pixels", [pp._BLOCK_PIXELS, 300])  # 300: many row blocks with halos
+@pytest.mark.parametrize("block_pixels", [gf._BLOCK_PIXELS, 300])  # 300: many row blocks with halos
 def test_guided_filter_matches_opencv(guide_kind, radius, eps, block_pixels, monkeypatch):
-    monkeypatch.setattr(pp, "_BLOCK_PIXELS", block_pixels)
+    monkeypatch.setattr(gf, "_BLOCK_PIXELS", block_pixels)
     guide_u8, src = _rng_image(37, 53, seed=radius)
     make, scale = GUIDES[guide_kind]
     guide = make(guide_u8)
@@ -226,19 +218,19 @@ def test_fast_guided_filter_float64_guide_and_bad_subsample():
 
 
 def test_disk_structuring_elements():
-    np.testing.assert_array_equal(pp.disk(1), M("""
+    np.testing.assert_array_equal(disk(1), M("""
         ###
         ###
         ###
     """))
-    np.testing.assert_array_equal(pp.disk(2), M("""
+    np.testing.assert_array_equal(disk(2), M("""
         .###.
         #####
         #####
         #####
         .###.
     """))
-    np.testing.assert_array_equal(pp.disk(3), M("""
+    np.testing.assert_array_equal(disk(3), M("""
         ..###..
         .#####.
         #######

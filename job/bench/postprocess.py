@@ -28,13 +28,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from finedetail.postprocess import (
-    PostprocessConfig,
-    _morphology,
-    fast_guided_filter,
-    guided_filter,
-    postprocess,
-)
+from finedetail.guided import fast_guided_filter, guided_filter
+from finedetail.postprocess import PostprocessConfig, _morphology, postprocess
 
 __all__ = ["main", "make_inputs", "run"]
 
