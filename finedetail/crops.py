@@ -9,7 +9,7 @@ shows exactly the window, so ``x_crop = (x - win.x0) * cw / win.w`` and ``y_crop
 
 Typical use: ``win = object_window(box, hw)``; ``z = zoom_for(win)``; run the model on ``crop_image(image, win,
 z)`` with prompts made from the crop's own coarse map; bring its map back with ``from_crop_image`` and ``paste`` it
-into the global map (a point or box would map as ``transforms.Scale.to_size(win.hw, crop_size(win, z))`` after
+into the global map (a point or box would map as ``frames.Scale.to_size(win.hw, crop_size(win, z))`` after
 subtracting ``(win.x0, win.y0)``). Objects whose window is longer than the model's input go through
 ``split_window`` first.
 """
@@ -23,7 +23,8 @@ import numpy as np
 
 from finedetail.config import PASTE_MODES
 from finedetail.tiling import Window, tile_grid
-from finedetail.transforms import check_hw, resize
+from finedetail.frames import resize
+from finedetail.transforms import check_hw
 
 __all__ = [
     "crop_image",
@@ -88,7 +89,7 @@ def crop_size(win: Window, zoom: float) -> tuple[int, int]:
 def crop_image(image: np.ndarray, win: Window, zoom: float, *, interp: str = "linear") -> np.ndarray:
     """``image[win.slices]`` resampled to ``crop_size(win, zoom)``.
 
-    ``image``: (H, W) or (H, W, C), any dtype (see ``transforms.resize`` for the resampling: linear growing, area
+    ``image``: (H, W) or (H, W, C), any dtype (see ``frames.resize`` for the resampling: linear growing, area
     shrinking, threshold for bool). Returns the same dtype and channel layout, C-contiguous."""
     win.check_inside(image.shape[:2])
     return resize(image[win.slices], crop_size(win, zoom), interp=interp)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from finedetail.transforms import resize
+from finedetail.frames import resize
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -77,7 +77,7 @@ def canvas_probabilities(canvas: np.ndarray, *, palette: Sequence[Sequence[float
 def resize_probs(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(C, h, w) float probabilities -> (C, H, W) float32 in [0, 1] at ``hw`` = (H, W).
 
-    ``transforms.resize``: bilinear (``cv2.INTER_LINEAR``, pixel-centre aligned like ``align_corners=False``) whenever
+    ``frames.resize``: bilinear (``cv2.INTER_LINEAR``, pixel-centre aligned like ``align_corners=False``) whenever
     either side grows; area averaging when both shrink (bilinear would alias). Never nearest: soft edges survive.
     """
     probs = np.asarray(probs, np.float32)

@@ -33,7 +33,8 @@ from finedetail.plan import Variant, tta_views, variants
 from finedetail.postprocess import one_class_per_pixel, postprocess
 from finedetail.selective import cover_windows, detail_map, has_prompts, object_needs_crop, window_has_detail
 from finedetail.state import Stats
-from finedetail.transforms import Compose, Scale, parse_tta
+from finedetail.frames import Scale
+from finedetail.transforms import Compose, parse_tta
 from finedetail.types import ComponentPrompt, check_image
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from finedetail.transforms import LongestSide
+from finedetail.frames import LongestSide
 from finedetail.types import ComponentPrompt
 
 __all__ = ["boundary_points", "components", "mask_to_sam_logits", "prompts_from_mask", "tight_box"]
@@ -128,7 +128,7 @@ def mask_to_sam_logits(
 ) -> np.ndarray:
     """A probability map -> SAM's low-resolution mask input: ``(low_res, low_res) float32`` logits.
 
-    prob: (H, W) float in [0, 1] (or bool), image frame. SAM's frame (``transforms.LongestSide(hw, long_side)``):
+    prob: (H, W) float in [0, 1] (or bool), image frame. SAM's frame (``frames.LongestSide(hw, long_side)``):
     resize so the long side is ``long_side`` (bilinear when enlarging, area averaging when shrinking so thin
     structures fade instead of vanishing), pad bottom/right with 0 to ``long_side``², area-downsample to
     ``low_res``² (``LongestSide.to_low_res``), then ``logit = scale * (p - 0.5)`` which lies in

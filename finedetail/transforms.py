@@ -1,4 +1,5 @@
-"""Geometric transforms with exact inverses, for arrays, points and boxes (pure: numpy + OpenCV).
+"""Test-time augmentation views: flips, 90-degree rotations, circular shifts and their compositions, each with its
+exact inverse for arrays, points and boxes, plus the `Transform` protocol every frame shares (pure: numpy).
 
 Frames. Every coordinate lives in the CONTINUOUS pixel frame: pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)`` and
 its centre is ``(c + 0.5, r + 0.5)``. Points are ``(N, 2)`` as ``(x, y)``; boxes are ``(N, 4)`` XYXY. Sizes are
@@ -9,8 +10,9 @@ Every transform is a small frozen dataclass with the same methods:
 - ``out_size(hw)`` / ``in_size(hw)``: size after / before the transform.
 - ``apply_image(a, *, interp="linear")`` / ``invert_image(a, *, interp="linear")``: ``a`` is ``(H, W)`` or
   ``(H, W, C)`` of any dtype (``uint8`` images, ``float32`` maps, ``bool`` masks); the result keeps dtype and channel
-  layout and is C-contiguous. ``interp`` (one of ``INTERPS``, see ``resize``) only matters for ``Scale`` and
-  ``LongestSide``; the exact transforms check it and ignore it, so callers can pass one value to any transform.
+  layout and is C-contiguous. ``interp`` (one of ``INTERPS``, see ``finedetail.frames.resize``) only matters for
+  the resampling frames ``Scale`` and ``LongestSide`` (``finedetail.frames``); the exact transforms here check it
+  and ignore it, so callers can pass one value to any transform.
 - ``apply_coords(pts, hw)``: ``pts`` ``(N, 2)`` xy in the frame of an input of size ``hw`` (the ORIGINAL size);
   ``invert_coords(pts, hw)``: ``pts`` in the TRANSFORMED frame, ``hw`` = the transformed size (``out_size`` of the
   original). Both return ``(N, 2) float64``.
@@ -21,16 +23,14 @@ Every transform is a small frozen dataclass with the same methods:
 
 Exactness. Flips, 90-degree rotations and circular shifts move whole pixels, so ``invert_image(apply_image(x)) == x``
 bit for bit for every dtype, and coordinates move exactly where the pixels went. ``Scale`` is exact on sizes and
-coordinates (``x' = x * w' / w``) and approximate on values (resampling, see ``resize``).
+coordinates (``x' = x * w' / w``) and approximate on values (resampling, see ``finedetail.frames.resize``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 __all__ = [
@@ -39,24 +39,16 @@ __all__ = [
     "Compose",
     "HFlip",
     "Identity",
-    "LongestSide",
     "Rot90",
-    "Scale",
     "Shift",
     "Transform",
     "VFlip",
-    "long_side_size",
+    "check_hw",
     "parse_tta",
-    "resize",
 ]
 
 INTERPS = ("linear", "bilinear", "nearest")
 TTA_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
-
-# dtypes cv2.resize handles natively for INTER_LINEAR / INTER_AREA; others go through float64.
-_CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
-# INTER_AREA upscaling in OpenCV rejects more than 4 channels, so wide arrays are resized in chunks.
-_CV2_MAX_CHANNELS = 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -74,34 +66,34 @@ def check_hw(hw: Sequence[int], *, what: str = "hw") -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _check_array(a: np.ndarray) -> np.ndarray:
+def check_array(a: np.ndarray) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.ndim not in (2, 3) or a.shape[0] < 1 or a.shape[1] < 1:
         got = f"shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(f"expected an (H, W) or (H, W, C) numpy array with H, W >= 1, got {got}")
     return a
 
 
-def _check_interp(interp: str) -> str:
+def check_interp(interp: str) -> str:
     if interp not in INTERPS:
         raise ValueError(f"interp must be one of {INTERPS}, got {interp!r}")
     return interp
 
 
-def _as_points(pts: np.ndarray) -> np.ndarray:
+def as_points(pts: np.ndarray) -> np.ndarray:
     p = np.asarray(pts, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2:
         raise ValueError(f"points must be (N, 2) as (x, y), got shape {p.shape}; reshape with pts.reshape(-1, 2)")
     return p
 
 
-def _as_boxes(boxes: np.ndarray) -> np.ndarray:
+def as_boxes(boxes: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"boxes must be (N, 4) XYXY, got shape {b.shape}; reshape with boxes.reshape(-1, 4)")
     return b
 
 
-def _normalise_boxes(b: np.ndarray) -> np.ndarray:
+def normalise_boxes(b: np.ndarray) -> np.ndarray:
     return np.stack(
         [np.minimum(b[:, 0], b[:, 2]), np.minimum(b[:, 1], b[:, 3]),
          np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3])],
@@ -112,66 +104,11 @@ def _normalise_boxes(b: np.ndarray) -> np.ndarray:
 def _boxes_via_corners(t: "Transform", boxes: np.ndarray, hw: tuple[int, int], *, invert: bool) -> np.ndarray:
     """Map a box's two opposite corners and renormalise: right for flips, rotations and scaling, which map
     axis-aligned rectangles to axis-aligned rectangles."""
-    b = _as_boxes(boxes)
+    b = as_boxes(boxes)
     f = t.invert_coords if invert else t.apply_coords
     p0 = f(b[:, 0:2], hw)
     p1 = f(b[:, 2:4], hw)
-    return _normalise_boxes(np.concatenate([p0, p1], axis=1))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# resampling
-
-
-def resize(a: np.ndarray, size: Sequence[int], *, interp: str = "linear") -> np.ndarray:
-    """Resample ``a`` ((H, W) or (H, W, C), any dtype) to ``size = (h, w)``; keeps dtype and channel layout.
-
-    Pixel centres are aligned (half-pixel convention, like ``cv2.resize``): output pixel ``j`` samples input
-    position ``(j + 0.5) * W / w - 0.5``, so the continuous frame scales by exactly ``w / W``.
-
-    ``interp="linear"``, non-bool: ``cv2.INTER_AREA`` when neither side grows (anti-aliased downscaling: each output
-    pixel is the mean of the input area it covers), otherwise ``cv2.INTER_LINEAR`` (bilinear, edge pixels replicated).
-    Integer results are rounded and saturated by OpenCV; dtypes OpenCV lacks are resampled in float64 and cast back
-    (rounded and clipped for integers).
-    ``interp="linear"``, bool: the mask is resampled as float32 with the rule above and thresholded ``>= 0.5``, which
-    keeps 1-px structures when downscaling by up to 2x where nearest-neighbour would drop every other line.
-    ``interp="bilinear"``: ``cv2.INTER_LINEAR`` both ways (no area averaging when shrinking), the resampling of
-    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` that SAM's ``postprocess_masks`` uses
-    for model outputs; dtypes and bool masks as for ``"linear"``.
-    ``interp="nearest"``: output pixel ``j`` copies input pixel ``floor((j + 0.5) * W / w)`` (centre-aligned nearest,
-    like ``cv2.INTER_NEAREST_EXACT``); any dtype, values are copied, never mixed.
-    """
-    a = _check_array(a)
-    h, w = check_hw(size, what="size")
-    _check_interp(interp)
-    if a.shape[:2] == (h, w):
-        return np.ascontiguousarray(a).copy()
-    if interp == "nearest":
-        rows = np.minimum(((np.arange(h) + 0.5) * (a.shape[0] / h)).astype(np.intp), a.shape[0] - 1)
-        cols = np.minimum(((np.arange(w) + 0.5) * (a.shape[1] / w)).astype(np.intp), a.shape[1] - 1)
-        return np.ascontiguousarray(a[rows[:, None], cols[None, :]])
-    if a.dtype == bool:
-        return resize(a.astype(np.float32), (h, w), interp=interp) >= 0.5
-    shrinks = h <= a.shape[0] and w <= a.shape[1]
-    flag = cv2.INTER_AREA if (shrinks and interp == "linear") else cv2.INTER_LINEAR
-    if a.dtype.type in _CV2_DTYPES:
-        return _cv2_resize(a, (h, w), flag)
-    out = _cv2_resize(a.astype(np.float64), (h, w), flag)
-    if np.issubdtype(a.dtype, np.integer):
-        info = np.iinfo(a.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(a.dtype)
-
-
-def _cv2_resize(a: np.ndarray, hw: tuple[int, int], flag: int) -> np.ndarray:
-    dsize = (hw[1], hw[0])  # cv2 wants (width, height)
-    if a.ndim == 2:
-        return cv2.resize(np.ascontiguousarray(a), dsize, interpolation=flag)
-    chunks = []
-    for c0 in range(0, a.shape[2], _CV2_MAX_CHANNELS):
-        part = cv2.resize(np.ascontiguousarray(a[:, :, c0:c0 + _CV2_MAX_CHANNELS]), dsize, interpolation=flag)
-        chunks.append(part.reshape(hw[0], hw[1], -1))  # cv2 drops a trailing channel axis of length 1
-    return np.ascontiguousarray(np.concatenate(chunks, axis=2))
+    return normalise_boxes(np.concatenate([p0, p1], axis=1))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,12 +172,12 @@ class Identity(Transform):
         return check_hw(hw)
 
     def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        _check_interp(interp)
-        return np.ascontiguousarray(_check_array(a)).copy()
+        check_interp(interp)
+        return np.ascontiguousarray(check_array(a)).copy()
 
     def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         check_hw(hw)
-        return _as_points(pts).copy()
+        return as_points(pts).copy()
 
 
 @dataclass(frozen=True)
@@ -258,12 +195,12 @@ class HFlip(Transform):
         return check_hw(hw)
 
     def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        _check_interp(interp)
-        return np.ascontiguousarray(_check_array(a)[:, ::-1])
+        check_interp(interp)
+        return np.ascontiguousarray(check_array(a)[:, ::-1])
 
     def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         _, w = check_hw(hw)
-        p = _as_points(pts)
+        p = as_points(pts)
         return np.stack([w - p[:, 0], p[:, 1]], axis=1)
 
 
@@ -282,12 +219,12 @@ class VFlip(Transform):
         return check_hw(hw)
 
     def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        _check_interp(interp)
-        return np.ascontiguousarray(_check_array(a)[::-1])
+        check_interp(interp)
+        return np.ascontiguousarray(check_array(a)[::-1])
 
     def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         h, _ = check_hw(hw)
-        p = _as_points(pts)
+        p = as_points(pts)
         return np.stack([p[:, 0], h - p[:, 1]], axis=1)
 
 
@@ -319,12 +256,12 @@ class Rot90(Transform):
         return (w, h) if self.k % 2 else (h, w)
 
     def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        _check_interp(interp)
-        return np.ascontiguousarray(np.rot90(_check_array(a), int(self.k), axes=(0, 1)))
+        check_interp(interp)
+        return np.ascontiguousarray(np.rot90(check_array(a), int(self.k), axes=(0, 1)))
 
     def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         h, w = check_hw(hw)
-        p = _as_points(pts)
+        p = as_points(pts)
         x, y = p[:, 0], p[:, 1]
         if self.k == 1:
             return np.stack([y, w - x], axis=1)
@@ -363,12 +300,12 @@ class Shift(Transform):
         return check_hw(hw)
 
     def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        _check_interp(interp)
-        return np.ascontiguousarray(np.roll(_check_array(a), (int(self.dy), int(self.dx)), axis=(0, 1)))
+        check_interp(interp)
+        return np.ascontiguousarray(np.roll(check_array(a), (int(self.dy), int(self.dx)), axis=(0, 1)))
 
     def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         h, w = check_hw(hw)
-        p = _as_points(pts)
+        p = as_points(pts)
         return np.stack([_wrap(p[:, 0] + self.dx, w), _wrap(p[:, 1] + self.dy, h)], axis=1)
 
     def apply_boxes(self, boxes: np.ndarray, hw: Sequence[int]) -> np.ndarray:
@@ -378,7 +315,7 @@ class Shift(Transform):
         split in two by the roll; it is returned as the covering box along that axis (``0 .. w`` or ``0 .. h``),
         which is exactly the tight box of the rolled pixels. Such boxes do not invert back to the original."""
         h, w = check_hw(hw)
-        b = _normalise_boxes(_as_boxes(boxes))
+        b = normalise_boxes(as_boxes(boxes))
         x0, x1 = _shift_interval(b[:, 0], b[:, 2], self.dx, w)
         y0, y1 = _shift_interval(b[:, 1], b[:, 3], self.dy, h)
         return np.stack([x0, y0, x1, y1], axis=1)
@@ -396,161 +333,6 @@ def _shift_interval(lo: np.ndarray, hi: np.ndarray, d: int, n: int) -> tuple[np.
     new_hi = new_lo + length
     split = (new_hi > n) | (length >= n)
     return np.where(split, 0.0, new_lo), np.where(split, float(n), new_hi)
-
-
-@dataclass(frozen=True)
-class Scale(Transform):
-    """Resample from ``src = (h, w)`` to ``size = (h', w')``; build with ``Scale.to_size`` or ``Scale.by_factor``.
-
-    Both sizes are recorded, so ``invert_image`` lands exactly on ``src`` whatever rounding made ``size``.
-    Coordinates scale by the exact size ratio: ``x' = x * w' / w``, ``y' = y * h' / h`` (not by a nominal factor).
-    Values are resampled by ``resize`` (``interp="linear"``: INTER_AREA when shrinking, INTER_LINEAR when growing;
-    bool masks: threshold ``>= 0.5`` of that; ``interp="nearest"``: centre-aligned nearest). Arrays and ``hw``
-    passed in must have the recorded size of their frame (``src`` for apply, ``size`` for invert).
-    """
-
-    src: tuple[int, int]
-    size: tuple[int, int]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "src", check_hw(self.src, what="Scale src"))
-        object.__setattr__(self, "size", check_hw(self.size, what="Scale size"))
-
-    @classmethod
-    def to_size(cls, src_hw: Sequence[int], dst_hw: Sequence[int]) -> "Scale":
-        """Scale an image of size ``src_hw`` to exactly ``dst_hw`` (aspect ratio may change)."""
-        return cls(src=tuple(src_hw), size=tuple(dst_hw))
-
-    @classmethod
-    def by_factor(cls, src_hw: Sequence[int], factor: float) -> "Scale":
-        """Scale ``src_hw`` by ``factor`` > 0: ``size = (max(1, round(h * factor)), max(1, round(w * factor)))``
-        (Python's round: halves to even). Coordinates then use the exact ratio of the rounded sizes."""
-        h, w = check_hw(src_hw, what="src_hw")
-        if not (isinstance(factor, (int, float, np.number)) and math.isfinite(factor) and factor > 0):
-            raise ValueError(f"factor must be a finite number > 0, got {factor=}")
-        return cls(src=(h, w), size=(max(1, round(h * factor)), max(1, round(w * factor))))
-
-    @property
-    def name(self) -> str:
-        return f"scale:{self.src[0]}x{self.src[1]}->{self.size[0]}x{self.size[1]}"
-
-    def inverse(self) -> "Scale":
-        return Scale(src=self.size, size=self.src)
-
-    def out_size(self, hw: Sequence[int]) -> tuple[int, int]:
-        self._check_src(hw, "hw")
-        return self.size
-
-    def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        self._check_src(_check_array(a).shape[:2], "array")
-        return resize(a, self.size, interp=interp)
-
-    def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
-        self._check_src(hw, "hw")
-        p = _as_points(pts)
-        # multiply before dividing: exact whenever the product is representable (integers, halves, ...)
-        return np.stack([p[:, 0] * self.size[1] / self.src[1], p[:, 1] * self.size[0] / self.src[0]], axis=1)
-
-    def _check_src(self, hw: Sequence[int], what: str) -> None:
-        if check_hw(hw, what=what) != self.src:
-            raise ValueError(
-                f"this Scale maps size {self.src} to {self.size}, got an {what} of size {tuple(hw)}; build the "
-                f"transform for this input with Scale.to_size({tuple(hw)}, dst_hw) (or invert from {self.size})"
-            )
-
-
-def long_side_size(hw: Sequence[int], long_side: int) -> tuple[int, int]:
-    """``hw`` scaled so that its long side is ``long_side``: each side becomes ``int(side * long_side / max(h, w) +
-    0.5)`` (rounded half up, as segment-anything's ``ResizeLongestSide.get_preprocess_shape``), at least 1."""
-    h, w = check_hw(hw)
-    if isinstance(long_side, bool) or not isinstance(long_side, (int, np.integer)) or long_side < 1:
-        raise ValueError(f"long_side must be an int >= 1 (pixels), got {long_side=}")
-    s = long_side / max(h, w)
-    return max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
-
-
-@dataclass(frozen=True)
-class LongestSide(Transform):
-    """A model's input frame: resize ``src = (h, w)`` so its long side is ``long_side`` (``size``, see
-    ``long_side_size``), then, for models that need a square, pad bottom/right with zeros to ``long_side`` x
-    ``long_side``. SAM's frame is ``LongestSide(hw, 1024)`` (segment-anything's ``ResizeLongestSide`` plus the
-    padding of ``Sam.preprocess``), whose 256 x 256 low-res mask grid covers the PADDED square; the SegGPT proxy's
-    448 canvas is ``LongestSide(hw, 448)`` without padding.
-
-    As a ``Transform`` it is ``Scale(src, size)``: ``apply_image`` / ``apply_coords`` / ``apply_boxes`` and their
-    inverses are exact on sizes and coordinates (``x' = x * w' / w``) and resample values with ``resize``
-    (``interp="linear"``: area when shrinking, bilinear when growing). The padding adds no coordinate change: the
-    resized image sits at the square's origin. ``pad`` / ``unpad`` move arrays between the resized and the padded
-    frame; ``to_low_res`` / ``from_low_res`` between the resized frame and a coarse grid over the padded square.
-    """
-
-    src: tuple[int, int]
-    long_side: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "src", check_hw(self.src, what="LongestSide src"))
-        long_side_size(self.src, self.long_side)  # validates long_side
-        object.__setattr__(self, "long_side", int(self.long_side))
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(h', w'): ``src`` resized, long side ``long_side`` (the valid part of the padded square)."""
-        return long_side_size(self.src, self.long_side)
-
-    @property
-    def scale(self) -> Scale:
-        return Scale(src=self.src, size=self.size)
-
-    @property
-    def name(self) -> str:
-        return f"longest:{self.src[0]}x{self.src[1]}->{self.long_side}"
-
-    def inverse(self) -> Scale:
-        return self.scale.inverse()
-
-    def out_size(self, hw: Sequence[int]) -> tuple[int, int]:
-        return self.scale.out_size(hw)
-
-    def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        return self.scale.apply_image(a, interp=interp)
-
-    def apply_coords(self, pts: np.ndarray, hw: Sequence[int] | None = None) -> np.ndarray:
-        """(N, 2) xy, ``src`` frame -> (N, 2) float64 xy, resized (= padded) frame. ``hw`` defaults to ``src``."""
-        return self.scale.apply_coords(pts, self.src if hw is None else hw)
-
-    def apply_boxes(self, boxes: np.ndarray, hw: Sequence[int] | None = None) -> np.ndarray:
-        """(N, 4) XYXY, ``src`` frame -> (N, 4) float64 XYXY, resized (= padded) frame. ``hw`` defaults to ``src``."""
-        return self.scale.apply_boxes(boxes, self.src if hw is None else hw)
-
-    def pad(self, a: np.ndarray) -> np.ndarray:
-        """(h', w'[, C]) array in the resized frame -> (long_side, long_side[, C]), zeros bottom/right, same dtype."""
-        a = _check_array(a)
-        if a.shape[:2] != self.size:
-            raise ValueError(f"pad takes an array of the resized size {self.size}, got {a.shape[:2]}; resize it with "
-                             f"apply_image first")
-        out = np.zeros((self.long_side, self.long_side, *a.shape[2:]), a.dtype)
-        out[: self.size[0], : self.size[1]] = a
-        return out
-
-    def unpad(self, a: np.ndarray) -> np.ndarray:
-        """(long_side, long_side[, C]) padded array -> its valid (h', w'[, C]) part (a C-contiguous copy)."""
-        a = _check_array(a)
-        if a.shape[:2] != (self.long_side, self.long_side):
-            raise ValueError(f"unpad takes a padded ({self.long_side}, {self.long_side}) array, got {a.shape[:2]}")
-        return np.ascontiguousarray(a[: self.size[0], : self.size[1]])
-
-    def to_low_res(self, a: np.ndarray, low_res: int) -> np.ndarray:
-        """(h', w') array in the resized frame -> (low_res, low_res): padded with zeros, then area-averaged (SAM's
-        mask-input grid: one cell = long_side / low_res padded pixels). ``low_res <= long_side``."""
-        if isinstance(low_res, bool) or not isinstance(low_res, (int, np.integer)) or not 1 <= low_res <= self.long_side:
-            raise ValueError(f"need 1 <= low_res <= long_side={self.long_side}, got {low_res=}")
-        return resize(self.pad(a), (low_res, low_res))
-
-    def from_low_res(self, low: np.ndarray, *, interp: str = "bilinear") -> np.ndarray:
-        """A (n, n) map over the padded square -> ``src`` frame: upsampled to (long_side, long_side), padding cut
-        off, resized to ``src``; all ``interp`` (default: SAM's ``postprocess_masks`` chain, bilinear both times)."""
-        full = resize(low, (self.long_side, self.long_side), interp=interp)
-        return resize(self.unpad(full), self.src, interp=interp)
 
 
 @dataclass(frozen=True)
@@ -580,15 +362,15 @@ class Compose(Transform):
         return hw
 
     def apply_image(self, a: np.ndarray, *, interp: str = "linear") -> np.ndarray:
-        _check_interp(interp)
-        out = np.ascontiguousarray(_check_array(a)).copy()
+        check_interp(interp)
+        out = np.ascontiguousarray(check_array(a)).copy()
         for t in self.transforms:
             out = t.apply_image(out, interp=interp)
         return out
 
     def apply_coords(self, pts: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         hw = check_hw(hw)
-        p = _as_points(pts).copy()
+        p = as_points(pts).copy()
         for t in self.transforms:
             p, hw = t.apply_coords(p, hw), t.out_size(hw)
         return p
@@ -596,7 +378,7 @@ class Compose(Transform):
     def apply_boxes(self, boxes: np.ndarray, hw: Sequence[int]) -> np.ndarray:
         # chained per step (not via corners) so a Shift inside keeps its seam rule
         hw = check_hw(hw)
-        b = _normalise_boxes(_as_boxes(boxes))
+        b = normalise_boxes(as_boxes(boxes))
         for t in self.transforms:
             b, hw = t.apply_boxes(b, hw), t.out_size(hw)
         return b

@@ -20,7 +20,7 @@ from finedetail.models.sam import (
     to_sam_points,
 )
 from finedetail.models.tiny import build_tiny_sam
-from finedetail.transforms import LongestSide
+from finedetail.frames import LongestSide
 from finedetail.types import ComponentPrompt
 
 H, W = 96, 160  # non-square: ResizeLongestSide -> (614, 1024)

@@ -22,7 +22,8 @@ from finedetail.models.proxy import (
     seggpt_patch_prob,
 )
 from finedetail.synthetic import make_scene, object_key
-from finedetail.transforms import Scale, parse_tta
+from finedetail.frames import Scale
+from finedetail.transforms import parse_tta
 from finedetail.types import ComponentPrompt, PromptPair
 from jobkit import map_tiles
 

@@ -1,4 +1,4 @@
-"""Tests for finedetail.transforms: exact inverses, agreement of coordinates with where pixels go, Scale sizes."""
+"""Tests for finedetail.transforms (TTA views) and finedetail.frames (Scale, LongestSide, resize): exact inverses, agreement of coordinates with where pixels go, Scale sizes."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finedetail.frames import LongestSide, Scale, long_side_size, resize
 from finedetail.transforms import (
     TTA_NAMES,
     Compose,
     HFlip,
     Identity,
-    LongestSide,
     Rot90,
-    Scale,
     Shift,
     Transform,
     VFlip,
-    long_side_size,
     parse_tta,
-    resize,
 )
 
 FAST = settings(max_examples=50, deadline=None)

@@ -62,7 +62,7 @@ import cv2
 import numpy as np
 
 from finedetail.synthetic import class_keys
-from finedetail.transforms import LongestSide, resize
+from finedetail.frames import LongestSide, resize
 from finedetail.types import ComponentPrompt, PromptPair, check_image
 
 __all__ = [

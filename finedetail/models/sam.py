@@ -2,7 +2,7 @@
 
 Frames. The library's continuous frame puts pixel (r, c) on [c, c+1) x [r, r+1) with its centre at (c+0.5, r+0.5).
 SAM resizes the image so its long side is 1024 (``ResizeLongestSide``; the "input frame", size ``input_hw``, is
-``finedetail.transforms.LongestSide(hw, 1024)``, which carries the size, the padding and the coordinate forms), pads
+``finedetail.frames.LongestSide(hw, 1024)``, which carries the size, the padding and the coordinate forms), pads
 bottom/right to 1024 x 1024, and its prompt encoder adds 0.5 to every coordinate it receives ("shift to centre of
 pixel"), i.e. it takes pixel-INDEX coordinates in the input frame. The conversions below are exact in that frame:
 
@@ -35,7 +35,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from finedetail.config import MULTIMASK_MODES
 from finedetail.models.checkpoints import resolve_device, resolve_dtype
 from finedetail.models.fast_attention import disable_fast_attention, enable_fast_attention
-from finedetail.transforms import LongestSide
+from finedetail.frames import LongestSide
 from finedetail.types import ComponentPrompt, check_image
 
 __all__ = [
