@@ -160,7 +160,7 @@ def _device(cfg: JobConfig) -> str | None:
 CLASSICAL_COARSE = {"pixel": ("finedetail.models.thin", "PixelSegmenter", "PixelConfig"),
                     "colour-texture": ("finedetail.models.classical", "ColourTextureSegmenter", "ColourTextureConfig")}
 CLASSICAL_REFINERS = {"grow": ("finedetail.models.thin", "GrowRefiner", "GrowConfig"),
-                      "grabcut": ("finedetail.models.classical", "GrabCutRefiner", "GrabCutConfig")}
+                      "grabcut": ("finedetail.models.grabcut", "GrabCutRefiner", "GrabCutConfig")}
 _CHOICES = {"coarse_model": CLASSICAL_COARSE, "refiner_model": CLASSICAL_REFINERS}
 
 

@@ -1,4 +1,5 @@
-"""The weight-free backend: colour + texture coarse model and GrabCut refiner."""
+"""The weight-free backend: colour + texture coarse model (models/classical.py), GrabCut refiner (models/grabcut.py)
+and their shared working frame (models/weightfree.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,10 @@ import numpy as np
 import pytest
 
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
-from finedetail.models.classical import (
-    ColourTextureConfig,
-    ColourTextureSegmenter,
-    GrabCutConfig,
-    GrabCutEmbedding,
-    GrabCutRefiner,
-    colour_index,
-    texture_features,
-    working_size,
-)
+from finedetail.frames import LongestSide
+from finedetail.models.classical import ColourTextureConfig, ColourTextureSegmenter, colour_index, texture_features
+from finedetail.models.grabcut import GrabCutConfig, GrabCutEmbedding, GrabCutRefiner
+from finedetail.models.weightfree import working_frame
 from finedetail.prompts import prompts_from_mask
 from finedetail.synthetic import KINDS, make_scene
 from finedetail.types import ComponentPrompt, PromptPair
@@ -66,8 +61,11 @@ def texture_scene(seed: int, hw=(160, 160)) -> tuple[np.ndarray, np.ndarray]:
     ((300, 200), 512, True, (512, 341)),
     ((101, 101), 100, False, (100, 100)),
 ])
-def test_working_size(hw, long_side, up, out):
-    assert working_size(hw, long_side, allow_upscale=up) == out
+def test_working_frame(hw, long_side, up, out):
+    """The weight-free models' working frame is a LongestSide: long side ``long_side``, or the image's own size when
+    it is small enough and the model never enlarges."""
+    frame = working_frame(hw, long_side, allow_upscale=up)
+    assert isinstance(frame, LongestSide) and frame.src == hw and frame.size == out
 
 
 def test_colour_index_bins():
@@ -201,7 +199,7 @@ def test_refiner_protocol_counting_and_bounded_resolution():
     e_big, e_small = gc.encode([big, small])
     assert gc.encoder_passes == 2
     assert isinstance(e_big, GrabCutEmbedding)
-    assert e_big.hw == (512, 2048) and e_big.image.shape == (256, 1024, 3) and e_big.scale_xy == (0.5, 0.5)
+    assert e_big.hw == (512, 2048) and e_big.image.shape == (256, 1024, 3) and e_big.frame.size == (256, 1024)
     assert e_small.image.shape == (60, 80, 3)  # never enlarged
 
 

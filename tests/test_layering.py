@@ -28,6 +28,8 @@ PURE = [
     "finedetail.models",
     "finedetail.models.base",
     "finedetail.models.classical",
+    "finedetail.models.grabcut",
+    "finedetail.models.weightfree",
     "finedetail.models.thin",
     "finedetail.ridges",
     "finedetail.models.proxy",
@@ -36,7 +38,7 @@ PURE = [
     "finedetail.models.weights",
     "finedetail.selective",
     "finedetail.instances",
-    "finedetail.geo",
+    "finedetail.rasters",
     "finedetail.redaction",
     "finedetail.blockmorph",
 ]

@@ -27,7 +27,7 @@ _LAZY = {
     "build_tiny_seggpt": "finedetail.models.tiny",
     "save_tiny_seggpt": "finedetail.models.tiny",
     "ColourTextureSegmenter": "finedetail.models.classical",
-    "GrabCutRefiner": "finedetail.models.classical",
+    "GrabCutRefiner": "finedetail.models.grabcut",
     "PixelSegmenter": "finedetail.models.thin",
     "GrowRefiner": "finedetail.models.thin",
     "ProxySegGPT": "finedetail.models.proxy",

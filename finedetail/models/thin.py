@@ -51,9 +51,11 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from finedetail.models.classical import PixelClassifierSegmenter, _resize, colour_index, working_size
+from finedetail.frames import LongestSide
+from finedetail.models.classical import colour_index
+from finedetail.models.weightfree import PixelClassifierSegmenter, WorkingFrameRefiner
 from finedetail.ridges import thin_features
-from finedetail.types import ComponentPrompt, check_image
+from finedetail.types import ComponentPrompt
 
 __all__ = [
     "GrowConfig",
@@ -265,9 +267,8 @@ class PixelSegmenter(PixelClassifierSegmenter):
     def __init__(self, *, config: PixelConfig | None = None) -> None:
         super().__init__(config or PixelConfig())
 
-    def _features(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        hw = working_size(image.shape[:2], self.config.input_size, allow_upscale=False)
-        return self.config.features(np.ascontiguousarray(_resize(image, hw))), hw
+    def _features(self, image: np.ndarray) -> np.ndarray:
+        return self.config.features(image)
 
     def _fit(self, feats: list[np.ndarray], labels: list[np.ndarray]) -> PixelModel:
         return fit_pixel_model(feats, labels, self.config)
@@ -339,13 +340,17 @@ def lda_fit(x: np.ndarray, y: np.ndarray, *, shrinkage: float) -> tuple[np.ndarr
 
 @dataclass(frozen=True, eq=False)
 class GrowEmbedding:
-    """GrowRefiner's encoding of one image. hw: the image's (h, w). feats: (h', w', F) float32 at the working
-    resolution (long side <= input_size). scale_xy: (w' / w, h' / h), image frame -> working frame."""
+    """GrowRefiner's encoding of one image. frame: its working frame (``frame.src`` the image's (h, w),
+    ``frame.size`` = (h', w'), long side <= input_size). feats: (h', w', F) float32 and colours: (h', w') int64 Lab
+    bins, in that frame."""
 
-    hw: tuple[int, int]
+    frame: LongestSide
     feats: np.ndarray
     colours: np.ndarray
-    scale_xy: tuple[float, float]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.frame.src
 
 
 def _disc_mask(shape: tuple[int, int], pts: np.ndarray, radius: int) -> np.ndarray:
@@ -419,52 +424,33 @@ def grow_window(feats: np.ndarray, colours: np.ndarray, masks: Sequence[np.ndarr
     return out
 
 
-class GrowRefiner:
+class GrowRefiner(WorkingFrameRefiner):
     """Weight-free prompted refiner (PromptedRefiner): LDA-guided hysteresis growth; method in the module docstring.
 
     ``encode`` counts one encoder pass per image; ``refine`` returns (N, H, W) float32 in [0, 1], image frame.
     """
 
     name = "classical-grow"
+    embedding_type = GrowEmbedding
 
     def __init__(self, *, config: GrowConfig | None = None) -> None:
-        self.config = config or GrowConfig()
-        self.input_size = self.config.input_size
-        self.encoder_passes = 0
+        super().__init__(config or GrowConfig())
 
-    def encode(self, images: Sequence[np.ndarray]) -> list[GrowEmbedding]:
-        """images: (H, W, 3) uint8 each -> one GrowEmbedding each (features at long side <= input_size)."""
-        out = []
-        for image in images:
-            check_image(image)
-            h, w = image.shape[:2]
-            wh = working_size((h, w), self.config.input_size, allow_upscale=False)
-            small = np.ascontiguousarray(_resize(image, wh))
-            out.append(GrowEmbedding(hw=(h, w), feats=self.config.features(small),
-                                     colours=colour_index(small, l_bins=self.config.l_bins, ab_bins=self.config.ab_bins),
-                                     scale_xy=(wh[1] / w, wh[0] / h)))
-            self.encoder_passes += 1
-        return out
+    def _embed(self, image: np.ndarray, frame: LongestSide) -> GrowEmbedding:
+        cfg = self.config
+        return GrowEmbedding(frame=frame, feats=cfg.features(image),
+                             colours=colour_index(image, l_bins=cfg.l_bins, ab_bins=cfg.ab_bins))
 
     def refine(self, embedding: GrowEmbedding, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
         """All prompts of one image (image frame) -> (N, H, W) float32 in [0, 1], image frame."""
-        if not isinstance(embedding, GrowEmbedding):
-            raise TypeError(f"embedding must come from GrowRefiner.encode, got {type(embedding).__name__}; "
-                            f"call refiner.encode([image]) first")
-        h, w = embedding.hw
-        wh = embedding.feats.shape[:2]
-        sx, sy = embedding.scale_xy
-        out = np.zeros((len(prompts), h, w), np.float32)
-        for i, p in enumerate(prompts):
-            if p.mask.shape != (h, w):
-                raise ValueError(f"prompt {i}: mask is {p.mask.shape} but the encoded image is {(h, w)}; "
-                                 f"prompts must be in the frame of the image passed to encode")
+        frame = self._frame_of(embedding, prompts)
+        out = np.zeros((len(prompts), *frame.src), np.float32)
         if not prompts:
             return out
-        same = wh == (h, w)
-        masks = [p.mask if same else _resize(p.mask.astype(np.float32), wh) >= 0.5 for p in prompts]
-        boxes = np.array([p.box for p in prompts], np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
-        pts = np.concatenate([np.asarray(p.points, np.float64).reshape(-1, 2) for p in prompts]) * np.array([sx, sy])
+        same = frame.size == frame.src
+        masks = [p.mask if same else frame.apply_image(p.mask.astype(np.float32)) >= 0.5 for p in prompts]
+        boxes = frame.apply_boxes(np.array([p.box for p in prompts], np.float64).reshape(-1, 4))
+        pts = frame.apply_coords(np.concatenate([np.asarray(p.points, np.float64).reshape(-1, 2) for p in prompts]))
         labs = np.concatenate([np.asarray(p.labels).reshape(-1) for p in prompts])
         grown = grow_window(embedding.feats, embedding.colours, masks, boxes, pts, labs, self.config)
         for i, p in enumerate(prompts):
@@ -473,5 +459,5 @@ class GrowRefiner:
             elif same:
                 out[i] = grown[i]
             else:
-                out[i] = np.clip(_resize(grown[i].astype(np.float32), (h, w)), 0.0, 1.0)
+                out[i] = self.to_image(frame, grown[i])
         return out
