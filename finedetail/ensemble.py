@@ -16,9 +16,10 @@ values are nudged by at most one float32 ulp around 0.5 where rounding would oth
 
 Implementation: every rule runs over row blocks of ``_BLOCK_PIXELS`` pixels so that all of a block's
 temporaries stay in cache and each input pixel is read from memory once (input checks included). The k-th
-largest value comes from a selection network: a sorting network with every comparator whose outputs cannot reach
-the wanted rank removed, evaluated with ``np.minimum`` / ``np.maximum`` on whole blocks. Results do not depend on
-the block size: every step is elementwise and the same float operations run in the same order as on whole maps.
+largest value comes from a selection network (``finedetail.selection``: a sorting network with every comparator
+whose outputs cannot reach the wanted rank removed), evaluated with ``np.minimum`` / ``np.maximum`` on whole blocks.
+Results do not depend on the block size: every step is elementwise and the same float operations run in the same
+order as on whole maps.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import Callable, Iterator
 from typing import Sequence
 
 import numpy as np
+
+from finedetail.selection import selection_program
 
 __all__ = [
     "RULES",
@@ -239,113 +242,6 @@ def _as_stack(ms: list[np.ndarray]) -> np.ndarray | None:
     return np.lib.stride_tricks.as_strided(first, (len(ms), *first.shape), (step, *first.strides), writeable=False)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# selection networks
-
-
-@functools.lru_cache(maxsize=128)
-def _program(n: int, positions: tuple[int, ...]) -> tuple[tuple[tuple[bool, int, int, int], ...], tuple[int, ...], int]:
-    """A straight-line program putting ascending ranks ``positions`` (0 = smallest) of n values into place.
-
-    Returns ``(ops, results, n_work)``. Slots 0..n-1 hold the inputs (never written), n..n+n_work-1 are work
-    buffers, and n + n_work + j is output j's destination. ``ops`` are ``(is_max, a, b, out)`` meaning
-    ``out = max(a, b)`` or ``min(a, b)``; ``results[j]`` is the slot that holds output j afterwards (its
-    destination, or an input slot when no comparator touches that wire).
-    """
-    net = min((_pruned(c, positions) for c in _candidates(n, positions)), key=lambda p: sum(x[2] + x[3] for x in p))
-    slot = list(range(n))  # wire -> slot holding its current value
-    free: list[int] = []
-    n_work = 0
-    ops: list[list] = []
-    last_op: dict[int, int] = {}
-
-    def fresh() -> int:
-        nonlocal n_work
-        if free:
-            return free.pop()
-        n_work += 1
-        return n + n_work - 1
-
-    for a, b, need_lo, need_hi in net:
-        sa, sb = slot[a], slot[b]
-        owned = [s for s in (sa, sb) if s >= n]  # work slots: dead after this comparator, reusable
-        if need_lo and need_hi:
-            lo = fresh()  # min cannot overwrite a or b: max still reads both
-            ops.append([False, sa, sb, lo])
-            last_op[a] = len(ops) - 1
-            hi = owned.pop(0) if owned else fresh()
-            ops.append([True, sa, sb, hi])
-            last_op[b] = len(ops) - 1
-            slot[a], slot[b] = lo, hi
-        else:
-            dst = owned.pop(0) if owned else fresh()
-            ops.append([need_hi, sa, sb, dst])
-            wire = b if need_hi else a
-            last_op[wire] = len(ops) - 1
-            slot[wire] = dst
-        free.extend(owned)
-    results = []
-    for j, p in enumerate(positions):
-        if p in last_op:  # the comparator that finishes this wire writes straight into the destination
-            ops[last_op[p]][3] = n + n_work + j
-            results.append(n + n_work + j)
-        else:
-            results.append(slot[p])
-    return tuple((bool(f), a, b, o) for f, a, b, o in ops), tuple(results), n_work
-
-
-def _candidates(n: int, positions: tuple[int, ...]) -> list[list[tuple[int, int]]]:
-    """Comparator networks (pairs (i, j), i < j: min to i, max to j) that put the ranks ``positions`` in place:
-    Batcher's merge-exchange sort, and insertion into m kept slots from whichever end is nearer to all ranks."""
-    nets = [_batcher(n)]
-    top = n - min(positions)  # keep the `top` largest
-    bottom = max(positions) + 1  # or the `bottom` smallest
-    nets.append(_slots(n, top))
-    nets.append([(n - 1 - j, n - 1 - i) for i, j in _slots(n, bottom)])
-    return nets
-
-
-def _batcher(n: int) -> list[tuple[int, int]]:
-    """Batcher's merge-exchange sorting network for any n (Knuth, TAOCP vol. 3, 5.2.2 Algorithm M)."""
-    net: list[tuple[int, int]] = []
-    if n < 2:
-        return net
-    t = (n - 1).bit_length()
-    p = 1 << (t - 1)
-    while p > 0:
-        q, r, d = 1 << (t - 1), 0, p
-        while True:
-            net.extend((i, i + d) for i in range(n - d) if i & p == r)
-            if q == p:
-                break
-            d, q, r = q - p, q >> 1, p
-        p >>= 1
-    return net
-
-
-def _slots(n: int, m: int) -> list[tuple[int, int]]:
-    """Network leaving the m largest of n values sorted ascending on wires n-m..n-1: sort the last m wires, then
-    let each other wire enter at the bottom slot (keeping the larger) and bubble up."""
-    s = list(range(n - m, n))
-    net = [(s[i], s[j]) for i, j in _batcher(m)]
-    for x in range(n - m - 1, -1, -1):
-        net.append((x, s[0]))
-        net.extend((s[i], s[i + 1]) for i in range(m - 1))
-    return net
-
-
-def _pruned(net: list[tuple[int, int]], positions: tuple[int, ...]) -> list[tuple[int, int, bool, bool]]:
-    """Keep the comparators some wanted output depends on, with which of their outputs (min, max) are needed."""
-    live = set(positions)
-    kept = []
-    for a, b in reversed(net):
-        need_lo, need_hi = a in live, b in live
-        if need_lo or need_hi:
-            kept.append((a, b, need_lo, need_hi))
-            live.update((a, b))
-    return kept[::-1]
-
-
 def _select(
     ms: list[np.ndarray],
     ranks: tuple[int, ...],
@@ -362,7 +258,7 @@ def _select(
     check = w > 0 and _has_floats(ms)
     extremes = _check_plan(n, want) if check else ()
     positions = want + extremes
-    ops, results, n_work = _program(n, positions)
+    ops, results, n_work = selection_program(n, positions)
     rows = _block_rows(w)
     outs = [np.empty((h, w), np.float32) for _ in want]
     scratch = [np.empty((rows, w), np.float32) for _ in extremes]
@@ -397,7 +293,7 @@ def _check_plan(n: int, want: tuple[int, ...]) -> tuple[int, ...]:
 
     def cost(extra: tuple[int, ...]) -> int:
         have = set(want) | set(extra)
-        return 3 * len(_program(n, want + extra)[0]) + n * ((0 not in have) + (n - 1 not in have))
+        return 3 * len(selection_program(n, want + extra)[0]) + n * ((0 not in have) + (n - 1 not in have))
 
     return min(dict.fromkeys(options), key=cost)
 
