@@ -39,7 +39,7 @@ from typing import Callable, Protocol, Sequence
 import cv2
 import numpy as np
 
-from finedetail.geo import block_grid
+from finedetail.rasters import block_grid
 from finedetail.morphology import close, disk, open_plain
 from finedetail.postprocess import PostprocessConfig
 from finedetail.tiling import Window

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from finedetail import pipeline as pl
+from finedetail import pipeline
 from finedetail.config import PipelineConfig
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
 from finedetail.plan import Step, build_plan, reference_for, skip_variant
@@ -55,7 +55,7 @@ def run_steps(steps: Sequence[Step], states: Sequence[ImageState], models: Model
 
 
 def _coarse(steps, states, models, cfg):
-    views, stats = pl.coarse_variants([s.image for s in states], models.get(steps[0]), cfg)
+    views, stats = pipeline.coarse_variants([s.image for s in states], models.get(steps[0]), cfg)
     for st, v, s in zip(states, views, stats):
         for name, m in v.items():
             st.put_coarse(name, m)
@@ -86,7 +86,7 @@ def _refine(steps, states, models, cfg):
             by_names[tuple(run)].append((st, ref))
     results = []
     for names, todo in by_names.items():
-        maps, stats = pl.refine_variants_batch([st.image for st, _ in todo], [st.coarse_views() for st, _ in todo],
+        maps, stats = pipeline.refine_variants_batch([st.image for st, _ in todo], [st.coarse_views() for st, _ in todo],
                                                refiner, cfg, only=list(names), reference=[r for _, r in todo])
         results += [(st, m, s) for (st, _), m, s in zip(todo, maps, stats)]
     for st, m, s in results:
@@ -120,8 +120,8 @@ def _crop(steps, states, models, cfg):
     results = []
     for st in states:
         t0 = time.perf_counter()
-        prov = pl.provisional([st.map(n) for n in _inputs(st, step)], cfg)
-        crop_map, s = pl.refine_crops(st.image, prov, refiner, cfg)
+        prov = pipeline.provisional([st.map(n) for n in _inputs(st, step)], cfg)
+        crop_map, s = pipeline.refine_crops(st.image, prov, refiner, cfg)
         s.seconds["crop"] = time.perf_counter() - t0  # the provisional ensemble included
         results.append((crop_map, s))
     for st, (crop_map, s) in zip(states, results):
@@ -136,7 +136,7 @@ def _fuse(steps, states, models, cfg):
         t0 = time.perf_counter()
         names = _inputs(st, step)
         weights = [cfg.crop.weight if n == "crop" else 1.0 for n in names]
-        prob, mask = pl.fuse(st.image, [st.map(n) for n in names], cfg, weights=weights)
+        prob, mask = pipeline.fuse(st.image, [st.map(n) for n in names], cfg, weights=weights)
         results.append((prob, mask, time.perf_counter() - t0))
     for st, (prob, mask, seconds) in zip(states, results):
         st.put_fused(prob, mask)

@@ -26,14 +26,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from finedetail import crops, ensemble as ens, prompts as pr, tiling
+from finedetail import crops, tiling
 from finedetail.config import PipelineConfig
+from finedetail.ensemble import ensemble
+from finedetail.frames import Scale
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
 from finedetail.plan import Variant, tta_views, variants
 from finedetail.postprocess import one_class_per_pixel, postprocess
+from finedetail.prompts import components, prompts_from_mask, tight_box
 from finedetail.selective import cover_windows, detail_map, has_prompts, object_needs_crop, window_has_detail
 from finedetail.state import Stats
-from finedetail.frames import Scale
 from finedetail.transforms import Compose, parse_tta
 from finedetail.types import ComponentPrompt, check_image
 
@@ -99,7 +101,7 @@ def _select_parts(prompt: ComponentPrompt, cfg: PipelineConfig) -> ComponentProm
 
 def _prompts_for(prob: np.ndarray, cfg: PipelineConfig) -> tuple[list[ComponentPrompt], int]:
     r = cfg.refine
-    found, dropped = pr.prompts_from_mask(prob, k=r.points, offset=r.point_offset, min_area=r.min_area,
+    found, dropped = prompts_from_mask(prob, k=r.points, offset=r.point_offset, min_area=r.min_area,
                                           logits=r.use_mask_input)
     return [_select_parts(p, cfg) for p in found], dropped
 
@@ -262,14 +264,14 @@ def provisional(maps: Sequence[np.ndarray], cfg: PipelineConfig) -> np.ndarray:
     """Ensemble of the variants' maps without post-processing: (C, H, W) soft map (>= 0.5 is the rule's decision)."""
     stack = np.stack(maps)  # (N, C, H, W)
     e = cfg.ensemble
-    return np.stack([ens.ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high)
+    return np.stack([ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high)
                      for c in range(stack.shape[1])]).astype(np.float32)
 
 
 def _crop_windows(prob: np.ndarray, hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig
                   ) -> list[tuple[tiling.Window, float]]:
     cc, sel = cfg.crop, cfg.selective
-    comps, _ = pr.components(prob >= 0.5, min_area=cc.min_area)
+    comps, _ = components(prob >= 0.5, min_area=cc.min_area)
     comps.sort(key=lambda m: -int(m.sum()))
     detail = detail_map(prob, thin_radius=sel.thin_radius) if sel.enabled else None
     candidates: list[tuple[int, tiling.Window, float]] = []  # (detail pixels, window, zoom), largest objects first
@@ -277,7 +279,7 @@ def _crop_windows(prob: np.ndarray, hw: tuple[int, int], refiner: PromptedRefine
         if sel.enabled and not object_needs_crop(prob, mask, uncertain_frac=sel.uncertain_frac,
                                                  detail_ratio=sel.detail_ratio):
             continue
-        win = crops.object_window(pr.tight_box(mask), hw, pad_frac=cc.pad_frac, min_pad=cc.min_pad)
+        win = crops.object_window(tight_box(mask), hw, pad_frac=cc.pad_frac, min_pad=cc.min_pad)
         zoom = crops.zoom_for(win, target_long=refiner.input_size, max_zoom=cc.max_zoom)
         parts = [(win, zoom)]
         if zoom < cc.min_zoom:
@@ -338,7 +340,7 @@ def fuse(image: np.ndarray, maps: Sequence[np.ndarray], cfg: PipelineConfig, *,
     e = cfg.ensemble
     probs, masks = [], []
     for c in range(stack.shape[1]):
-        soft = ens.ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high,
+        soft = ensemble(stack[:, c], rule=e.rule, k=e.k, tau=e.tau, tau_high=e.tau_high,
                             weights=weights if e.rule == "mean" else None)
         p, m = postprocess(soft.astype(np.float32), image, cfg.post)
         probs.append(p)

@@ -1,4 +1,5 @@
-"""Satellite-scale rasters without the whole scene in memory (pure: numpy only; no ray, no torch, no rasterio).
+"""Satellite-scale rasters without the whole scene in memory: window plan, bands, stretch, streaming stitch (pure:
+numpy only; no ray, no torch, no rasterio).
 
 The job (``job/geo.py``) does the raster IO with rasterio; this module holds the arithmetic it relies on, so that it
 can be tested on tiny literal arrays:

@@ -94,7 +94,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from finedetail import geo as fg
+from finedetail import rasters as fg
 from finedetail.tiling import Window
 from finedetail.types import to_u8
 from job import io as jio

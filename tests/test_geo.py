@@ -1,4 +1,4 @@
-"""Satellite-scale scenes: window planning, band mapping, stretch and block stitching (pure, finedetail.geo), and the
+"""Satellite-scale scenes: window planning, band mapping, stretch and block stitching (pure, finedetail.rasters), and the
 geo path of the job (job.geo) end to end on a real local Ray: GeoTIFF in, Cloud-Optimized GeoTIFF masks and polygons
 out, seam-free across windows, resumable per window, memory bounded by the window size.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finedetail import geo as fg
+from finedetail import rasters as fg
 from finedetail import tiling
 from finedetail.postprocess import _morphology, one_class_per_pixel
 from finedetail.tiling import Window
@@ -39,7 +39,7 @@ from jobkit import stitch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ================================================================================= pure helpers (finedetail.geo)
+# ================================================================================= pure helpers (finedetail.rasters)
 
 
 @pytest.mark.parametrize("hw, limit, expected", [((10, 10), 100, False), ((10, 10), 99, True), ((1, 1), 1, False)])
@@ -198,7 +198,7 @@ def test_masks_from_probs(probs, expected):
 
 
 def test_finedetail_geo_is_pure():
-    code = ("import sys, finedetail.geo; "
+    code = ("import sys, finedetail.rasters; "
             "print(','.join(m for m in ('torch', 'ray', 'rasterio', 'shapely') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
