@@ -14,7 +14,9 @@ __all__ = ["selection_program"]
 
 
 @functools.lru_cache(maxsize=128)
-def selectionselection_program(n: int, positions: tuple[int, ...]) -> tuple[tuple[tuple[bool, int, int, int], ...], tuple[int, ...], int]:
+def selection_program(
+    n: int, positions: tuple[int, ...],
+) -> tuple[tuple[tuple[bool, int, int, int], ...], tuple[int, ...], int]:
     """A straight-line program putting ascending ranks ``positions`` (0 = smallest) of n values into place.
 
     Returns ``(ops, results, n_work)``. Slots 0..n-1 hold the inputs (never written), n..n+n_work-1 are work

@@ -9,6 +9,11 @@ PURE = [
     "finedetail",
     "finedetail.types",
     "finedetail.transforms",
+    "finedetail.frames",
+    "finedetail.selection",
+    "finedetail.guided",
+    "finedetail.morphology",
+    "finedetail.crf",
     "finedetail.tiling",
     "finedetail.crops",
     "finedetail.prompts",
@@ -55,7 +60,9 @@ def test_pure_module_imports_neither_torch_nor_ray(module):
     assert out.stdout.strip() == "", f"importing {module} pulled in {out.stdout.strip()}"
 
 
-@pytest.mark.parametrize("module", ["finedetail.storage", "finedetail.listing", "finedetail.retry", "finedetail.s3", "job.io"])
+@pytest.mark.parametrize("module", [
+    "finedetail.storage", "finedetail.listing", "finedetail.retry", "finedetail.s3", "job.io",
+])
 def test_the_storage_layer_imports_neither_torch_nor_ray(module):
     """Not pure numpy (pyarrow, sockets), but every Ray task and the checkpoint loader import it: no torch, no ray,
     no model libraries."""
@@ -75,6 +82,26 @@ def test_finedetail_never_imports_job():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n == "job" or n.startswith("job.")]
     assert offenders == []
+
+
+def test_every_library_module_is_small_and_states_its_job():
+    """Each module of the library has one job, said in the first line of its docstring, and stays under 500 lines
+    (issue 17: a reader must be able to say in a sentence what each module does)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    long, silent = [], []
+    for path in sorted((root / "finedetail").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(root).as_posix()
+        if len(text.splitlines()) > 500:
+            long.append(f"{name}: {len(text.splitlines())} lines")
+        doc = ast.get_docstring(ast.parse(text, name))
+        if not doc or not doc.splitlines()[0].strip():
+            silent.append(name)
+    assert long == [], f"split these by concern (at most 500 lines each): {long}"
+    assert silent == [], f"these modules do not say what they do in a first docstring line: {silent}"
 
 
 def test_finedetail_never_imports_ray():
