@@ -89,16 +89,23 @@ def _thumbnail(data: bytes, size: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _picture_key(storage: jio.Storage, key: str) -> str | None:
-    """The output key of what shows an input best: its overlay, else its mask (label map with several classes)."""
-    for folder in ("overlays", "masks", "labels"):
-        try:
-            rel = jio.output_key(folder, key, suffix=".png")
-        except ValueError:
-            return None  # not a key an input can have (a refused name): no picture
-        if jio.exists(storage, rel):
-            return rel
-    return None
+def _pictures(storage: jio.Storage) -> dict[str, str]:
+    """Input stem -> the output key of what shows it best: its overlay, else its mask (its label map with several
+    classes). One listing per folder (a large archive's output on S3 is listed, never probed file by file)."""
+    found: dict[str, str] = {}
+    for folder in ("labels", "masks", "overlays"):  # later folders win
+        for key in jio.list_files(storage, folder, extensions=(".png",)):
+            found[key[: -len(".png")]] = f"{folder}/{key}"
+    return found
+
+
+def _picture_key(pictures: dict[str, str], key: str) -> str | None:
+    """The picture of the input ``key`` (a manifest key: its extension included), or None."""
+    try:
+        stem = jio.output_key("x", key, suffix=".png")[len("x/"): -len(".png")]
+    except ValueError:
+        return None  # not a key an input can have (a refused name): no picture
+    return pictures.get(stem)
 
 
 def _link_base(output: str, out: str | None) -> str | None:
@@ -197,9 +204,9 @@ def build_report(output: str, *, out: str | None = None, thumb: int = THUMB_PX, 
         parts.append(f"<p>Thumbnails for the first {max_thumbs} rows only; the rest link to their files.</p>")
     parts.append("<table class='rows'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
                  + "</tr></thead><tbody>")
-    shown = 0
+    shown, pictures = 0, _pictures(storage)
     for r in rows:
-        picture = _picture_key(storage, r["key"]) if r["status"] == "ok" else None
+        picture = _picture_key(pictures, r["key"]) if r["status"] == "ok" else None
         uri = None
         if picture is not None and shown < max_thumbs:
             try:

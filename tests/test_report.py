@@ -224,3 +224,26 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "not the --output of a run" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_report_of_an_s3_output(run, s3_env, tmp_path):
+    """The same page from an s3:// output (read through finedetail.storage): written next to the outputs in the
+    bucket by default (thumbnails linked to the overlays there), or to a local file (thumbnails only)."""
+    from job.report import write_report
+
+    out, keys, _, _ = run
+    bucket = s3_env.make_bucket("reports")
+    client = s3_env.client()
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and path.name != "report.html":
+            client.put_object(Bucket=bucket, Key=f"run1/{path.relative_to(out).as_posix()}", Body=path.read_bytes())
+    good = [k for k in keys if k not in CORRUPT]
+    assert write_report(f"s3://{bucket}/run1") == f"s3://{bucket}/run1/report.html"
+    page = client.get_object(Bucket=bucket, Key="run1/report.html")["Body"].read().decode()
+    local = tmp_path / "report.html"
+    write_report(f"s3://{bucket}/run1", out=str(local))
+    for text, links in ((page, len(good)), (local.read_text(), 0)):
+        assert text.count('<img class="thumb" src="data:image/jpeg;base64,') == len(good)
+        assert text.count('<tr class="row ') == len(keys)
+        assert text.count('<a href="overlays/') == links
+        assert s3_env.secret_key not in text
