@@ -216,7 +216,8 @@ def build_report(output: str, *, out: str | None = None, thumb: int = THUMB_PX, 
                 uri = None  # unreadable picture: the row stays, with its link
         parts.append(_row_html(r, picture, uri, link_base))
     parts.append(f"</tbody></table><p><small>Written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by "
-                 "<code>python -m job report</code>. The columns are described in the README (outputs under --output).</small></p></body></html>")
+                 "<code>python -m job report</code>. The columns are described in the README (outputs under "
+                 "--output).</small></p></body></html>")
     return "\n".join(parts)
 
 
