@@ -71,33 +71,42 @@ def draw_overlay(image: np.ndarray, masks: np.ndarray, *, colors: Sequence[Seque
     if not cols or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in cols):
         raise ValueError(f"colors must be RGB triples of ints in 0..255, got {colors=}")
     inner, outer, halo = -(-int(width) // 2), int(width) // 2, int(width)
-    out = image.astype(np.float32)
-    lines, halos = [], []
+    reach = outer + halo + 1  # how far outside a mask it can change pixels
+    h, w = image.shape[:2]
+    out = image.copy()
+    drawn = []  # (region, halo, line, colour) per class: every halo goes on before any outline
     for c in range(masks.shape[0]):
-        m = masks[c]
-        if not m.any():
+        m8 = np.ascontiguousarray(masks[c]).view(np.uint8)
+        x, y, bw, bh = cv2.boundingRect(m8)
+        if bw == 0:
             continue
-        col = np.float32(cols[c % len(cols)])
-        out[m] = (1 - alpha) * out[m] + alpha * col
+        # the class's own region: its bounding box and what its halo reaches (nothing beyond it changes)
+        region = (slice(max(0, y - reach), min(h, y + bh + reach)), slice(max(0, x - reach), min(w, x + bw + reach)))
+        m = m8[region]
+        col = cols[c % len(cols)]
+        if alpha > 0:
+            tint = np.empty_like(out[region])
+            tint[:] = col
+            cv2.copyTo(cv2.addWeighted(out[region], 1 - alpha, tint, alpha, 0), m, out[region])
         d_in, d_out = _edge_distances(m)
-        halos.append((m & (d_in > inner) & (d_in <= inner + halo)) | (~m & (d_out > outer) & (d_out <= outer + halo)))
-        lines.append(((m & (d_in <= inner)) | (~m & (d_out <= outer)), col))
-    out = np.rint(out).astype(np.uint8)
-    for h in halos:
-        out[h] = HALO_COLOR
-    for line, col in lines:
-        out[line] = col.astype(np.uint8)
+        eps = 1e-3  # distances are > 0 exactly on the side they measure (d_in on the mask, d_out off it)
+        band = lambda d, lo, hi: cv2.inRange(d, lo + eps, hi) if hi >= lo + eps else np.zeros_like(m)  # noqa: E731
+        drawn.append((region, cv2.bitwise_or(band(d_in, inner, inner + halo), band(d_out, outer, outer + halo)),
+                      cv2.bitwise_or(band(d_in, 0, inner), band(d_out, 0, outer)), col))
+    for region, ring, _, _ in drawn:
+        out[region][ring > 0] = HALO_COLOR
+    for region, _, line, col in drawn:
+        out[region][line > 0] = col
     return out
 
 
 def _edge_distances(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d_in, d_out), each (H, W) float32: a mask pixel's distance to the nearest background pixel (outside the
-    image counts as background) and a background pixel's distance to the nearest mask pixel; 0 elsewhere. Distances
-    are OpenCV's 3x3 approximation of L2 (edge neighbours 1, diagonal ones 1.4): a pixel next to the edge is at 1."""
-    mask = np.ascontiguousarray(mask)
-    m = np.pad(mask.view(np.uint8), 1)
-    d_in = cv2.distanceTransform(m, cv2.DIST_L2, 3)[1:-1, 1:-1]
-    d_out = cv2.distanceTransform(np.uint8(1) - mask.view(np.uint8), cv2.DIST_L2, 3)
+    """mask (H, W) uint8 0/1 -> (d_in, d_out), each (H, W) float32: a mask pixel's distance to the nearest
+    background pixel (outside the image counts as background) and a background pixel's to the nearest mask pixel;
+    0 elsewhere. OpenCV's 5x5 chamfer approximation of Euclidean distance (steps 1, 1.4 and 2.1969: a pixel 4-next
+    to the edge is at 1, a diagonal one at 1.4), half the time of its exact transform on a 12 MP mask."""
+    d_in = cv2.distanceTransform(np.pad(mask, 1), cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
+    d_out = cv2.distanceTransform(np.uint8(1) - mask, cv2.DIST_L2, cv2.DIST_MASK_5)
     return d_in, d_out
 
 
