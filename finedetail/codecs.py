@@ -38,7 +38,6 @@ __all__ = [
     "decode_mask",
     "encode_png",
     "image_pixels",
-    "overlay",
 ]
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's hard decompression-bomb limit (2 * MAX_IMAGE_PIXELS)
@@ -285,31 +284,3 @@ def encode_png(array: np.ndarray, *, compression: int = 1) -> bytes:
     if not ok:
         raise RuntimeError(f"cv2.imencode failed on a {array.dtype} {array.shape} array")
     return buf.tobytes()
-
-
-def overlay(
-    image: np.ndarray, mask: np.ndarray, *, color: Sequence[int] = (255, 0, 0), thickness: int = 1
-) -> np.ndarray:
-    """Copy of ``image`` with the mask's outline painted in ``color``.
-
-    image: (H, W, 3) uint8 RGB; mask: (H, W) bool, same frame. The outline is the inner boundary: mask pixels
-    within ``thickness`` 4-connected steps of background, where outside the image counts as background (a mask
-    touching the frame is outlined along it). Returns (H, W, 3) uint8; pixels off the outline are unchanged.
-    """
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise TypeError(f"image must be (H, W, 3) uint8 RGB, got {got}")
-    if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.shape != image.shape[:2]:
-        got = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
-        raise TypeError(f"mask must be (H, W) bool of the image's size {image.shape[:2]}, got {got}")
-    if isinstance(thickness, bool) or not isinstance(thickness, (int, np.integer)) or thickness < 1:
-        raise ValueError(f"thickness must be an int >= 1, got {thickness=}")
-    col = tuple(int(c) for c in color)
-    if len(col) != 3 or not all(0 <= c <= 255 for c in col):
-        raise ValueError(f"color must be 3 ints in 0..255 (R, G, B), got {color=}")
-    m = np.ascontiguousarray(mask).view(np.uint8)
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    inner = cv2.erode(m, cross, iterations=int(thickness), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    out = image.copy()
-    out[(m > inner)] = col
-    return out

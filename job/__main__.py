@@ -1,4 +1,4 @@
-"""Command line: ``python -m job run|quickstart|bench|config ...`` (also the ``finedetail`` console script).
+"""Command line: ``python -m job run|quickstart|bench|report|config ...`` (also the ``finedetail`` console script).
 
 ``run`` reads its settings from ``--config FILE.yaml`` (optional) and the options below; the command line wins over
 the file, the file over ``--preset``. Every setting is validated before any work starts.
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--size", type=int, default=768)
     qs.add_argument("--address", help="Ray address (default: a local Ray)")
     sub.add_parser("bench", help="benchmarks: python -m job.bench --help", add_help=False)
+    sub.add_parser("report", help="a static HTML page of a run's output: python -m job report OUTPUT "
+                                  "[--out FILE] (--help for more)", add_help=False)
     doc = sub.add_parser("config", help="describe the config: --doc prints every key (README, Configuration "
                                         "reference)")
     doc.add_argument("--doc", action="store_true", help="print every key: type, default, range, what it does")
@@ -162,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         from job.bench.__main__ import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "report":
+        from job.report import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,

@@ -118,7 +118,7 @@ class JobConfig:
     limit: int | None = knob(None, "process at most this many inputs (trial runs)", range=">= 1 or null")
     max_pixels: int = knob(178_956_970, "refuse images with more pixels than this (decompression bombs)",
                            range=">= 1")
-    overlays: bool = knob(True, "write overlays/<key>.png (mask outline over the image)")
+    overlays: bool = knob(True, "write overlays/<stem>.png (the mask over the image: fill, outline, dark halo)")
     classes: tuple[str, ...] = knob(("object",), "class names in prompt-mask index order (mask value 1, 2, ...)",
                                     range="at least one")
     preset: str | None = knob(None, "a bundle of method keys for a domain (README, Presets); explicit keys win",

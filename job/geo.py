@@ -850,10 +850,13 @@ def stitch_scene(cfg: JobConfig, info: SceneInfo, windows: Sequence[Window]) -> 
 # --------------------------------------------------------------------------------------------- plain scenes
 
 
-def _strips_with_halo(ds: Any, rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+def _strips_with_halo(ds: Any, rows: int, halo: int = 1
+                      ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """Band 1 of ``ds`` in strips of ``rows`` rows, read top to bottom once (sequential: cheap for PNG):
-    ``(y0, strip, row above or None, row below or None)``."""
+    ``(y0, strip, up to `halo` rows above or None, up to `halo` rows below or None)``; ``halo <= rows``."""
     rio = require_rasterio()
+    if not 1 <= halo <= rows:
+        raise ValueError(f"halo must be in 1..rows={rows}, got {halo=}")
 
     def read(y0: int) -> np.ndarray:
         return ds.read(1, window=rio.windows.Window(0, y0, ds.width, min(rows, ds.height - y0)))
@@ -861,8 +864,8 @@ def _strips_with_halo(ds: Any, rows: int) -> Iterator[tuple[int, np.ndarray, np.
     cur, above = read(0), None
     for y0 in range(0, ds.height, rows):
         nxt = read(y0 + rows) if y0 + rows < ds.height else None
-        yield y0, cur, above, None if nxt is None else nxt[:1]
-        above, cur = cur[-1:], nxt
+        yield y0, cur, above, None if nxt is None else nxt[:halo]
+        above, cur = cur[-halo:], nxt
 
 
 def write_plain_extras(cfg: JobConfig, info: SceneInfo) -> None:
@@ -873,8 +876,7 @@ def write_plain_extras(cfg: JobConfig, info: SceneInfo) -> None:
     from the published ``masks/<stem>.png`` (``labels/<stem>.png``) read back strip by strip, and the scene's
     pixels read as its windows are: memory is a strip, plus the RLE's counts. (``instances/`` for ``coco`` is not
     written: connected components need the whole mask.)"""
-    from finedetail.codecs import overlay
-    from finedetail.outputs import CLASS_COLORS
+    from finedetail.outputs import draw_overlay, overlay_width
     from finedetail.rle import StripRle, counts_to_string
 
     rio = require_rasterio()
@@ -903,7 +905,8 @@ def write_plain_extras(cfg: JobConfig, info: SceneInfo) -> None:
         if src is not None:
             path = os.path.join(tmp, "overlay.tif")
             files["overlays"] = (path, stack.enter_context(rio.open(path, "w", count=3, **profile)))
-        for y0, lab, above, below in _strips_with_halo(labels, STRIP_ROWS):
+        width = overlay_width(info.hw)  # the whole scene's, as render_outputs draws a small image's
+        for y0, lab, above, below in _strips_with_halo(labels, STRIP_ROWS, halo=min(STRIP_ROWS, 3 * width + 1)):
             rwin = rio.windows.Window(0, y0, w, lab.shape[0])
             for c, m in enumerate(per_class(lab)):
                 rles[c].add(m)
@@ -911,14 +914,13 @@ def write_plain_extras(cfg: JobConfig, info: SceneInfo) -> None:
                     files[f"masks/{classes[c]}"][1].write((m * np.uint8(255))[None], window=rwin)
             if src is None:
                 continue
-            # the outline of a row depends on the rows next to it: outline the strip with one row of the mask
-            # above and below it (the image rows there are placeholders), then keep the strip's own rows
+            # the outline of a row depends on the rows near it: draw the strip with the mask's rows above and
+            # below it (farther than outline + halo reach; the image rows there are placeholders), keep its own rows
             halo = [a for a in (above, lab, below) if a is not None]
             image = fg.to_rgb8(src.read(list(info.bands), window=rwin), info.stretch)
-            shown = np.concatenate([image[:1]] * (above is not None) + [image] + [image[-1:]] * (below is not None))
-            for c, m in enumerate(per_class(np.concatenate(halo))):  # render_outputs' colours (class 1: red)
-                shown = overlay(shown, m, color=CLASS_COLORS[c % len(CLASS_COLORS)])
-            top = int(above is not None)
+            top, bottom = (0 if a is None else len(a) for a in (above, below))
+            shown = np.concatenate([np.repeat(image[:1], top, 0), image, np.repeat(image[-1:], bottom, 0)])
+            shown = draw_overlay(shown, np.stack(per_class(np.concatenate(halo))), width=width)
             files["overlays"][1].write(np.moveaxis(shown[top:top + lab.shape[0]], -1, 0), window=rwin)
         stack.close()
         for i, (folder, (path, _)) in enumerate(files.items()):

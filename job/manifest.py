@@ -13,12 +13,13 @@ import hashlib
 import io
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from job import io as jio
 
-__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "done_keys", "read_manifest", "write_part"]
+__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "done_keys", "mask_columns", "read_manifest", "write_part"]
 
 STAGES = ("decode", "coarse", "refine", "crop", "fuse", "write")
 #: every status a row can have: its files are whole (``ok``), or ``error`` says why there are none
@@ -39,6 +40,14 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "refiner_passes": (pa.int32(), "SAM image-encoder forwards run for this input (windows, views, crops)"),
     "components": (pa.int32(), "coarse-mask components prompted to the refiner"),
     "mask_area": (pa.int64(), "foreground pixels of the final mask"),
+    "empty": (pa.bool_(), "true when the final mask has no foreground pixel: the input was read and run, and nothing "
+                          "was found (null on error rows)"),
+    "mean_prob": (pa.float64(), "mean fused probability over the final mask's pixels (each pixel's own class), in "
+                                "[0, 1]: how sure the found pixels are; null when empty, on error rows and for a "
+                                "raster scene run window by window"),
+    "class_area": (pa.list_(pa.int64()), "several classes only: foreground pixels per class, in class order"),
+    "class_mean_prob": (pa.list_(pa.float64()), "several classes only: mean_prob per class, in class order (null "
+                                                "for a class with no pixel)"),
     **{f"seconds_{s}": (pa.float64(), SECONDS_DESCRIPTION.format(stage=s)) for s in STAGES},
     "config_hash": (pa.string(), "hash of everything the outputs depend on (README, Resuming)"),
     "attempts": (pa.int32(), "tries this input took (a worker that died on it counts one)"),
@@ -48,13 +57,36 @@ SCHEMA = pa.schema([pa.field(name, dtype, metadata={"description": text})
                     for name, (dtype, text) in COLUMNS.items()])
 
 
+def mask_columns(prob: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """The manifest's mask columns of one input: ``mask_area``, ``empty``, ``mean_prob`` and, with several classes,
+    ``class_area`` and ``class_mean_prob``. prob (C, H, W) float32 in [0, 1]; mask (C, H, W) bool, at most one class
+    per pixel (``finedetail.pipeline.fuse``'s), both in the original image frame."""
+    area = int(mask.sum())
+    out: dict[str, Any] = {"mask_area": area, "empty": area == 0,
+                           "mean_prob": float(prob[mask].mean(dtype=np.float64)) if area else None,
+                           "class_area": None, "class_mean_prob": None}
+    if mask.shape[0] > 1:
+        areas = [int(m.sum()) for m in mask]
+        out["class_area"] = areas
+        out["class_mean_prob"] = [float(p[m].mean(dtype=np.float64)) if a else None
+                                  for p, m, a in zip(prob, mask, areas)]
+    return out
+
+
 def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
     """Write rows as one new Parquet part, ``manifest/part-<digest of the keys>-<first row's finished_at in ms>``;
-    returns its key. Writing the same batch again adds a second part (the later rows win when read)."""
+    returns its key. Writing the same batch again adds a second part (the later rows win when read). An ok row
+    without ``empty`` (a raster scene's, a window's) gets it from its ``mask_area``."""
     odd = sorted({str(r.get("status")) for r in rows} - set(STATUSES))
     if odd:
         raise ValueError(f"manifest status must be one of {STATUSES}, got {odd[0]!r}")
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
+
+    def cell(r: dict[str, Any], name: str) -> Any:
+        if name == "empty" and r.get("empty") is None and r.get("status") == "ok" and r.get("mask_area") is not None:
+            return r["mask_area"] == 0
+        return r.get(name)
+
+    table = pa.Table.from_pylist([{f.name: cell(r, f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     digest = hashlib.sha256("\n".join(sorted(r["key"] for r in rows)).encode()).hexdigest()[:20]
@@ -69,10 +101,19 @@ def read_manifest(storage: Any) -> pa.Table:
     tables = []
     for key in parts:
         data = jio.read_bytes(storage, f"manifest/{key}")
-        tables.append(pq.read_table(io.BytesIO(data)).cast(SCHEMA))
+        tables.append(_conform(pq.read_table(io.BytesIO(data))))
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A part as SCHEMA: columns a part written by an older version lacks (``empty``, ``mean_prob``, ...) are
+    null."""
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def latest_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
@@ -97,5 +138,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "images": len(rows),
         "ok": len(ok),
         "errors": sum(r["status"] == "error" for r in rows),
+        "empty": sum(bool(r.get("empty")) for r in ok),
         "encoder_passes_per_image": (sum(r["encoder_passes"] or 0 for r in ok) / len(ok)) if ok else 0.0,
     }

@@ -355,6 +355,9 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
     import ray
 
     _remove_leftovers(out_storage)
+    from job.runrecord import write_run_record
+
+    write_run_record(out_storage, cfg, run_id)  # run.json + config.yaml: what this run is, next to its outputs
     done = jm.done_keys(out_storage, cfg.config_hash) & set(keys)  # window rows (scene#y_x) are not inputs
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:

@@ -448,7 +448,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
     fails the task and so the job: the batch's manifest part is then never written, so no row claims outputs
     that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
     from finedetail.outputs import render_outputs
-    from job.manifest import write_part
+    from job.manifest import mask_columns, write_part
 
     storage = jio.open_storage(cfg.output)[0]
     rows = _rows(batch)
@@ -458,12 +458,13 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
             t0 = time.perf_counter()
             try:
                 st = read_state(r)
-                image, mask = st.image, st.mask
-                files = render_outputs(image, st.fused_prob(), mask, classes=cfg.classes, overlays=cfg.overlays,
+                image, mask, prob = st.image, st.mask, st.fused_prob()
+                files = render_outputs(image, prob, mask, classes=cfg.classes, overlays=cfg.overlays,
                                        coco=cfg.coco, file_name=str(r["key"]), info={"config_hash": config_hash})
                 for (folder, suffix), data in files.items():
                     jio.write_bytes_atomic(storage, jio.output_key(folder, str(r["key"]), suffix=suffix), data)
-                r["_written"] = (int(image.shape[0]), int(image.shape[1]), int(mask.sum()))
+                r["_written"] = dict(height=int(image.shape[0]), width=int(image.shape[1]),
+                                     **mask_columns(prob, mask))
             except jio.StorageError:
                 raise  # a write that keeps failing fails the job: never a manifest row claiming success
             except Exception as exc:
@@ -476,8 +477,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
         m = {k: r.get(k) for k in ("key", "status", "error", "attempts")}
         m.update(height=None, width=None, mask_area=None, components=int(r.get("components", 0)))
         if r["status"] == "ok":
-            h, w, area = r["_written"]
-            m.update(height=h, width=w, mask_area=area)
+            m.update(r["_written"])
         passes_c, passes_r = int(r.get("passes_coarse", 0)), int(r.get("passes_refiner", 0))
         m.update(coarse_passes=passes_c, refiner_passes=passes_r, encoder_passes=passes_c + passes_r,
                  config_hash=config_hash, finished_at=time.time())
@@ -487,4 +487,5 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
     done = [m for m in manifest if m["status"] != WINDOWED]
     if done:
         write_part(storage, done)
-    return _batch(manifest)
+    # the per-class lists stay in the manifest: Ray would hand them to the driver as arrays, and it needs none
+    return _batch([{k: v for k, v in m.items() if k not in ("class_area", "class_mean_prob")} for m in manifest])

@@ -19,7 +19,6 @@ from finedetail.codecs import (
     decode_mask,
     encode_png,
     image_pixels,
-    overlay,
 )
 
 RGB = np.array(
@@ -317,40 +316,6 @@ def test_encode_png_refuses_other_arrays(bad):
 def test_encode_png_non_contiguous_input():
     view = np.ascontiguousarray(np.tile(RGB, (1, 2, 1)))[:, ::2]
     np.testing.assert_array_equal(decode_image(encode_png(view)), view)
-
-
-def test_overlay_draws_inner_boundary_only():
-    image = np.zeros((5, 5, 3), np.uint8)
-    mask = np.zeros((5, 5), bool)
-    mask[1:4, 1:4] = True
-    out = overlay(image, mask, color=(1, 2, 3))
-    ring = mask.copy()
-    ring[2, 2] = False
-    np.testing.assert_array_equal(out[ring], np.tile([1, 2, 3], (8, 1)))
-    assert (out[~ring] == 0).all()
-    assert (image == 0).all()  # input untouched
-
-
-def test_overlay_full_mask_outlines_the_frame_and_thickness():
-    image = np.full((6, 6, 3), 9, np.uint8)
-    mask = np.ones((6, 6), bool)
-    frame = np.ones((6, 6), bool)
-    frame[1:5, 1:5] = False
-    np.testing.assert_array_equal((overlay(image, mask) != 9).any(2), frame)
-    thick = np.ones((6, 6), bool)
-    thick[2:4, 2:4] = False
-    np.testing.assert_array_equal((overlay(image, mask, thickness=2) != 9).any(2), thick)
-
-
-def test_overlay_empty_mask_is_identity_and_errors():
-    image = _noise(4, 5)
-    np.testing.assert_array_equal(overlay(image, np.zeros((4, 5), bool)), image)
-    with pytest.raises(TypeError, match="mask must be"):
-        overlay(image, np.zeros((4, 5), np.uint8))
-    with pytest.raises(ValueError, match="color must be 3 ints"):
-        overlay(image, np.zeros((4, 5), bool), color=(300, 0, 0))
-    with pytest.raises(ValueError, match="thickness must be an int >= 1"):
-        overlay(image, np.zeros((4, 5), bool), thickness=0)
 
 
 def _modes(arr: np.ndarray) -> list[Image.Image]:

@@ -90,17 +90,19 @@ def test_large_rotated_jpeg_goes_through_windows_and_matches_the_image_path(ray_
     assert _png(outs["windows"] / "overlays" / "photo.png").shape == (520, 430, 3)
 
 
-@pytest.mark.parametrize("classes", [("object",), ("road", "field")])
-def test_plain_extras_equal_what_the_image_path_renders(tmp_path, monkeypatch, classes):
+@pytest.mark.parametrize("classes,line_px", [(("object",), 640), (("road", "field"), 640), (("road", "field"), 40)])
+def test_plain_extras_equal_what_the_image_path_renders(tmp_path, monkeypatch, classes, line_px):
     """write_plain_extras, strip by strip from the published mask, writes byte-identical RLE and pixel-identical
     overlays / per-class masks to ``render_outputs`` on the whole arrays (strips of 64 rows: the outline crosses
-    strip edges)."""
+    strip edges; line_px 40: an 8 px outline with its halos, wider than one row of context)."""
+    import finedetail.outputs as fo
     import job.geo as jg
     from finedetail.codecs import encode_png
     from finedetail.outputs import render_outputs
     from job.geo import scene_info, write_plain_extras
 
     monkeypatch.setattr(jg, "STRIP_ROWS", 64)
+    monkeypatch.setattr(fo, "PIXELS_PER_LINE", line_px)
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, (301, 210, 3), dtype=np.uint8)
     import cv2

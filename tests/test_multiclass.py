@@ -119,6 +119,20 @@ def test_load_prompts_refuses_mask_of_another_size(tmp_path):
 # ----------------------------------------------------------------------------------------------- the job
 
 
+def _check_manifest_class_columns(out: Path, labels: dict[str, np.ndarray]) -> None:
+    """The manifest's per-class columns agree with the label maps and the stored per-class probabilities."""
+    from jobkit import read_manifest_rows
+
+    rows = {r["key"]: r for r in read_manifest_rows(out)}
+    for key, lab in labels.items():
+        r, stem = rows[key], os.path.splitext(key)[0]
+        assert r["class_area"] == [int((lab == c + 1).sum()) for c in range(len(CLASSES))], key
+        assert r["empty"] is False and sum(r["class_area"]) == r["mask_area"]
+        for c, name in enumerate(CLASSES):
+            prob = decode_label_map((out / "probs" / name / f"{stem}.png").read_bytes()) / 255
+            assert r["class_mean_prob"][c] == pytest.approx(prob[lab == c + 1].mean(), abs=1 / 255), (key, name)
+
+
 def _check_outputs(out: Path, keys, *, every_class: bool) -> dict[str, np.ndarray]:
     """labels/ + masks/<class>/ + probs/<class>/ + rle/ agree, one class per pixel; returns key -> label map."""
     from pycocotools import mask as mask_utils
@@ -182,6 +196,7 @@ def test_two_classes_through_the_job_proxy(ray_local, data, tmp_path):
     assert summary["ok"] == len(KEYS) and summary["errors"] == 0
     labels = _check_outputs(out, KEYS, every_class=True)
     _check_coco(out, labels)
+    _check_manifest_class_columns(out, labels)
 
     # a resumed job whose instance files are missing or from another config rebuilds them from masks/ + probs/
     before = json.loads((out / "coco.json").read_text())

@@ -99,3 +99,19 @@ def test_readme_first_command_runs_the_quickstart(tmp_path):
         shown = next(ln for ln in proc.stdout.splitlines() if ln.startswith(line)).split(None, 1)[1]
         assert Path(shown) == workdir / "out-finedetail" / line[:-1]
 
+    # the README's next step, a look at the whole run: its report command, as written
+    report = readme_report_command()
+    proc = subprocess.run(report, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{report!r} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    page = (workdir / "out-finedetail" / "report.html").read_text()
+    assert page.count('<tr class="row ') == len(scenes) and page.count("data:image/jpeg;base64,") == len(scenes)
+
+
+def readme_report_command() -> str:
+    """The README's ```bash line that runs ``python -m job report`` on the quickstart's output."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
+    lines = [ln.split("#")[0].strip() for b in blocks for ln in b.splitlines() if "-m job report" in ln]
+    assert lines, "README.md shows no `python -m job report` command"
+    return lines[0]
+

@@ -293,6 +293,8 @@ def test_hostile_names_cannot_write_outside_the_output(bad_run):
         if folder == "manifest":
             assert re.fullmatch(r"part-[0-9a-f]{20}-\d+\.parquet", rest), rel
             continue
+        if rel in ("run.json", "config.yaml"):  # what the run was (job.runrecord)
+            continue
         assert folder in ("masks", "probs", "rle", "overlays"), rel
         assert os.path.splitext(rest)[0] in accepted, rel
     # the folder symlinked from the input tree was not followed, hidden files are not inputs
@@ -873,6 +875,7 @@ def _check_output_consistent(out: Path, keys: list[str]) -> list[dict]:
     """What a reader of the output may rely on at any moment: every visible file is whole, every manifest row is
     an input's, and every ok row's files are all there. Returns the manifest rows."""
     import pyarrow.parquet as pq
+    import yaml
 
     for path in out.rglob("*"):
         rel = path.relative_to(out)
@@ -885,6 +888,8 @@ def _check_output_consistent(out: Path, keys: list[str]) -> list[dict]:
             json.loads(path.read_text())
         elif path.suffix == ".parquet":
             pq.read_table(path)
+        elif rel.as_posix() == "config.yaml":
+            assert isinstance(yaml.safe_load(path.read_text()), dict)
         else:
             raise AssertionError(f"unexpected file {rel}")
     rows = read_manifest_rows(out)
