@@ -241,7 +241,7 @@ def _window_or_refuse(row: dict[str, Any], data: bytes, cfg: JobConfig) -> bool:
     n = image_pixels(data, max_pixels=cfg.max_pixels)
     if n <= cfg.window_pixels:
         return False
-    from job.raster.windows import GEO_EXTRA, require_rasterio
+    from job.raster import GEO_EXTRA, require_rasterio
 
     try:
         require_rasterio()

@@ -281,7 +281,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_require_rasterio_names_the_extra(monkeypatch):
-    from job.raster.windows import require_rasterio
+    from job.raster import require_rasterio
 
     monkeypatch.setitem(sys.modules, "rasterio", None)
     with pytest.raises(ImportError, match=r"pip install 'finedetail\[geo\]'"):

@@ -25,5 +25,24 @@ row strips, ``finedetail.rle.StripRle``), ``overlays/<stem>.png`` and, with seve
 mask). Optionally ``vectors/<stem>.<geojson|gpkg>``. Window maps stay under ``_windows/<stem>/`` (resume,
 re-stitching).
 
-The modules import nothing from each other at package import: ``import job.raster`` is free.
+This package module itself holds only what the image path needs to hand a photo over (``GEO_EXTRA``,
+``require_rasterio``), so that ``job.stages`` imports it without importing the window path, which imports
+``job.stages``.
 """
+
+__all__ = ["GEO_EXTRA", "require_rasterio"]
+
+GEO_EXTRA = "pip install 'finedetail[geo]'"
+
+
+def require_rasterio():
+    """The rasterio module, or ImportError naming the extra to install."""
+    try:
+        import rasterio
+        import rasterio.features  # noqa: F401 - submodules the package uses
+        import rasterio.shutil  # noqa: F401
+        import rasterio.windows  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"large rasters and GeoTIFF input/output need the 'geo' extra (rasterio, shapely): "
+                          f"{GEO_EXTRA}") from exc
+    return rasterio

@@ -37,8 +37,9 @@ from job.config import JobConfig
 from job.io import list_files, open_storage, redact
 from job.manifest import STAGES, latest_rows, read_manifest, write_part
 from job.raster.stitch import stitch_scene_and_extras
-from job.raster.windows import (WINDOW_DIR, SceneInfo, error_text, read_windows, require_rasterio, scene_info,
-                                scene_stem, window_item, write_windows)
+from job.raster import require_rasterio
+from job.raster.windows import (WINDOW_DIR, SceneInfo, error_text, read_windows, scene_info, scene_stem, window_item,
+                                write_windows)
 
 log = logging.getLogger("finedetail.job")
 

@@ -19,7 +19,8 @@ from typing import Sequence
 from finedetail.geo import needs_windows
 from job.config import JobConfig
 from job.io import Storage, open_storage
-from job.raster.windows import GEO_EXTRA, TIFF_EXTS, error_text, is_georeferenced, open_raster, require_rasterio
+from job.raster import GEO_EXTRA, require_rasterio
+from job.raster.windows import TIFF_EXTS, error_text, is_georeferenced, open_raster
 
 log = logging.getLogger("finedetail.job")
 

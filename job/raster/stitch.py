@@ -36,9 +36,10 @@ from finedetail.tiling import Window
 from finedetail.types import to_u8
 from job.config import JobConfig
 from job.io import open_storage, output_key, read_bytes, write_bytes_atomic
+from job.raster import require_rasterio
 from job.raster.vectors import Polygons, require_shapely, to_crs, write_geojson, write_gpkg
 from job.raster.windows import (GDAL_ENV, OUTPUT_BLOCK, SceneInfo, cog_copy, decode_window_prob, open_raster,
-                                png_copy, publish_file, quiet, require_rasterio, scratch_folder, window_prob_key)
+                                png_copy, publish_file, quiet, scratch_folder, window_prob_key)
 
 log = logging.getLogger("finedetail.job")
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from finedetail.tiling import Window
-from job.raster.windows import GEO_EXTRA
+from job.raster import GEO_EXTRA
 
 __all__ = ["Polygons", "require_shapely", "to_crs", "write_geojson", "write_gpkg"]
 

@@ -40,23 +40,21 @@ from job.config import JobConfig
 from job.io import (ObjectNotFoundError, Storage, StorageError, exists, mask_key, open_storage, read_bytes, redact,
                     safe_key, write_bytes_atomic, write_file)
 from job.manifest import STAGES, write_part
+from job.raster import require_rasterio
 from job.rows import column, new_state, read_state
 
 __all__ = [
-    "GEO_EXTRA",
     "SceneInfo",
     "decode_window_prob",
     "encode_window_prob",
     "open_raster",
     "read_windows",
-    "require_rasterio",
     "scene_info",
     "window_item",
     "window_prob_key",
     "write_windows",
 ]
 
-GEO_EXTRA = "pip install 'finedetail[geo]'"
 #: rasters GDAL reads by window cheaply; every other format (PNG, JPEG, WebP, BMP) is decoded once into a tiled copy
 TIFF_EXTS = (".tif", ".tiff")
 WINDOW_DIR = "_windows"
@@ -70,19 +68,6 @@ OVERVIEW_SIDE = 1024
 GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_TIFF_INTERNAL_MASK": True}
 #: and for S3 sources: no listing of the "folder" to look for sidecar files (.ovr, .msk) on every open
 GDAL_ENV_REMOTE = {**GDAL_ENV, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-
-
-def require_rasterio():
-    """The rasterio module, or ImportError naming the extra to install."""
-    try:
-        import rasterio
-        import rasterio.features  # noqa: F401 - submodules used below
-        import rasterio.shutil  # noqa: F401
-        import rasterio.windows  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"large rasters and GeoTIFF input/output need the 'geo' extra (rasterio, shapely): "
-                          f"{GEO_EXTRA}") from exc
-    return rasterio
 
 
 def scene_stem(key: str) -> str:
