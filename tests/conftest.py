@@ -388,6 +388,15 @@ def faults(ray_local, faults_dir):
 
     env = ray_local.get_runtime_context().runtime_env
     assert env.get("worker_process_setup_hook"), "Ray was started without the fault injector (ray_local's init)"
+
+    @ray_local.remote(num_cpus=0)
+    def stages_file() -> str:
+        from job import stages
+
+        return stages.__file__
+
+    here = Path(__file__).resolve().parents[1]
+    assert Path(ray_local.get(stages_file.remote())).resolve().is_relative_to(here), "workers run another checkout"
     return Faults(faults_dir)
 
 

@@ -97,14 +97,18 @@ def install(folder: str) -> None:
 
 def setup_hook(folder: str | Path):
     """The runtime_env ``worker_process_setup_hook`` that installs the faults read from ``folder`` (a closure: Ray
-    ships it to the workers by value; it finds this module through the tests folder)."""
-    folder, tests = str(folder), str(Path(__file__).resolve().parent)
+    ships it to the workers by value). It runs before Ray puts the driver's working directory on the worker's
+    ``sys.path``, so it puts this checkout there first itself: ``job`` must be imported from the code under test, not
+    from wherever the environment installed the package."""
+    folder = str(folder)
+    root, tests = (str(p) for p in Path(__file__).resolve().parents[1::-1])
 
     def install_faults() -> None:
         import sys
 
-        if tests not in sys.path:
-            sys.path.insert(0, tests)
+        for path in (tests, root):
+            if path not in sys.path:
+                sys.path.insert(0, path)
         import faults
 
         faults.install(folder)
