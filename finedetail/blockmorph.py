@@ -2,7 +2,7 @@
 
 ``morphology_blocks`` gives exactly ``postprocess.postprocess``'s morphology (closing, hole filling, plain opening,
 island removal and opening by reconstruction, in that order, with the same ``PostprocessConfig``) on a mask that is
-only ever read and written one block, plus a few pixels of halo, at a time. ``job.geo`` runs it on stitched raster
+only ever read and written one block, plus a few pixels of halo, at a time. ``job.raster`` runs it on stitched raster
 scenes, so a windowed raster gets the post-processing the image path gives a whole image (tests/test_blockmorph.py
 checks equality with the whole-image functions on scenes whose components cross many block borders).
 

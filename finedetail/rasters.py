@@ -1,7 +1,7 @@
 """Satellite-scale rasters without the whole scene in memory: window plan, bands, stretch, streaming stitch (pure:
 numpy only; no ray, no torch, no rasterio).
 
-The job (``job/geo.py``) does the raster IO with rasterio; this module holds the arithmetic it relies on, so that it
+The job (``job/raster/``) does the raster IO with rasterio; this module holds the arithmetic it relies on, so that it
 can be tested on tiny literal arrays:
 
 - **Window planning**: ``needs_windows`` (a raster with more than ``window_pixels`` pixels is windowed),

@@ -8,7 +8,7 @@ Where the instances come from: ``instances/<stem>.json`` (written by the write s
 file is missing or was written under another config hash (a resumed job whose earlier run had ``coco`` off, or a
 later run with another config that skipped this key), the instances are rebuilt from the image's stored masks and
 probabilities (``masks/``, ``probs/``), which is exactly what the write stage would have computed (it, too, works
-from the uint8 probabilities), and the per-image file is written too. Outputs written in windows (``job.geo``:
+from the uint8 probabilities), and the per-image file is written too. Outputs written in windows (``job.raster``:
 rasters and photos with more than ``window_pixels`` pixels) have no instances file and are not rebuilt (this driver
 would hold their whole mask; a GeoTIFF's vector output is the GIS-side equivalent): they are left out and counted.
 """

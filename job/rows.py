@@ -14,7 +14,7 @@ one schema whatever their rows hold:
   passes_coarse, passes_refiner, components   int    the state's counters, for the manifest
   seconds_<stage>   float   wall seconds per row in each stage of ``job.manifest.STAGES``
 
-The raster-window path (``job.geo``) adds its window columns (scene, y0, x0, y1, x1, read). Only the write operator
+The raster-window path (``job.raster``) adds its window columns (scene, y0, x0, y1, x1, read). Only the write operator
 turns rows into manifest rows (and files).
 """
 

@@ -116,15 +116,6 @@ def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str
     return keys
 
 
-def _test_env() -> dict[str, Any]:
-    """The stages' test hooks (``job.stages._test_crash``) reach the workers through their runtime_env; empty
-    (no runtime_env at all) unless a test set them in the driver's environment."""
-    from job.stages import TEST_ENV_VARS
-
-    hooks = {k: os.environ[k] for k in TEST_ENV_VARS if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": hooks}} if hooks else {}
-
-
 def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size: int | None = None
           ) -> dict[str, Any]:
     """``map_batches`` arguments of an actor pool: 1 to ``max_size`` (default ``plan.max_actors``) actors of
@@ -142,7 +133,6 @@ def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size
         # cannot be built is job.stages.build_bounded (max_tries failed builds in a row fail the job).
         "max_restarts": -1,
         "max_task_retries": -1,
-        **_test_env(),
     }
     if plan.use_gpu and gpus is not None:
         args["num_gpus"] = gpus
@@ -154,8 +144,8 @@ def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None, b
     """Append the steps of the method's plan (``finedetail.plan``: coarse unless ``--coarse`` supplies the masks,
     one refine step per variant, crops, fuse) to ``ds`` (rows of the ``job.rows`` schema with a decoded state): one
     ``job.stages.PlanStage`` actor pool per step, or with ``plan.chain`` one pool whose actors run every step.
-    Shared by the image path (``build_dataset``) and the raster-window path (``job.geo``). ``batch_size``: rows per
-    stage call (default ``cfg.resources.batch_size``)."""
+    Shared by the image path (``build_dataset``) and the raster-window path (``job.raster.driver``). ``batch_size``:
+    rows per stage call (default ``cfg.resources.batch_size``)."""
     from job import stages
 
     bs = cfg.resources.batch_size if batch_size is None else batch_size
@@ -197,12 +187,10 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     nblocks = max(1, min(len(keys), -(-len(keys) // cfg.resources.read_batch)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
-                        fn_kwargs={"cfg": cfg, **track}, batch_format="numpy",
-                        **_test_env())
+                        fn_kwargs={"cfg": cfg, **track}, batch_format="numpy")
     ds = model_stages(ds, cfg, plan, attempts=attempts)
     ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
-                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track},
-                        **_test_env())
+                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track})
     return ds
 
 
@@ -362,9 +350,9 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
     todo = [k for k in keys if k not in done]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
-    windowed: list[str] = []  # inputs too large for one row, run window by window (job.geo)
+    windowed: list[str] = []  # inputs too large for one row, run window by window (job.raster)
     if any(k.lower().endswith((".tif", ".tiff")) for k in todo):
-        from job.geo import split_windowed  # TIFFs are sized here; other images by the decode step (WINDOWED)
+        from job.raster.route import split_windowed  # TIFFs sized here; other images by the decode step (WINDOWED)
 
         todo, windowed = split_windowed(cfg, todo)
     print(f"finedetail: {len(keys)} inputs, {len(done)} already done (config {cfg.config_hash}), "
@@ -400,7 +388,7 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
             raise failed from exc
         attempts.clear()
     if windowed:
-        from job.geo import run_windowed
+        from job.raster.driver import run_windowed
 
         chosen = set(windowed)
         windowed = [k for k in keys if k in chosen]  # input order

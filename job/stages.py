@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -149,14 +148,12 @@ def _guarded(rows: list[dict[str, Any]], attempts: AttemptLog | None, stage: str
     if not rows:
         return
     if attempts is None:
-        _test_crash(stage, rows)
         run(rows)
         return
     batch_marker = attempts.marker(stage, "batch", [str(r["key"]) for r in rows])
     died = attempts.count(batch_marker)
     attempts.set(batch_marker, died + 1)
     if died == 0:
-        _test_crash(stage, rows)
         run(rows)
     else:
         # a worker died on this batch before: one row at a time, so the culprit alone pays
@@ -175,7 +172,6 @@ def _guarded(rows: list[dict[str, Any]], attempts: AttemptLog | None, stage: str
                 r["attempts"] = tries
                 continue
             attempts.set(row_marker, tries)
-            _test_crash(stage, [r])
             run([r])
             attempts.set(row_marker, tries - 1)  # survived: this try was not a death
             r["attempts"] = max(int(r.get("attempts", 1)), tries + 1)
@@ -217,7 +213,6 @@ def build_bounded(attempts: AttemptLog | None, stage: str, build: Callable[[], T
             time.sleep(min(5.0, 0.5 * 2 ** (tried - 1)))
         attempts.set(marker, tried + 1)  # stays if the process dies in build()
         try:
-            _test_init_failure(stage)
             model = build()
         except Exception as exc:
             tried += 1
@@ -231,53 +226,10 @@ def build_bounded(attempts: AttemptLog | None, stage: str, build: Callable[[], T
                   f"{attempts.max_tries}. Fix the cause and re-run the same command")
 
 
-_CRASH_ENV = "FINEDETAIL_TEST_CRASH"
-_CRASH_DIR_ENV = "FINEDETAIL_TEST_CRASH_DIR"
-_INIT_FAIL_ENV = "FINEDETAIL_TEST_INIT_FAIL"
-TEST_ENV_VARS = (_CRASH_ENV, _CRASH_DIR_ENV, _INIT_FAIL_ENV)
-
-
-def _test_init_failure(stage: str) -> None:
-    """TEST HOOK: ``FINEDETAIL_TEST_INIT_FAIL`` = ``{"stage": PREFIX, "how": "exit" | "raise"}`` makes every model
-    build of a matching stage kill its process (``os._exit``) or raise. Unset outside tests."""
-    spec = os.environ.get(_INIT_FAIL_ENV)
-    if spec and stage.startswith(json.loads(spec)["stage"]):
-        if json.loads(spec).get("how") == "exit":
-            os._exit(71)
-        raise RuntimeError(f"test hook: {stage} cannot build its model")
-
-
-def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
-    """TEST HOOK: kill this worker process (``os._exit``) when it is about to process a chosen key.
-
-    ``FINEDETAIL_TEST_CRASH`` is a JSON list of ``{"key": KEY, "stage": STAGE, "times": N}`` (STAGE as in the
-    ``_attempts`` notes: decode, coarse, refine-<variant>, crop, fuse, write; a prefix matches, so "refine" is any
-    variant; ``times`` -1 = every time); ``FINEDETAIL_TEST_CRASH_DIR`` is a folder where each crash leaves a file,
-    so a key crashes ``times`` times in all across restarted workers. ``job.run`` forwards both variables to the
-    workers through the stages' runtime_env. Unset (always, outside tests), this costs one dict lookup.
-    """
-    spec = os.environ.get(_CRASH_ENV)
-    if not spec:
-        return
-    folder = os.environ.get(_CRASH_DIR_ENV) or "."
-    keys = {str(r["key"]) for r in rows}
-    for item in json.loads(spec):
-        if item["key"] not in keys or not stage.startswith(item["stage"]):
-            continue
-        times = int(item.get("times", 1))
-        tag = hashlib.sha256(f"{item['stage']}\n{item['key']}".encode()).hexdigest()[:16]
-        done = sum(1 for n in os.listdir(folder) if n.startswith(tag)) if os.path.isdir(folder) else 0
-        if times < 0 or done < times:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"{tag}-{done}"), "w") as f:
-                f.write(f"{stage} {item['key']}\n")
-            os._exit(70)
-
-
-#: status of an image row the image path hands to the raster-window path (``job.geo``): its header says it has more
+#: status of an image row the image path hands to the raster-window path (``job.raster``): its header says it has more
 #: than ``JobConfig.window_pixels`` pixels. Such a row is never decoded, skipped by every stage like an error row,
 #: gets no manifest row from ``write_outputs`` (the window path writes the input's row) and is returned to the
-#: driver, which runs it through ``job.geo.run_windowed``.
+#: driver, which runs it through ``job.raster.driver.run_windowed``.
 WINDOWED = "windowed"
 
 
@@ -289,7 +241,7 @@ def _window_or_refuse(row: dict[str, Any], data: bytes, cfg: JobConfig) -> bool:
     n = image_pixels(data, max_pixels=cfg.max_pixels)
     if n <= cfg.window_pixels:
         return False
-    from job.geo import GEO_EXTRA, require_rasterio
+    from job.raster import GEO_EXTRA, require_rasterio
 
     try:
         require_rasterio()

@@ -359,16 +359,45 @@ _sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/jobkit.py
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray (2 CPUs, one declared fake GPU so GPU scheduling is exercised on CPU)."""
+def faults_dir(tmp_path_factory):
+    """Where the `faults` fixture writes what the session's Ray workers inject (tests/faults.py)."""
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="session")
+def ray_local(faults_dir):
+    """A real local Ray (2 CPUs, one declared fake GPU so GPU scheduling is exercised on CPU). Its workers carry the
+    fault injector of tests/faults.py (inactive until a test uses the `faults` fixture)."""
+    import faults
+
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, runtime_env={"worker_process_setup_hook": faults.setup_hook(faults_dir)})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def faults(ray_local, faults_dir):
+    """`faults.Faults` of the session's Ray: ``with faults.inject(crash=[...]):`` kills the workers that reach those
+    inputs (tests/faults.py)."""
+    from faults import Faults
+
+    env = ray_local.get_runtime_context().runtime_env
+    assert env.get("worker_process_setup_hook"), "Ray was started without the fault injector (ray_local's init)"
+
+    @ray_local.remote(num_cpus=0)
+    def stages_file() -> str:
+        from job import stages
+
+        return stages.__file__
+
+    here = Path(__file__).resolve().parents[1]
+    assert Path(ray_local.get(stages_file.remote())).resolve().is_relative_to(here), "workers run another checkout"
+    return Faults(faults_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Satellite-scale scenes: window planning, band mapping, stretch and block stitching (pure, finedetail.rasters), and the
-geo path of the job (job.geo) end to end on a real local Ray: GeoTIFF in, Cloud-Optimized GeoTIFF masks and polygons
+geo path of the job (job.raster) end to end on a real local Ray: GeoTIFF in, Cloud-Optimized GeoTIFF masks and polygons
 out, seam-free across windows, resumable per window, memory bounded by the window size.
 
 The big scene: 8000 x 6000 px, 3-band uint8, EPSG:32633 at 0.5 m. A grid of 3-px roads (spacing 900 px, kinked)
@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finedetail import rasters as fg
+from finedetail.rasters import (BlockStitcher, Stretch, axis_weights, blend_block, block_grid, masks_from_probs,
+                            needs_windows, overview_shape, parse_window_key, plan_windows, rgb_bands,
+                            stretch_from_sample, to_rgb8, window_key)
 from finedetail import tiling
 from finedetail.postprocess import _morphology, one_class_per_pixel
 from finedetail.tiling import Window
@@ -44,17 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("hw, limit, expected", [((10, 10), 100, False), ((10, 10), 99, True), ((1, 1), 1, False)])
 def test_needs_windows_edge_is_exact(hw, limit, expected):
-    assert fg.needs_windows(hw, window_pixels=limit) is expected
+    assert needs_windows(hw, window_pixels=limit) is expected
 
 
 def test_plan_windows_single_window_at_or_under_the_limit():
-    assert fg.plan_windows((300, 500), window=128, overlap=16, window_pixels=300 * 500) == [Window(0, 0, 300, 500)]
+    assert plan_windows((300, 500), window=128, overlap=16, window_pixels=300 * 500) == [Window(0, 0, 300, 500)]
 
 
 @pytest.mark.parametrize("offset", [(0, 0), (40, 72)])
 def test_plan_windows_is_the_tile_grid_and_covers(offset):
     hw = (300, 500)
-    wins = fg.plan_windows(hw, window=128, overlap=16, window_pixels=1000, offset=offset)
+    wins = plan_windows(hw, window=128, overlap=16, window_pixels=1000, offset=offset)
     assert wins == tiling.tile_grid(hw, tile=128, overlap=16, offset=offset)
     cover = np.zeros(hw, int)
     for w in wins:
@@ -63,22 +65,22 @@ def test_plan_windows_is_the_tile_grid_and_covers(offset):
 
 
 def test_plan_windows_offset_moves_inner_seams():
-    a = fg.plan_windows((1000, 1000), window=256, overlap=32, window_pixels=1, offset=(0, 0))
-    b = fg.plan_windows((1000, 1000), window=256, overlap=32, window_pixels=1, offset=(100, 100))
+    a = plan_windows((1000, 1000), window=256, overlap=32, window_pixels=1, offset=(0, 0))
+    b = plan_windows((1000, 1000), window=256, overlap=32, window_pixels=1, offset=(100, 100))
     assert {w.y0 for w in a} - {0, 1000 - 256} != {w.y0 for w in b} - {0, 1000 - 256}
 
 
 @pytest.mark.parametrize("scene", ["a/scene.tif", "odd#name.tif", "x.tiff"])
 def test_window_key_round_trip(scene):
-    key = fg.window_key(scene, Window(1792, 64, 2000, 300))
+    key = window_key(scene, Window(1792, 64, 2000, 300))
     assert key == f"{scene}#1792_64"
-    assert fg.parse_window_key(key) == (scene, 1792, 64)
+    assert parse_window_key(key) == (scene, 1792, 64)
 
 
 @pytest.mark.parametrize("bad", ["scene.tif", "scene.tif#12", "#1_2", "scene.tif#a_b"])
 def test_parse_window_key_refuses(bad):
     with pytest.raises(ValueError, match="window key"):
-        fg.parse_window_key(bad)
+        parse_window_key(bad)
 
 
 @pytest.mark.parametrize("count, bands, expected", [
@@ -86,20 +88,20 @@ def test_parse_window_key_refuses(bad):
     (4, (3, 2, 1), (3, 2, 1)), (4, (4, 3, 2), (4, 3, 2)), (1, (1, 1, 1), (1, 1, 1)),
 ])
 def test_rgb_bands(count, bands, expected):
-    assert fg.rgb_bands(count, bands) == expected
+    assert rgb_bands(count, bands) == expected
 
 
 @pytest.mark.parametrize("count, bands", [(3, (4, 2, 1)), (3, (0, 1, 2)), (3, (1, 2))])
 def test_rgb_bands_refuses_with_the_count(count, bands):
     with pytest.raises(ValueError, match=f"<= {count}"):
-        fg.rgb_bands(count, bands)
+        rgb_bands(count, bands)
 
 
 def test_stretch_uint8_is_identity_and_moves_axes():
     data = np.arange(24, dtype=np.uint8).reshape(3, 2, 4)
-    st = fg.stretch_from_sample(data)
-    assert st == fg.Stretch() and st.identity
-    out = fg.to_rgb8(data, st)
+    st = stretch_from_sample(data)
+    assert st == Stretch() and st.identity
+    out = to_rgb8(data, st)
     assert out.shape == (2, 4, 3) and out.flags.c_contiguous
     np.testing.assert_array_equal(out, np.moveaxis(data, 0, -1))
 
@@ -108,9 +110,9 @@ def test_stretch_percentiles_literal():
     # channel values 0..100 -> the 2nd / 98th percentiles are 2 and 98 (numpy's linear interpolation)
     ramp = np.arange(101, dtype=np.uint16).reshape(1, 1, 101)
     data = np.concatenate([ramp, ramp * 10, np.full_like(ramp, 7)])
-    st = fg.stretch_from_sample(data, percentiles=(2, 98))
+    st = stretch_from_sample(data, percentiles=(2, 98))
     assert st.lo == (2.0, 20.0, 7.0) and st.hi == (98.0, 980.0, 8.0)  # flat channel: hi = lo + 1
-    rgb = fg.to_rgb8(np.array([[[2, 50, 98, 0, 200]], [[20, 500, 980, 0, 2000]], [[7, 7, 8, 0, 9]]], np.uint16), st)
+    rgb = to_rgb8(np.array([[[2, 50, 98, 0, 200]], [[20, 500, 980, 0, 2000]], [[7, 7, 8, 0, 9]]], np.uint16), st)
     np.testing.assert_array_equal(rgb[0, :, 0], [0, 128, 255, 0, 255])  # (50 - 2) * 255 / 96 = 127.5 -> 128
     np.testing.assert_array_equal(rgb[0, :, 1], [0, 128, 255, 0, 255])
     np.testing.assert_array_equal(rgb[0, :, 2], [0, 0, 255, 0, 255])
@@ -119,31 +121,31 @@ def test_stretch_percentiles_literal():
 def test_stretch_ignores_invalid_pixels_and_nan():
     data = np.array([[[0.0, 10.0, 20.0, np.nan]]] * 3, np.float32)
     valid = np.array([[False, True, True, True]])
-    st = fg.stretch_from_sample(data, percentiles=(0, 100), valid=valid)
+    st = stretch_from_sample(data, percentiles=(0, 100), valid=valid)
     assert st.lo == (10.0,) * 3 and st.hi == (20.0,) * 3
-    np.testing.assert_array_equal(fg.to_rgb8(data, st)[0, :, 0], [0, 0, 255, 0])  # NaN -> 0
+    np.testing.assert_array_equal(to_rgb8(data, st)[0, :, 0], [0, 0, 255, 0])  # NaN -> 0
 
 
 def test_identity_stretch_refuses_16_bit_data():
     with pytest.raises(TypeError, match="uint8"):
-        fg.to_rgb8(np.zeros((3, 2, 2), np.uint16), fg.Stretch())
+        to_rgb8(np.zeros((3, 2, 2), np.uint16), Stretch())
 
 
 def test_stretch_round_trips_through_dict():
-    st = fg.Stretch((1.0, 2.0, 3.0), (4.0, 5.0, 6.5), identity=False)
-    assert fg.Stretch.from_dict(json.loads(json.dumps(st.to_dict()))) == st
+    st = Stretch((1.0, 2.0, 3.0), (4.0, 5.0, 6.5), identity=False)
+    assert Stretch.from_dict(json.loads(json.dumps(st.to_dict()))) == st
 
 
 @pytest.mark.parametrize("hw, side, expected", [((6000, 8000), 1024, (768, 1024)), ((100, 50), 1024, (100, 50)),
                                                 ((3, 3000), 1000, (1, 1000))])
 def test_overview_shape(hw, side, expected):
-    assert fg.overview_shape(hw, max_side=side) == expected
+    assert overview_shape(hw, max_side=side) == expected
 
 
 def test_axis_weights_are_the_factors_of_blend_weights():
     hw = (300, 500)
     for win in tiling.tile_grid(hw, tile=128, overlap=24):
-        wy, wx = fg.axis_weights(win, hw, overlap=24)
+        wy, wx = axis_weights(win, hw, overlap=24)
         np.testing.assert_allclose(np.outer(wy, wx), tiling.blend_weights(win, hw, overlap=24), rtol=1e-6)
 
 
@@ -157,13 +159,13 @@ def test_blend_block_equals_stitch_restricted_to_the_block(block, classes):
     want = np.stack([stitch(hw, wins, [maps[w][c] / 255.0 for w in wins], overlap=overlap)
                      for c in range(classes)])
     got = np.zeros_like(want)
-    for b in fg.block_grid(hw, block=block):
-        got[(slice(None), *b.slices)] = fg.blend_block(b, hw, wins, maps.__getitem__, overlap=overlap)
+    for b in block_grid(hw, block=block):
+        got[(slice(None), *b.slices)] = blend_block(b, hw, wins, maps.__getitem__, overlap=overlap)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_block_grid_tiles_exactly():
-    blocks = fg.block_grid((5, 7), block=3)
+    blocks = block_grid((5, 7), block=3)
     assert blocks[0] == Window(0, 0, 3, 3) and blocks[-1] == Window(3, 6, 5, 7) and len(blocks) == 6
     cover = np.zeros((5, 7), int)
     for b in blocks:
@@ -173,15 +175,15 @@ def test_block_grid_tiles_exactly():
 
 def test_blend_block_refuses_uncovered_pixels():
     with pytest.raises(RuntimeError, match="covered by no window"):
-        fg.blend_block(Window(0, 0, 4, 4), (8, 8), [Window(0, 0, 2, 8)], lambda w: np.zeros((1, *w.hw), np.uint8),
+        blend_block(Window(0, 0, 4, 4), (8, 8), [Window(0, 0, 2, 8)], lambda w: np.zeros((1, *w.hw), np.uint8),
                        overlap=0)
 
 
 def test_block_stitcher_holds_only_the_windows_of_one_block():
     hw = (2000, 3000)
     wins = tiling.tile_grid(hw, tile=512, overlap=64)
-    stitcher = fg.BlockStitcher(hw, wins, lambda w: np.full((1, *w.hw), 200, np.uint8), overlap=64)
-    for b in fg.block_grid(hw, block=256):
+    stitcher = BlockStitcher(hw, wins, lambda w: np.full((1, *w.hw), 200, np.uint8), overlap=64)
+    for b in block_grid(hw, block=256):
         np.testing.assert_allclose(stitcher.block(b), 200 / 255, atol=1e-6)
     # per axis <= floor((256 + 512 - 1) / 448) + 2 = 3 windows overlap a block, whatever the scene size
     assert stitcher.max_cached <= 9
@@ -194,7 +196,7 @@ def test_block_stitcher_holds_only_the_windows_of_one_block():
     ([[[0.6, 0.7, 0.2]], [[0.8, 0.7, 0.3]]], [[[False, True, False]], [[True, False, False]]]),  # tie -> class 0
 ])
 def test_masks_from_probs(probs, expected):
-    np.testing.assert_array_equal(fg.masks_from_probs(np.array(probs, np.float32)), np.array(expected))
+    np.testing.assert_array_equal(masks_from_probs(np.array(probs, np.float32)), np.array(expected))
 
 
 def test_finedetail_geo_is_pure():
@@ -204,7 +206,7 @@ def test_finedetail_geo_is_pure():
     assert out.stdout.strip() == ""
 
 
-# ================================================================================= job.geo helpers (rasterio)
+# ============================================================================== job.raster helpers (rasterio)
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installed: pip install 'finedetail[geo]'")
 shapely = pytest.importorskip("shapely", reason="the geo extra is not installed: pip install 'finedetail[geo]'")
@@ -279,33 +281,37 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_require_rasterio_names_the_extra(monkeypatch):
-    import job.geo as jg
+    from job.raster import require_rasterio
 
     monkeypatch.setitem(sys.modules, "rasterio", None)
     with pytest.raises(ImportError, match=r"pip install 'finedetail\[geo\]'"):
-        jg.require_rasterio()
+        require_rasterio()
 
 
-def test_grid_offset_from_env_and_module(monkeypatch):
-    import job.geo as jg
+def test_scene_windows_is_the_jobs_window_plan():
+    from job.raster.driver import scene_windows
 
-    monkeypatch.setattr(jg, "grid_offset", None)
-    monkeypatch.delenv(jg.GRID_OFFSET_ENV, raising=False)
-    assert jg.current_grid_offset() == (0, 0)
-    monkeypatch.setenv(jg.GRID_OFFSET_ENV, "832,1024")
-    assert jg.current_grid_offset() == (832, 1024)
-    monkeypatch.setattr(jg, "grid_offset", (4, 8))
-    assert jg.current_grid_offset() == (4, 8)
-    monkeypatch.setattr(jg, "grid_offset", None)
-    monkeypatch.setenv(jg.GRID_OFFSET_ENV, "oops")
-    with pytest.raises(ValueError, match="dy,dx"):
-        jg.current_grid_offset()
+    cfg = _cfg(input="i", output="o", prompts="p", window=128, window_overlap=16, window_pixels=128 * 128)
+    want = plan_windows((300, 500), window=128, overlap=16, window_pixels=128 * 128)
+    assert scene_windows(cfg, (300, 500)) == want and len(want) == 15  # 3 rows x 5 columns
+
+
+def _shift_grid(monkeypatch, offset: tuple[int, int]) -> None:
+    """Move the job's window grid by ``offset`` (dy, dx) through the seam ``job.raster.driver.scene_windows``: moving
+    the grid must not change the stitched mask."""
+    from job.raster import driver
+
+    def shifted(cfg, hw):
+        return plan_windows(hw, window=cfg.window, overlap=cfg.window_overlap, window_pixels=cfg.window_pixels,
+                            offset=offset)
+
+    monkeypatch.setattr(driver, "scene_windows", shifted)
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_split_windowed_routes_what_needs_the_geo_path(tmp_path):
     from finedetail.codecs import encode_png
-    from job.geo import split_windowed
+    from job.raster.route import split_windowed
 
     d = tmp_path / "in"
     d.mkdir()
@@ -333,7 +339,7 @@ def test_split_windowed_routes_what_needs_the_geo_path(tmp_path):
 
 @pytest.mark.parametrize("classes", [1, 3])
 def test_window_prob_codec_round_trip(classes):
-    from job.geo import decode_window_prob, encode_window_prob
+    from job.raster.windows import decode_window_prob, encode_window_prob
 
     win = Window(10, 20, 47, 53)
     prob = np.random.default_rng(0).integers(0, 256, (classes, win.h, win.w), dtype=np.uint8)
@@ -355,7 +361,7 @@ def test_write_gpkg_is_a_geopackage(tmp_path):
     import pyogrio
     from rasterio.crs import CRS
 
-    from job.geo import write_gpkg
+    from job.raster.vectors import write_gpkg
 
     path = tmp_path / "v.gpkg"
     write_gpkg(str(path), _squares(), classes=("road", "field"), crs_wkt=CRS.from_epsg(32633).to_wkt())
@@ -375,7 +381,7 @@ def test_write_gpkg_is_a_geopackage(tmp_path):
 def test_write_gpkg_empty_and_without_crs(tmp_path):
     import pyogrio
 
-    from job.geo import write_gpkg
+    from job.raster.vectors import write_gpkg
 
     path = tmp_path / "v.gpkg"
     write_gpkg(str(path), [], classes=("road",), crs_wkt=None)
@@ -387,7 +393,7 @@ def test_write_geojson_round_trip(tmp_path):
     from rasterio.crs import CRS
     from shapely.geometry import shape
 
-    from job.geo import write_geojson
+    from job.raster.vectors import write_geojson
 
     path = tmp_path / "v.geojson"
     write_geojson(str(path), _squares(), classes=("road", "field"), crs_wkt=CRS.from_epsg(32633).to_wkt())
@@ -399,7 +405,8 @@ def test_write_geojson_round_trip(tmp_path):
 
 def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(tmp_path):
     """stitch_scene alone (no Ray): window maps on disk -> the blended, thresholded scene, exactly jobkit.stitch."""
-    from job.geo import encode_window_prob, scene_info, stitch_scene, window_prob_key
+    from job.raster.stitch import stitch_scene
+    from job.raster.windows import encode_window_prob, scene_info, window_prob_key
     from job.io import open_storage, write_bytes_atomic
 
     h, w = 700, 900
@@ -412,7 +419,7 @@ def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(t
                post={"threshold": 0.6})
     info = scene_info(cfg, "s.tif")
     assert info.masked and info.hw == (h, w) and info.stretch.identity
-    wins = fg.plan_windows(info.hw, window=256, overlap=32, window_pixels=cfg.window_pixels)
+    wins = plan_windows(info.hw, window=256, overlap=32, window_pixels=cfg.window_pixels)
     yy, xx = np.mgrid[:h, :w]
     truth = np.clip(1.2 - np.hypot(yy - 400, xx - 500) / 200, 0, 1)  # a soft disc across the 512-px block seams
     truth[510:514, 510:514] = 0  # a 16-px hole on the corner of four output blocks: filled (hole_area 64)
@@ -453,7 +460,8 @@ def test_stitch_scene_streams_blocks_into_cogs_with_the_inputs_grid_and_nodata(t
 @pytest.mark.parametrize("classes", [("object",), ("thin", "blob")])
 def test_scene_without_georeferencing_gets_the_image_paths_png_files(tmp_path, classes):
     from finedetail.codecs import decode_label_map, encode_png
-    from job.geo import encode_window_prob, scene_info, stitch_scene, window_prob_key
+    from job.raster.stitch import stitch_scene
+    from job.raster.windows import encode_window_prob, scene_info, window_prob_key
     from job.io import open_storage, write_bytes_atomic
     from PIL import Image
 
@@ -463,7 +471,7 @@ def test_scene_without_georeferencing_gets_the_image_paths_png_files(tmp_path, c
                window_overlap=16, window_pixels=128 * 128, classes=list(classes))
     info = scene_info(cfg, "p.png")
     assert not info.georeferenced and info.output_suffix == ".png"
-    wins = fg.plan_windows(info.hw, window=128, overlap=16, window_pixels=cfg.window_pixels)
+    wins = plan_windows(info.hw, window=128, overlap=16, window_pixels=cfg.window_pixels)
     out = open_storage(cfg.output)[0]
     rng = np.random.default_rng(2)
     maps = {w: rng.integers(0, 256, (len(classes), w.h, w.w), dtype=np.uint8) for w in wins}
@@ -488,10 +496,10 @@ def test_scene_without_georeferencing_gets_the_image_paths_png_files(tmp_path, c
 
 
 def _read_window_rows(cfg, info, wins):
-    from job.geo import _window_item, read_windows
+    from job.raster.windows import read_windows, window_item
     from job.rows import column, read_state
 
-    items = [_window_item(info, w) for w in wins]
+    items = [window_item(info, w) for w in wins]
     batch = {k: column([it[k] for it in items]) for k in items[0]}
     out = read_windows(batch, cfg=cfg)
     assert list(out["status"]) == ["ok"] * len(wins), list(out["error"])
@@ -501,7 +509,7 @@ def _read_window_rows(cfg, info, wins):
 
 def test_read_windows_maps_bands_and_stretches_16_bit_data(tmp_path):
     """bands=[3, 2, 1] of a B, G, R, NIR uint16 raster, percentiles from the decimated read, same for every window."""
-    from job.geo import scene_info
+    from job.raster.windows import scene_info
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (90, 130, 3)).astype(np.uint16)
@@ -515,7 +523,7 @@ def test_read_windows_maps_bands_and_stretches_16_bit_data(tmp_path):
     info = scene_info(cfg, "b.tif")
     assert info.bands == (3, 2, 1) and not info.stretch.identity and info.dtype == "uint16"
     assert info.stretch.lo == (0.0,) * 3 and info.stretch.hi == (65535.0,) * 3
-    wins = fg.plan_windows(info.hw, window=64, overlap=16, window_pixels=cfg.window_pixels)
+    wins = plan_windows(info.hw, window=64, overlap=16, window_pixels=cfg.window_pixels)
     for win, image in zip(wins, _read_window_rows(cfg, info, wins)):
         np.testing.assert_array_equal(image, rgb[win.slices].astype(np.uint8))
 
@@ -523,7 +531,7 @@ def test_read_windows_maps_bands_and_stretches_16_bit_data(tmp_path):
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_png_is_decoded_once_into_a_tiled_copy_and_read_by_window(tmp_path):
     from finedetail.codecs import encode_png
-    from job.geo import scene_info
+    from job.raster.windows import scene_info
 
     image = np.random.default_rng(1).integers(0, 256, (700, 530, 3), dtype=np.uint8)
     (tmp_path / "in").mkdir()
@@ -534,7 +542,7 @@ def test_png_is_decoded_once_into_a_tiled_copy_and_read_by_window(tmp_path):
     assert info.source_in_output and info.source == "_windows/big/source.tif" and info.crs_wkt is None
     with rasterio.open(tmp_path / "out" / "_windows" / "big" / "source.tif") as ds:
         assert ds.profile["tiled"] and ds.block_shapes[0] == (512, 512)
-    wins = fg.plan_windows(info.hw, window=256, overlap=32, window_pixels=cfg.window_pixels)
+    wins = plan_windows(info.hw, window=256, overlap=32, window_pixels=cfg.window_pixels)
     for win, got in zip(wins, _read_window_rows(cfg, info, wins)):
         np.testing.assert_array_equal(got, image[win.slices])
     mtime = (tmp_path / "out" / "_windows" / "big" / "source.tif").stat().st_mtime_ns
@@ -543,7 +551,7 @@ def test_png_is_decoded_once_into_a_tiled_copy_and_read_by_window(tmp_path):
 
 
 def test_unreadable_window_is_an_error_row(tmp_path):
-    from job.geo import scene_info
+    from job.raster.windows import scene_info
 
     (tmp_path / "in").mkdir()
     write_geotiff(tmp_path / "in" / "a.tif", np.zeros((3, 100, 100), np.uint8))
@@ -551,10 +559,10 @@ def test_unreadable_window_is_an_error_row(tmp_path):
                window_pixels=64 * 64)
     info = scene_info(cfg, "a.tif")
     (tmp_path / "in" / "a.tif").write_bytes(b"gone")
-    from job.geo import _window_item, read_windows
+    from job.raster.windows import read_windows, window_item
     from job.rows import column
 
-    items = [_window_item(info, Window(0, 0, 64, 64))]
+    items = [window_item(info, Window(0, 0, 64, 64))]
     out = read_windows({k: column([it[k] for it in items]) for k in items[0]}, cfg=cfg)
     assert out["status"][0] == "error" and "a.tif" in out["error"][0]
 
@@ -588,10 +596,9 @@ SHIFT = (832, 1024)  # multiples of the proxy refiner's 4-px cell (see the modul
 
 
 def _run(root: Path, out: Path, monkeypatch, offset=(0, 0), **values):
-    import job.geo as jg
     from job.run import run_job
 
-    monkeypatch.setattr(jg, "grid_offset", offset)
+    _shift_grid(monkeypatch, offset)
     buf = io.StringIO()
     summary = run_job(_cfg(input=str(root / "in"), prompts=str(root / "prompts"), output=str(out), **values), out=buf)
     return summary, buf.getvalue()
@@ -617,8 +624,8 @@ def test_big_scene_is_seam_free_georeferenced_and_grid_independent(ray_local, bi
         with rasterio.open(out / "probs" / "scene.tif") as p:
             assert (p.crs, p.transform, p.dtypes[0]) == (src.crs, src.transform, "uint8")
         rows = read_manifest_rows(out)
-        wins = fg.plan_windows((6000, 8000), window=1920, overlap=256, window_pixels=16_000_000, offset=offset)
-        assert sorted(r["key"] for r in rows) == sorted(["scene.tif"] + [fg.window_key("scene.tif", w) for w in wins])
+        wins = plan_windows((6000, 8000), window=1920, overlap=256, window_pixels=16_000_000, offset=offset)
+        assert sorted(r["key"] for r in rows) == sorted(["scene.tif"] + [window_key("scene.tif", w) for w in wins])
         assert all(r["status"] == "ok" for r in rows)
     mask, shifted = masks[(0, 0)], masks[SHIFT]
 
@@ -630,7 +637,7 @@ def test_big_scene_is_seam_free_georeferenced_and_grid_independent(ray_local, bi
     ys, xs = np.nonzero(labels == road_labels[0])
     assert ys.max() - ys.min() > 2 * 1920 and xs.max() - xs.min() > 3 * 1920  # it spans several windows
     seam = np.zeros_like(road)
-    for w in fg.plan_windows((6000, 8000), window=1920, overlap=256, window_pixels=16_000_000):
+    for w in plan_windows((6000, 8000), window=1920, overlap=256, window_pixels=16_000_000):
         for edge in (w.y0, w.y1):
             if 0 < edge < 6000:
                 seam[max(0, edge - 128): edge + 128] = True
@@ -699,7 +706,6 @@ def test_raster_path_post_processes_like_the_image_path(ray_local, tmp_path, mon
     the hole stayed open and the speck and the free wire stayed."""
     from PIL import Image
 
-    import job.geo as jg
     from finedetail.codecs import encode_png
     from job.run import run_job
 
@@ -721,7 +727,6 @@ def test_raster_path_post_processes_like_the_image_path(ray_local, tmp_path, mon
     masks = {}
     for d, extra in (("img", {}), ("geo", raster)):
         out = tmp_path / f"out-{d}"
-        monkeypatch.setattr(jg, "grid_offset", (0, 0))
         buf = io.StringIO()
         summary = run_job(_cfg(input=str(tmp_path / d), output=str(out), **knobs, **extra), out=buf)
         assert summary["ok"] == 1, buf.getvalue()
@@ -733,7 +738,7 @@ def test_raster_path_post_processes_like_the_image_path(ray_local, tmp_path, mon
             masks[d] = ds.read(1) > 0
     if case == "windows":
         n_windows = len(list((tmp_path / "out-geo" / "_windows" / "scene").glob("*_*.png")))
-        assert n_windows == len(fg.plan_windows((600, 700), window=256, overlap=32, window_pixels=1)) == 9
+        assert n_windows == len(plan_windows((600, 700), window=256, overlap=32, window_pixels=1)) == 9
     np.testing.assert_array_equal(masks["geo"], masks["img"])
     got = masks["geo"]
     assert got[510:514, 510:514].all() and not got[470:490, 470:490].any()  # small hole filled, big one kept
@@ -766,7 +771,7 @@ def test_multiband_16_bit_scene_with_nodata_and_resume_per_window(ray_local, tmp
 
     rows = read_manifest_rows(out)
     n_windows = sum("#" in r["key"] for r in rows)
-    assert n_windows == len(fg.plan_windows(mask.shape, window=1024, overlap=128, window_pixels=1))
+    assert n_windows == len(plan_windows(mask.shape, window=1024, overlap=128, window_pixels=1))
 
     # a finished scene is skipped as a whole
     again, _ = _run(root, out, monkeypatch, **knobs)

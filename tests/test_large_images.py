@@ -1,7 +1,7 @@
 """Large ordinary photos (JPEG, PNG, WebP, ...: not TIFF) with more than ``window_pixels`` pixels: the image path's
 decode step hands them to the raster-window path (``job.stages.WINDOWED``), which decodes them once as the image path
 does (EXIF orientation, modes) into a tiled copy, runs them window by window and writes the same files a small photo
-gets (``job.geo.write_plain_extras`` for rle/ and overlays/).
+gets (``job.raster.stitch.write_plain_extras`` for rle/ and overlays/).
 
 The pipeline is the geo tests' (``tests/test_geo.py`` docstring: proxy models, union and mask input off, so each
 window's result is the proxy SAM's and does not depend on where the window starts), with the morphology off
@@ -96,12 +96,13 @@ def test_plain_extras_equal_what_the_image_path_renders(tmp_path, monkeypatch, c
     overlays / per-class masks to ``render_outputs`` on the whole arrays (strips of 64 rows: the outline crosses
     strip edges; line_px 40: an 8 px outline with its halos, wider than one row of context)."""
     import finedetail.outputs as fo
-    import job.geo as jg
     from finedetail.codecs import encode_png
     from finedetail.outputs import render_outputs
-    from job.geo import scene_info, write_plain_extras
+    from job.raster import stitch
+    from job.raster.stitch import write_plain_extras
+    from job.raster.windows import scene_info
 
-    monkeypatch.setattr(jg, "STRIP_ROWS", 64)
+    monkeypatch.setattr(stitch, "STRIP_ROWS", 64)
     monkeypatch.setattr(fo, "PIXELS_PER_LINE", line_px)
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, (301, 210, 3), dtype=np.uint8)
@@ -178,9 +179,9 @@ def test_coco_leaves_out_an_output_written_in_windows_instead_of_loading_its_mas
         for stem, hw in (("big", (300, 257)), ("small", (40, 50))):
             (out / folder / f"{stem}.png").write_bytes(encode_png(np.full(hw, 255, np.uint8)))
     cfg = _cfg(input=str(tmp_path / "in"), output=str(out), prompts="p", coco=True, **SMALL_WINDOWS)
-    from job import io as jio
+    from job.io import open_storage
 
-    storage = jio.open_storage(str(out))[0]
+    storage = open_storage(str(out))[0]
     row = {"key": "big.jpg", "height": 300, "width": 257, "config_hash": cfg.config_hash}
     assert image_record(storage, row, cfg) == (None, False)
     record, rebuilt = image_record(storage, {**row, "key": "small.jpg", "height": 40, "width": 50}, cfg)

@@ -9,7 +9,6 @@ module fixtures run a job once and several tests read its result.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from finedetail import synthetic
 from finedetail.codecs import decode_image, decode_mask, encode_png
 from job import io as jio
 from conftest import die_with_parent
+from faults import crash_tag
 from jobkit import read_manifest_rows, write_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ SAFE_ODD = {"names/ spaced  name .png": SIZE, "names/ünï©ødé.png": SIZE, "n
 #: hidden files are not inputs (job.io.list_files skips them by design: macOS "._x.jpg" shadows, editors' temp files)
 HIDDEN = ["names/..png", "names/._scene0.png"]
 MAX_PIXELS = 1_000_000
-#: inputs that kill their worker (test hook FINEDETAIL_TEST_CRASH): key -> (stage, times; -1 = every time)
+#: inputs that kill their worker (tests/faults.py): key -> (stage, times; -1 = every time)
 CRASH = {"crash/a-once.png": ("refine", 1), "crash/b-always.png": ("refine", -1), "crash/c-ok.png": None,
          "crash/d-ok.png": None, "crash/e-decoder.png": ("decode", -1)}
 MAX_TRIES = 2
@@ -194,7 +194,7 @@ def _write_bad_inputs(sandbox: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bad_run(ray_local, tmp_path_factory):
+def bad_run(ray_local, faults, tmp_path_factory):
     """One job over good, bad, odd, hostile and worker-killing inputs; the session's Ray; scales 1 and 2 (the
     strip is tiled at 2x); max_pixels and max_tries small."""
     from job.run import run_job
@@ -216,10 +216,9 @@ def bad_run(ray_local, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(listing, "_list_local", crafted_listing)
-        mp.setenv("FINEDETAIL_TEST_CRASH", json.dumps([{"key": k, "stage": v[0], "times": v[1]}
-                                                       for k, v in CRASH.items() if v]))
-        mp.setenv("FINEDETAIL_TEST_CRASH_DIR", str(crashes))
-        summary = run_job(cfg, out=buf)
+        with faults.inject(crash=[{"key": k, "stage": v[0], "times": v[1]} for k, v in CRASH.items() if v],
+                           crash_dir=crashes):
+            summary = run_job(cfg, out=buf)
     return {"sandbox": sandbox, "src": src, "out": out, "summary": summary, "log": buf.getvalue(),
             "rows": read_manifest_rows(out), "before": before, "crashes": sorted(os.listdir(crashes))}
 
@@ -424,25 +423,21 @@ def test_bad_config_is_refused_when_the_config_is_built(values, expected, tmp_pa
 
 # =====================================================================================================================
 # Worker crashes: an actor killed mid-batch is restarted and its rows retried; an input that kills every worker it
-# reaches ends as an error row after max_tries deaths. Uses the stages' test hook FINEDETAIL_TEST_CRASH.
+# reaches ends as an error row after max_tries deaths. The workers are killed by tests/faults.py.
 # =====================================================================================================================
 
 
-def _crash_tag(stage: str, key: str) -> str:
-    return hashlib.sha256(f"{stage}\n{key}".encode()).hexdigest()[:16]  # as job.stages._test_crash names files
-
-
 def test_worker_crashes_are_retried_then_bounded(bad_run):
-    """In the bad_run job: a GPU-stage actor killed mid-batch (os._exit, test hook) is restarted by Ray and every
+    """In the bad_run job: a GPU-stage actor killed mid-batch (os._exit, tests/faults.py) is restarted by Ray and every
     row of its batch comes out ok; an input that kills every worker it reaches (a refine actor, a read task)
     kills it at most max_tries times and ends as an error row saying so, while the job goes on and succeeds."""
     rows, made = {r["key"]: r for r in bad_run["rows"]}, bad_run["crashes"]
     once, always, decoder = "crash/a-once.png", "crash/b-always.png", "crash/e-decoder.png"
-    assert sum(n.startswith(_crash_tag("refine", once)) for n in made) == 1  # it really died
+    assert sum(n.startswith(crash_tag("refine", once)) for n in made) == 1  # it really died
     assert rows[once]["status"] == "ok" and rows[once]["attempts"] >= 2
     assert _mask(bad_run["out"], once).shape == SIZE
     for key, stage in ((always, "refine-scale"), (decoder, "decode")):
-        deaths = sum(n.startswith(_crash_tag(stage.split("-")[0], key)) for n in made)
+        deaths = sum(n.startswith(crash_tag(stage.split("-")[0], key)) for n in made)
         # MAX_TRIES deaths, or one fewer when the first death of its batch was another row's doing
         assert 1 <= deaths <= MAX_TRIES, (key, made)
         r = rows[key]
@@ -530,15 +525,14 @@ def test_corrupt_checkpoint_fails_the_job_with_its_error_instead_of_restarting_f
     assert not (out / "_attempts").exists() and read_manifest_rows(out) == []
 
 
-def test_actor_killed_while_building_its_model_fails_the_job(ray_local, tmp_path, monkeypatch):
-    """A coarse actor whose process dies while building its model (an OOM kill; here the test hook's os._exit),
+def test_actor_killed_while_building_its_model_fails_the_job(ray_local, faults, tmp_path):
+    """A coarse actor whose process dies while building its model (an OOM kill; here tests/faults.py's os._exit),
     one pool per stage (the session's Ray has a GPU): max_tries deaths, then JobFailed saying so."""
     from job.run import JobFailed, run_job
 
     src, prompts, out = _small_job(tmp_path)
     cfg = _cfg(input=str(src), prompts=str(prompts), output=str(out), max_tries=2, **MINIMAL)
-    monkeypatch.setenv("FINEDETAIL_TEST_INIT_FAIL", json.dumps({"stage": "coarse", "how": "exit"}))
-    with pytest.raises(JobFailed) as info:
+    with faults.inject(init_fail={"stage": "coarse", "how": "exit"}), pytest.raises(JobFailed) as info:
         run_job(cfg, out=io.StringIO())
     message = str(info.value)
     assert "coarse: cannot build the model (the process died with no Python error" in message, message

@@ -1,6 +1,6 @@
 """One retry policy for every byte the project moves: `finedetail.retry.retry_call` (with `backoff_delay` under a
 `RetryPolicy`) is the loop behind an input read, an output write, the job's streamed upload (``jio.write_file``, what
-``job.geo`` publishes rasters with) and the checkpoint downloads over HTTP(S) and S3. The endpoints here are real
+``job.raster`` publishes rasters with) and the checkpoint downloads over HTTP(S) and S3. The endpoints here are real
 and local: a loopback HTTP server that fails on cue, and an S3 endpoint with nothing listening (a stopped server)."""
 
 from __future__ import annotations
@@ -159,11 +159,12 @@ def test_no_module_has_a_retry_loop_of_its_own():
                 if name == "sleep":
                     sleepers.add(path.relative_to(ROOT).as_posix())
     assert callers == {"finedetail/retry.py"}
-    assert "finedetail/models/weights.py" not in sleepers and "job/geo.py" not in sleepers
+    assert "finedetail/models/weights.py" not in sleepers
+    assert not [p for p in sleepers if p.startswith("job/raster/")], sleepers
 
 
 def test_streamed_upload_and_download_round_trip_on_s3(s3_env, tmp_path):
-    """``write_file`` (job.geo publishes stitched rasters with it) and ``read_to_file`` (S3 checkpoints) on a real S3
+    """``write_file`` (job.raster publishes stitched rasters with it) and ``read_to_file`` (S3 checkpoints) on a real S3
     server, in several chunks each."""
     bucket = s3_env.make_bucket("stream-rt")
     data = bytes(range(256)) * (40 << 10)  # 10 MiB: two 8 MiB chunks

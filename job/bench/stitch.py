@@ -1,4 +1,4 @@
-"""Benchmark of the raster stitch (``job.geo.stitch_scene``) with and without the post-processing morphology.
+"""Benchmark of the raster stitch (``job.raster.stitch.stitch_scene``) with and without the post-processing morphology.
 
 For each ``--sizes`` scene (``HxW``), window probability maps (``--window`` px, ``--overlap``) are written to a local
 scratch output, then ``stitch_scene`` runs in a fresh process per post setting:
@@ -40,16 +40,17 @@ def window_map(win: Any, *, seed: int = 0) -> np.ndarray:
 def _stitch(root: str, hw: tuple[int, int], window: int, overlap: int, post: str, queue: Any) -> None:
     import time
 
-    from finedetail import rasters
+    from finedetail.rasters import Stretch, plan_windows
     from job.config import job_config_from_dict
-    from job.geo import SceneInfo, stitch_scene
+    from job.raster.stitch import stitch_scene
+    from job.raster.windows import SceneInfo
 
     knobs = {} if post == "post" else {"close_size": 0, "hole_area": 0, "opening": "none", "island_area": 0}
     cfg = job_config_from_dict({"input": root, "output": root, "prompts": root, "window": window,
                                 "window_overlap": overlap, "window_pixels": window * window, "post": knobs})
-    info = SceneInfo(key="scene.png", hw=hw, count=3, dtype="uint8", bands=(1, 2, 3), stretch=rasters.Stretch(),
+    info = SceneInfo(key="scene.png", hw=hw, count=3, dtype="uint8", bands=(1, 2, 3), stretch=Stretch(),
                      crs_wkt=None, transform=(0.0, 1.0, 0.0, 0.0, 0.0, 1.0), masked=False, source="scene.png")
-    wins = rasters.plan_windows(hw, window=window, overlap=overlap, window_pixels=window * window)
+    wins = plan_windows(hw, window=window, overlap=overlap, window_pixels=window * window)
     t0, c0 = time.perf_counter(), time.process_time()
     res = stitch_scene(cfg, info, wins)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -60,8 +61,8 @@ def _stitch(root: str, hw: tuple[int, int], window: int, overlap: int, post: str
 
 
 def run(sizes: Sequence[tuple[int, int]], *, window: int = 2048, overlap: int = 256) -> list[dict[str, Any]]:
-    from finedetail import rasters
-    from job.geo import encode_window_prob, window_prob_key
+    from finedetail.rasters import plan_windows
+    from job.raster.windows import encode_window_prob, window_prob_key
     from job.io import open_storage, write_bytes_atomic
 
     rows = []
@@ -70,7 +71,7 @@ def run(sizes: Sequence[tuple[int, int]], *, window: int = 2048, overlap: int = 
         root = tempfile.mkdtemp(prefix="finedetail-bench-stitch-")
         try:
             out = open_storage(root)[0]
-            wins = rasters.plan_windows(hw, window=window, overlap=overlap, window_pixels=window * window)
+            wins = plan_windows(hw, window=window, overlap=overlap, window_pixels=window * window)
             for win in wins:
                 write_bytes_atomic(out, window_prob_key("scene.png", win), encode_window_prob(window_map(win)))
             for post in ("off", "post"):
