@@ -251,8 +251,8 @@ def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
     """TEST HOOK: kill this worker process (``os._exit``) when it is about to process a chosen key.
 
     ``FINEDETAIL_TEST_CRASH`` is a JSON list of ``{"key": KEY, "stage": STAGE, "times": N}`` (STAGE as in the
-    ``_attempts`` notes: decode, coarse, refine-<variant>, crop, fuse, write; a prefix matches, so "refine" is any
-    variant; ``times`` -1 = every time); ``FINEDETAIL_TEST_CRASH_DIR`` is a folder where each crash leaves a file,
+    ``_attempts`` notes: decode, coarse, refine-<variant> or refine for a group of refine steps, crop, write (which
+    runs the fuse step); a prefix matches, so "refine" is any variant; ``times`` -1 = every time); ``FINEDETAIL_TEST_CRASH_DIR`` is a folder where each crash leaves a file,
     so a key crashes ``times`` times in all across restarted workers. ``job.run`` forwards both variables to the
     workers through the stages' runtime_env. Unset (always, outside tests), this costs one dict lookup.
     """
@@ -362,14 +362,15 @@ def _set_threads(cfg: JobConfig) -> None:
 class PlanStage:
     """Ray actor running steps of the plan on the states of a batch's ok rows.
 
-    ``steps``: the names of the steps it runs, in order (one for a pool per step; None = every step, the chained
-    shape of ``Resources.chain``). Each step runs through ``finedetail.execute.run_steps`` under its own attempt
-    accounting (``_guarded``, the step's name in the ``_attempts`` notes: coarse, refine-<variant>, crop, fuse); a
-    step that fails for a batch is run again image by image, and an image it still fails on becomes an error row
-    ("<stage>: <error>"). The actor builds only the models its steps need, once, each through ``build_bounded``
-    (named after the pool's step, or in a chained actor after the model: "coarse", or "refiner", one refiner shared
-    by its refine and crop steps); a model that cannot be built makes every batch raise `ModelInitError`. States are
-    decoded once per batch and encoded once after its last step.
+    ``steps``: the names of the steps it runs, in plan order (an operator of ``job.operators.operators``; None =
+    every step). They run by the plan's groups (``Plan.groups``: consecutive refine steps that read none of each
+    other's outputs in one batched call), each group through ``finedetail.execute.run_steps`` under its own attempt
+    accounting (``_guarded``; its name in the ``_attempts`` notes: coarse, refine-<variant>, refine for a group of
+    several, crop); a group that fails for a batch is run again image by image, and an image it still fails on
+    becomes an error row ("<stage>: <error>"). The actor builds only the models its steps need, once, each through
+    ``build_bounded`` (named after the step when it runs one, else after the model: "coarse", or "refiner", one
+    refiner shared by its refine and crop steps); a model that cannot be built makes every batch raise
+    `ModelInitError`. States are decoded once per batch and encoded once after its last group.
 
     Seconds per image (``seconds_<stage>``): each row gets its own time in the step (its ``Stats.seconds[stage]``:
     work done for that image alone plus its share of a model call batched over several images, split by what the
