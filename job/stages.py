@@ -2,7 +2,7 @@
 
 ``read_decode`` makes each row's state from its input, ``PlanStage`` runs steps of the plan (``finedetail.plan``) on
 the states through the one executor ``run_image`` also uses (``finedetail.execute.run_steps``), ``write_outputs``
-writes what the state holds. ``PlanStage`` loads its models once per actor in ``__init__``. Resources are declared
+runs the CPU steps left to it (the fuse step) through that executor too and writes what the state holds. ``PlanStage`` loads its models once per actor in ``__init__``. Resources are declared
 where ``map_batches`` is called (``job.run``).
 """
 
