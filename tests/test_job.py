@@ -311,6 +311,44 @@ def test_stage_seconds_are_per_image_not_the_batch_mean(stage, tmp_path):
     assert total <= wall + 1e-6 and total >= 0.5 * wall
 
 
+def test_the_refiner_operator_encodes_every_variant_in_one_call():
+    """The job's refiner operator (``job.operators``: every refine step, then the crops) runs the plan by groups as
+    ``run_image`` does: every window of every variant of the batch's images in ONE ``encode`` call (then one per
+    image for its crops), and the same state bytes as ``run_image``. Before, it ran one pool (and one ``encode``) per variant."""
+    import numpy as np
+
+    from finedetail import synthetic
+    from finedetail.execute import run_image
+    from finedetail.state import ImageState
+    from job import stages
+    from job.models import build_refiner
+    from job.operators import operators
+
+    cfg = _cfg(input="in", prompts="p", output="out", backend="proxy", scales=[1.0, 2.0], tta=["identity", "hflip"])
+    coarse_op, refiner_op = operators(cfg, chain=False, fuse=False)
+    assert (coarse_op.name, refiner_op.name) == ("coarse", "refiner")
+    assert refiner_op.steps == ("refine-scale1", "refine-scale2", "refine-hflip", "crop")
+    stage = stages.PlanStage(cfg, list(refiner_op.steps))
+    calls = []
+    encode = stage.models.refiner.encode
+    stage.models.refiner.encode = lambda images: (calls.append(len(images)), encode(images))[1]
+    scenes = [synthetic.make_scene("fur", seed=i, size=(96, 128)) for i in range(2)]
+    rows = []
+    for i, scene in enumerate(scenes):
+        state = ImageState(image=scene.image)
+        state.put_coarse("identity", scene.mask.astype(np.float32)[None])
+        rows.append({**stages._empty_row(f"img{i}.png"), "state": state.to_bytes()})
+    out = stage(stages._batch(rows))
+    assert list(out["status"]) == ["ok", "ok"]
+    assert calls[0] == 2 * 3 and len(calls) == 1 + 2  # 2 images x 3 variants (a window each), then each one's crops
+    for scene, data in zip(scenes, out["state"]):
+        done = ImageState.from_bytes(data)
+        ref = run_image(scene.image, None, build_refiner(cfg), cfg.pipeline,
+                        coarse=scene.mask.astype(np.float32)[None]).state
+        for name in ("scale1", "scale2", "hflip", "crop"):
+            assert np.array_equal(done.maps[name], ref.maps[name]), name
+
+
 def test_manifest_columns_carry_their_description():
     import io as _io
 
