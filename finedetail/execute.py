@@ -4,8 +4,9 @@
 ``run_steps(steps, states, models, cfg)`` runs one step (or one group of ``Plan.groups``) on a batch of
 `ImageState` s, in place. ``run_image`` runs every group of the plan on one state; the job runs the same groups in
 one Ray operator per model (``job.operators``) or in one chained actor, the fuse step in its write task, and moves
-states between operators as ``ImageState.to_bytes``, which is lossless: the maps a step stores are quantised once, in the state (``finedetail.state``), wherever it runs. So the job
-and ``run_image`` give the same bytes by construction.
+states between operators as ``ImageState.to_bytes``, which is lossless: the maps a step stores are quantised once,
+in the state (``finedetail.state``), wherever it runs. So the job and ``run_image`` give the same bytes by
+construction.
 
 A step computes all its results before it stores any, so a step that raises leaves its states as they were (the job
 then runs it again image by image to isolate the culprit).

@@ -148,8 +148,8 @@ def build_plan(cfg: PipelineConfig, *, coarse_given: bool = False) -> Plan:
 
 
 def skip_variant(variant: Variant, done: Mapping[str, np.ndarray], cfg: PipelineConfig) -> bool:
-    """Selective compute: skip a non-identity view (``done``: variant name -> (C, H, W), the variants already run) when those
-    agree (pairwise mask IoU >= ``agree_iou``) or when the 1x result shows less than ``detail_px`` detail pixels
+    """Selective compute: skip a non-identity view (``done``: variant name -> (C, H, W), the variants already run)
+    when those agree (pairwise mask IoU >= ``agree_iou``) or when the 1x result shows less than ``detail_px`` detail pixels
     (``finedetail.selective.detail_map``): a re-sampled view of an image without fine detail has nothing to fix."""
     sel = cfg.selective
     if not sel.enabled or variant.view == "identity":

@@ -69,7 +69,8 @@ class Resources:
                              backends="seggpt-sam")
     read_batch: int = knob(8, "inputs per read + decode task", range=">= 1")
     chain: str = knob("auto", "'on' runs every model step in ONE actor pool, 'off' one pool per model (coarse, "
-                              "refiner), 'auto' chains when the models run on CPU", range=f"one of: {', '.join(GPU_MODES)}")
+                              "refiner), 'auto' chains when the models run on CPU",
+                      range=f"one of: {', '.join(GPU_MODES)}")
 
     def __post_init__(self) -> None:
         if self.gpu not in GPU_MODES:

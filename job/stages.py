@@ -252,9 +252,10 @@ def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
 
     ``FINEDETAIL_TEST_CRASH`` is a JSON list of ``{"key": KEY, "stage": STAGE, "times": N}`` (STAGE as in the
     ``_attempts`` notes: decode, coarse, refine-<variant> or refine for a group of refine steps, crop, write (which
-    runs the fuse step); a prefix matches, so "refine" is any variant; ``times`` -1 = every time); ``FINEDETAIL_TEST_CRASH_DIR`` is a folder where each crash leaves a file,
-    so a key crashes ``times`` times in all across restarted workers. ``job.run`` forwards both variables to the
-    workers through the stages' runtime_env. Unset (always, outside tests), this costs one dict lookup.
+    runs the fuse step); a prefix matches, so "refine" is any variant; ``times`` -1 = every time);
+    ``FINEDETAIL_TEST_CRASH_DIR`` is a folder where each crash leaves a file, so a key crashes ``times`` times in all
+    across restarted workers. ``job.operators.worker_env`` forwards both variables to the workers through the
+    stages' runtime_env. Unset (always, outside tests), this costs one dict lookup.
     """
     spec = os.environ.get(_CRASH_ENV)
     if not spec:
@@ -456,9 +457,9 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
                   attempts: AttemptLog | None = None, steps: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """CPU task: run the plan's ``steps`` left to it (the fuse step, ``job.operators.write_steps``) on each row's
     state, write its files atomically, then one manifest part for the batch (last), and return the manifest rows
-    only (the big columns stop here). A step that fails for a row makes it an error row ("<stage>: <error>"). A `jio.StorageError` (a write still failing after its retries)
-    fails the task and so the job: the batch's manifest part is then never written, so no row claims outputs
-    that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
+    only (the big columns stop here). A step that fails for a row makes it an error row ("<stage>: <error>"). A
+    `jio.StorageError` (a write still failing after its retries) fails the task and so the job: the batch's
+    manifest part is then never written, so no row claims outputs that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
     from finedetail.outputs import render_outputs
     from job.manifest import write_part
 

@@ -314,7 +314,8 @@ def test_stage_seconds_are_per_image_not_the_batch_mean(stage, tmp_path):
 def test_the_refiner_operator_encodes_every_variant_in_one_call():
     """The job's refiner operator (``job.operators``: every refine step, then the crops) runs the plan by groups as
     ``run_image`` does: every window of every variant of the batch's images in ONE ``encode`` call (then one per
-    image for its crops), and the same state bytes as ``run_image``. Before, it ran one pool (and one ``encode``) per variant."""
+    image for its crops), and the same state bytes as ``run_image``. Before, it ran one pool (and one ``encode``)
+    per variant."""
     import numpy as np
 
     from finedetail import synthetic

@@ -142,7 +142,8 @@ def run_scene(kind: str, seed: int, size: int, names: Sequence[str]) -> list[dic
         result = run_image(scene.image, seg, sam, config_from_dict(CONFIGS[name]))
         st = result.stats
         out.append({"name": name, "kind": kind, "seed": seed, "size": size, **score(result.mask[0], scene),
-                    "encoder_passes": float(st.encoder_passes), "windows": float(st.encoded_windows), "crops": float(st.crops),
+                    "encoder_passes": float(st.encoder_passes), "windows": float(st.encoded_windows),
+                    "crops": float(st.crops),
                     "seconds": time.perf_counter() - t0})
     return out
 
