@@ -251,8 +251,8 @@ def _test_crash(stage: str, rows: list[dict[str, Any]]) -> None:
     """TEST HOOK: kill this worker process (``os._exit``) when it is about to process a chosen key.
 
     ``FINEDETAIL_TEST_CRASH`` is a JSON list of ``{"key": KEY, "stage": STAGE, "times": N}`` (STAGE as in the
-    ``_attempts`` notes: decode, coarse, refine-<variant> or refine for a group of refine steps, crop, write (which
-    runs the fuse step); a prefix matches, so "refine" is any variant; ``times`` -1 = every time);
+    ``_attempts`` notes: decode, coarse, refine-<variant> or refine-<variant>+<variant>... for a group of refine
+    steps, crop, write (which runs the fuse step); a prefix matches, so "refine" is any variant; ``times`` -1 = every time);
     ``FINEDETAIL_TEST_CRASH_DIR`` is a folder where each crash leaves a file, so a key crashes ``times`` times in all
     across restarted workers. ``job.operators.worker_env`` forwards both variables to the workers through the
     stages' runtime_env. Unset (always, outside tests), this costs one dict lookup.
@@ -366,9 +366,9 @@ class PlanStage:
     ``steps``: the names of the steps it runs, in plan order (an operator of ``job.operators.operators``; None =
     every step). They run by the plan's groups (``Plan.groups``: consecutive refine steps that read none of each
     other's outputs in one batched call), each group through ``finedetail.execute.run_steps`` under its own attempt
-    accounting (``_guarded``; its name in the ``_attempts`` notes: coarse, refine-<variant>, refine for a group of
-    several, crop); a group that fails for a batch is run again image by image, and an image it still fails on
-    becomes an error row ("<stage>: <error>"). The actor builds only the models its steps need, once, each through
+    accounting (``_guarded``; its name in the ``_attempts`` notes: coarse, refine-<variant>, refine-scale1+hflip for
+    a group of several, crop); a group that fails for a batch is run again image by image, and an image it still
+    fails on becomes an error row ("<stage>: <error>"). The actor builds only the models its steps need, once, each through
     ``build_bounded`` (named after the step when it runs one, else after the model: "coarse", or "refiner", one
     refiner shared by its refine and crop steps); a model that cannot be built makes every batch raise
     `ModelInitError`. States are decoded once per batch and encoded once after its last group.
@@ -442,8 +442,9 @@ class PlanStage:
 
 
 def _group_name(group: Sequence[Step]) -> str:
-    """A group's name in the ``_attempts`` notes and logs: its step's name, or its stage ("refine") for several."""
-    return group[0].name if len(group) == 1 else group[0].stage
+    """A group's name in the ``_attempts`` notes, logs and error rows: its step's name, or for several refine steps
+    "refine-" and their variants joined by "+" ("refine-scale1+scale2+hflip")."""
+    return group[0].name if len(group) == 1 else "refine-" + "+".join(s.variant.name for s in group)
 
 
 def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], total: float) -> None:
