@@ -2,10 +2,11 @@
 (pure: no torch, no ray; models only through their protocol).
 
 ``run_steps(steps, states, models, cfg)`` runs one step (or one group of ``Plan.groups``) on a batch of
-`ImageState` s, in place. ``run_image`` runs every group of the plan on one state; the job runs one step per Ray
-operator, or every step in one chained actor, and moves states between operators as ``ImageState.to_bytes``, which is
-lossless: the maps a step stores are quantised once, in the state (``finedetail.state``), wherever it runs. So the job
-and ``run_image`` give the same bytes by construction.
+`ImageState` s, in place. ``run_image`` runs every group of the plan on one state; the job runs the same groups in
+one Ray operator per model (``job.operators``) or in one chained actor, the fuse step in its write task, and moves
+states between operators as ``ImageState.to_bytes``, which is lossless: the maps a step stores are quantised once,
+in the state (``finedetail.state``), wherever it runs. So the job and ``run_image`` give the same bytes by
+construction.
 
 A step computes all its results before it stores any, so a step that raises leaves its states as they were (the job
 then runs it again image by image to isolate the culprit).
@@ -55,7 +56,7 @@ def run_steps(steps: Sequence[Step], states: Sequence[ImageState], models: Model
 
 
 def _coarse(steps, states, models, cfg):
-    views, stats = pipeline.coarse_variants([s.image for s in states], models.get(steps[0]), cfg)
+    views, stats = pipeline.coarse_views([s.image for s in states], models.get(steps[0]), cfg)
     for st, v, s in zip(states, views, stats):
         for name, m in v.items():
             st.put_coarse(name, m)
@@ -97,11 +98,11 @@ def _refine(steps, states, models, cfg):
         st.skipped.append(name)
 
 
-def _view(steps, states, models, cfg):
+def _copy(steps, states, models, cfg):
     """Refinement off: a variant's map is its view's coarse map."""
     (step,) = steps
     for st in states:
-        st.put_map(step.variant.name, st.coarse_map(step.variant.tta))
+        st.put_map(step.variant.name, st.coarse_map(step.variant.view))
 
 
 def _inputs(st: ImageState, step: Step) -> list[str]:
@@ -143,7 +144,7 @@ def _fuse(steps, states, models, cfg):
         st.stats = st.stats.merge(Stats(seconds={"fuse": seconds}))
 
 
-_RUN = {"coarse": _coarse, "refine": _refine, "view": _view, "crop": _crop, "fuse": _fuse}
+_RUN = {"coarse": _coarse, "refine": _refine, "copy": _copy, "crop": _crop, "fuse": _fuse}
 
 
 @dataclass

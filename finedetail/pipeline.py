@@ -3,7 +3,7 @@
 Which of them run, in which order and on what is the plan's business (``finedetail.plan``); ``finedetail.execute``
 calls them for ``run_image`` and for the Ray job alike:
 
-1. ``coarse_variants``: the in-context segmenter on every distinct TTA view of the image (scale variants share the
+1. ``coarse_views``: the in-context segmenter on every distinct TTA view of the image (scale variants share the
    identity view: SegGPT resizes to its 448 canvas whatever the scale, so running it again would spend an encoder
    pass on the same pixels). Returns maps in the ORIGINAL frame.
 2. ``refine_variants_batch``: per variant (a scale or a TTA view), the refiner on the transformed image, tiled into
@@ -31,7 +31,7 @@ from finedetail.config import PipelineConfig
 from finedetail.ensemble import ensemble
 from finedetail.frames import Scale
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
-from finedetail.plan import Variant, tta_views, variants
+from finedetail.plan import Variant, view_names, variants
 from finedetail.postprocess import one_class_per_pixel, postprocess
 from finedetail.prompts import components, prompts_from_mask, tight_box
 from finedetail.selective import cover_windows, detail_map, has_prompts, object_needs_crop, window_has_detail
@@ -40,7 +40,7 @@ from finedetail.transforms import Compose, parse_tta
 from finedetail.types import ComponentPrompt, check_image
 
 __all__ = [
-    "coarse_variants",
+    "coarse_views",
     "fuse",
     "provisional",
     "refine_crops",
@@ -52,14 +52,14 @@ __all__ = [
 
 def variant_transform(variant: Variant, hw: tuple[int, int]):
     """Transform from the original frame of an (h, w) image to the variant's frame: TTA view, then scale."""
-    view = parse_tta(variant.tta)
+    view = parse_tta(variant.view)
     if variant.scale == 1.0:
         return view
     view_hw = view.out_size(hw)
     return Compose((view, Scale.by_factor(view_hw, variant.scale)))
 
 
-def coarse_variants(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: PipelineConfig
+def coarse_views(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: PipelineConfig
                     ) -> tuple[list[dict[str, np.ndarray]], list[Stats]]:
     """Coarse maps of every distinct TTA view of every image, one batched ``predict`` call.
 
@@ -67,7 +67,7 @@ def coarse_variants(images: Sequence[np.ndarray], model: CoarseSegmenter, cfg: P
     ``predict`` call's passes and seconds split by the image's share of the views in it: equal shares, since every
     image has the same views and the model works on a fixed-size canvas).
     """
-    names = tta_views(cfg)
+    names = view_names(cfg)
     batch, index = [], []
     for i, image in enumerate(images):
         check_image(image)
@@ -161,7 +161,7 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
     """The refiner half of the hybrid for the variants (all named in ``only``, default all) of several images.
 
     images: (H, W, 3) uint8 each. coarse: per image, view name -> (C, H, W) float32 original frame (from
-    ``coarse_variants``), or one (C, H, W) map used for every view (coarse masks made elsewhere). Every window of
+    ``coarse_views``), or one (C, H, W) map used for every view (coarse masks made elsewhere). Every window of
     every variant of every image goes through ONE ``refiner.encode`` call (the backend batches it to its encoder
     batch size); each window's components of one class go through one ``refine`` call against that encoding.
     A transformed image larger than the refiner's input is tiled into input-sized windows with
@@ -188,7 +188,7 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         hw = image.shape[:2]
         for v in chosen:
             tr = variant_transform(v, hw)
-            view_coarse = coarse[i] if not isinstance(coarse[i], dict) else coarse[i].get(v.tta, coarse[i]["identity"])
+            view_coarse = coarse[i] if not isinstance(coarse[i], dict) else coarse[i].get(v.view, coarse[i]["identity"])
             img_t = tr.apply_image(image)
             coarse_t = np.stack([np.clip(tr.apply_image(c), 0.0, 1.0) for c in view_coarse]).astype(np.float32)
             wins = _windows(img_t.shape[:2], refiner, cfg)
@@ -223,7 +223,7 @@ def refine_variants_batch(images: Sequence[np.ndarray], coarse: Sequence[dict[st
         t_job = time.perf_counter()
         st = all_stats[i]
         if run:
-            st.tiles += 1
+            st.encoded_windows += 1
             st.refiner_passes += passes // max(1, len(tiles))
             window_map = _refine_window(refiner, next(embeddings), coarse_t[(slice(None), *win.slices)], cfg, st)
         elif fixed is None:  # prompt-less: exactly what a run would give, at full weight, without the encoder

@@ -2,18 +2,23 @@
 
 ``build_plan(cfg)`` turns a `PipelineConfig` into an ordered tuple of `Step` s::
 
-    coarse            image -> coarse          in-context segmenter on each TTA view     (model: coarse)
-    refine-<variant>  image, coarse -> <variant>  the refiner on one scale or TTA view   (model: refiner)
+    coarse            image -> coarse          in-context segmenter on each view          (model: coarse)
+    refine-<variant>  image, coarse -> <variant>  the refiner on one variant (view x scale) (model: refiner)
     crop              image, <variants> -> crop   zoomed crops of the provisional ensemble (model: refiner)
     fuse              image, <variants>, crop -> prob, mask   ensemble + post-processing  (CPU)
 
 Every step reads and writes entries of one per-image state (``finedetail.state.ImageState``) and every map it writes
 is in the ORIGINAL image frame, whatever frame the step computes in (``Step.frame``). ``finedetail.execute`` runs a
-step on a batch of states; ``run_image`` runs the whole plan in one process and the Ray job runs each step as an
-operator (or all of them in one chained actor) through that same executor.
+step (or one group of ``Plan.groups``) on a batch of states; ``run_image`` runs the whole plan in one process and
+the Ray job runs the steps in one operator per model (``job.operators``: coarse, refiner), or all of them in one
+chained actor, through that same executor.
+
+Words (README, Architecture, Frames): a *view* is a test-time augmentation of the image (identity, hflip, rot90,
+shift:...; ``PipelineConfig.tta`` lists them); a *variant* is a view at a scale (``Variant``), the unit the hybrid
+runs on and the ensemble votes over.
 
 Selective compute (README, The method, step 6) is decided here, per image, from what the state already holds: ``skip_variant``
-(a TTA view not worth its pass) and ``reference_for`` (the lower-scale result a >1x variant compares its windows
+(a view not worth its pass) and ``reference_for`` (the lower-scale result a >1x variant compares its windows
 with); which crops run is decided inside the crop step (``finedetail.pipeline.refine_crops``).
 """
 
@@ -27,38 +32,39 @@ import numpy as np
 from finedetail.config import PipelineConfig
 from finedetail.selective import detail_map, variants_agree
 
-__all__ = ["KINDS", "Plan", "Step", "Variant", "build_plan", "reference_for", "skip_variant", "tta_views",
+__all__ = ["KINDS", "Plan", "Step", "Variant", "build_plan", "reference_for", "skip_variant", "view_names",
            "variants"]
 
-#: step kinds: "view" is a variant step with refinement off (its map is its view's coarse map, no model)
-KINDS = ("coarse", "refine", "view", "crop", "fuse")
+#: step kinds: "copy" is a variant step with refinement off (its map is its view's coarse map, no model)
+KINDS = ("coarse", "refine", "copy", "crop", "fuse")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One view of the image the whole hybrid runs on: a scale (with the identity view) or a TTA view at 1x."""
+    """What the whole hybrid runs on: a view of the image at a scale (a scale with the identity view, or a
+    non-identity view at 1x). ``view``: a ``finedetail.transforms.parse_tta`` name."""
 
     name: str
     scale: float = 1.0
-    tta: str = "identity"
+    view: str = "identity"
 
 
 def variants(cfg: PipelineConfig) -> list[Variant]:
     """Scale variants (identity view, ascending scale, so a lower scale's result exists when a higher one runs)
-    then non-identity TTA views at 1x in config order."""
+    then the non-identity views at 1x in config order."""
     out = [Variant(f"scale{s:g}", s, "identity") for s in sorted(cfg.scales)]
     out += [Variant(t, 1.0, t) for t in cfg.tta if t != "identity"]
     return out
 
 
-def tta_views(cfg: PipelineConfig) -> list[str]:
-    """Distinct TTA view names the coarse step runs, identity first.
+def view_names(cfg: PipelineConfig) -> list[str]:
+    """Distinct view names the coarse step runs, identity first.
 
-    With selective compute only the identity view: TTA views may be skipped later, so their refine step maps the
+    With selective compute only the identity view: other views may be skipped later, so their refine step maps the
     identity coarse map into its view instead of spending a coarse pass up front."""
     if cfg.selective.enabled:
         return ["identity"]
-    names = ["identity"] + [v.tta for v in variants(cfg) if v.tta != "identity"]
+    names = ["identity"] + [v.view for v in variants(cfg) if v.view != "identity"]
     return list(dict.fromkeys(names))
 
 
@@ -70,7 +76,7 @@ class Step:
     kind: one of ``KINDS``. stage: the manifest's ``seconds_<stage>`` it is timed under (coarse/refine/crop/fuse).
     inputs / outputs: state entries read / written ("image", "coarse", a variant name, "crop", "prob", "mask").
     frame: where the step computes (its outputs are always in the original frame). model: "coarse", "refiner" or
-    None (CPU only). variant: the `Variant` of a refine/view step, else None.
+    None (CPU only). variant: the `Variant` of a refine/copy step, else None.
     """
 
     name: str
@@ -118,18 +124,18 @@ def build_plan(cfg: PipelineConfig, *, coarse_given: bool = False) -> Plan:
     so the state starts with them and there is no coarse step."""
     steps = []
     if not coarse_given:
-        views = ", ".join(tta_views(cfg))
+        views = ", ".join(view_names(cfg))
         steps.append(Step("coarse", "coarse", "coarse", ("image",), ("coarse",),
-                          f"each TTA view ({views}) at the segmenter's canvas", model="coarse"))
+                          f"each view ({views}) at the segmenter's canvas", model="coarse"))
     names = []
     for v in variants(cfg):
         if cfg.refine.enabled:
             after = tuple(names) if cfg.selective.enabled else ()
-            frame = f"{v.tta} view at {v.scale:g}x, tiled into refiner-input windows when larger"
+            frame = f"{v.view} view at {v.scale:g}x, tiled into refiner-input windows when larger"
             steps.append(Step(f"refine-{v.name}", "refine", "refine", ("image", "coarse", *after), (v.name,), frame,
                               model="refiner", variant=v))
         else:
-            steps.append(Step(f"refine-{v.name}", "view", "refine", ("coarse",), (v.name,), "original",
+            steps.append(Step(f"refine-{v.name}", "copy", "refine", ("coarse",), (v.name,), "original",
                               variant=v))
         names.append(v.name)
     fused = tuple(names)
@@ -142,17 +148,17 @@ def build_plan(cfg: PipelineConfig, *, coarse_given: bool = False) -> Plan:
 
 
 def skip_variant(variant: Variant, done: Mapping[str, np.ndarray], cfg: PipelineConfig) -> bool:
-    """Selective compute: skip a TTA view (``done``: variant name -> (C, H, W), the variants already run) when those
-    agree (pairwise mask IoU >= ``agree_iou``) or when the 1x result shows less than ``detail_px`` detail pixels
+    """Selective compute: skip a non-identity view (``done``: variant name -> (C, H, W), the variants already run)
+    when those agree (pairwise mask IoU >= ``agree_iou``) or when the 1x result shows less than ``detail_px`` detail pixels
     (``finedetail.selective.detail_map``): a re-sampled view of an image without fine detail has nothing to fix."""
     sel = cfg.selective
-    if not sel.enabled or variant.tta == "identity":
+    if not sel.enabled or variant.view == "identity":
         return False
     if variants_agree(list(done.values()), min_iou=sel.agree_iou):
         return True
     if not sel.tta_after_multiscale and any(v.scale > 1.0 and v.name in done for v in variants(cfg)):
         return True
-    base = done.get(next((v.name for v in variants(cfg) if v.tta == "identity" and v.scale == 1.0), ""))
+    base = done.get(next((v.name for v in variants(cfg) if v.view == "identity" and v.scale == 1.0), ""))
     return base is not None and np.count_nonzero(detail_map(base, thin_radius=sel.thin_radius)) < sel.detail_px
 
 
@@ -160,5 +166,5 @@ def reference_for(variant: Variant, done: Mapping[str, np.ndarray], cfg: Pipelin
     """Selective compute: the result a >1x variant compares its tiles with (the largest done scale <= 1)."""
     if not cfg.selective.enabled or variant.scale <= 1.0:
         return None
-    lower = [v for v in variants(cfg) if v.tta == "identity" and v.scale <= 1.0 and v.name in done]
+    lower = [v for v in variants(cfg) if v.view == "identity" and v.scale <= 1.0 and v.name in done]
     return done[max(lower, key=lambda v: v.scale).name] if lower else None

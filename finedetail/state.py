@@ -34,7 +34,7 @@ class Stats:
     components: int = 0
     dropped_components: int = 0
     crops: int = 0
-    tiles: int = 0  # refiner windows encoded
+    encoded_windows: int = 0  # refiner windows encoded (variant windows; crops are counted in crops)
     empty_windows: int = 0  # refiner windows without a prompt: not encoded (the refiner adds nothing there)
     seconds: dict[str, float] = field(default_factory=dict)
 

@@ -66,10 +66,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     res = p.add_argument_group("resources")
     res.add_argument("--gpu", choices=("auto", "on", "off"), help="ask for GPUs (default auto: if the cluster has any)")
     res.add_argument("--coarse-gpus", type=float, help="GPU fraction per coarse actor")
-    res.add_argument("--variant-gpus", type=float, help="GPU fraction per variant actor")
-    res.add_argument("--crop-gpus", type=float, help="GPU fraction per crop actor")
+    res.add_argument("--refiner-gpus", type=float, help="GPU fraction per refiner actor (refine and crop steps)")
     res.add_argument("--max-actors", type=int, help="upper bound of each model actor pool")
-    res.add_argument("--fuse-actors", type=int, help="upper bound of the CPU fuse actor pool")
     res.add_argument("--chain", choices=("auto", "on", "off"),
                      help="run all model stages in one actor pool (default auto: on when they run on CPU)")
     res.add_argument("--batch-size", type=int, help="rows per model batch")
@@ -114,8 +112,8 @@ _FLAG_KEYS = {
     "sam_checkpoint": "sam_checkpoint", "sam_model_type": "sam_model_type", "sam_sha256": "sam_sha256",
     "seggpt_checkpoint": "seggpt_checkpoint", "device": "device", "preset": "preset", "scales": "scales",
     "tta": "tta", "ensemble": "ensemble.rule", "gpu": "resources.gpu", "coarse_gpus": "resources.coarse_gpus",
-    "variant_gpus": "resources.variant_gpus", "crop_gpus": "resources.crop_gpus",
-    "max_actors": "resources.max_actors", "fuse_actors": "resources.fuse_actors", "batch_size": "resources.batch_size",
+    "refiner_gpus": "resources.refiner_gpus",
+    "max_actors": "resources.max_actors", "batch_size": "resources.batch_size",
     "chain": "resources.chain",
     "encode_batch": "resources.encode_batch",
 }

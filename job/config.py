@@ -36,20 +36,20 @@ _PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
 
 @dataclass(frozen=True)
 class Resources:
-    """Where each stage runs and how big its actor pool may grow.
+    """Where each operator runs and how big its actor pool may grow (README, Architecture, Operators).
 
     ``*_gpus`` are fractions of one GPU per actor. Left unset (None), every model pool gets 1 / (number of model
-    pools), so one actor of each pool fits on one GPU together; set explicitly, they are used as given (keep the
-    fractions of pools that must share one GPU summing to <= 1). ``gpu``: "on" asks for GPUs (the autoscaler adds GPU
-    nodes), "off" runs the model stages on CPU, "auto" asks for GPUs only if the cluster has some when the job starts
-    (on an autoscaling cluster whose GPU workers start at zero, pass "on"). ``max_actors`` bounds each
-    model pool (``ActorPoolStrategy(min_size=1, max_size=max_actors)``), ``fuse_actors`` the CPU fuse pool.
+    pools: coarse and refiner), so one actor of each pool fits on one GPU together; set explicitly, they are used as
+    given (keep the fractions of pools that must share one GPU summing to <= 1). ``gpu``: "on" asks for GPUs (the
+    autoscaler adds GPU nodes), "off" runs the model operators on CPU, "auto" asks for GPUs only if the cluster has
+    some when the job starts (on an autoscaling cluster whose GPU workers start at zero, pass "on"). ``max_actors``
+    bounds each model pool (``ActorPoolStrategy(min_size=1, max_size=max_actors)``).
 
-    ``chain``: "on" runs every step of the plan on a row in ONE actor pool (``job.stages.PlanStage`` with every step:
-    one copy of each model per actor, no hand-offs between pools); "off" keeps one pool per stage as above; "auto"
-    (default) chains when the model stages run on CPU, where a pool per stage only adds actor start-up and
-    hand-offs that the CPUs pay for, and keeps the pools on GPUs, where they overlap and scale independently. With
-    GPUs, a chained actor takes ``variant_gpus`` of a GPU (default a whole one).
+    ``chain``: "on" runs every model step of the plan on a row in ONE actor pool (``job.stages.PlanStage`` with every
+    model step: one copy of each model per actor, no hand-off between pools); "off" keeps a pool per model as above;
+    "auto" (default) chains when the models run on CPU, where a second pool only adds actor start-up and a hand-off
+    that the CPUs pay for, and keeps the pools on GPUs, where they overlap and scale independently. With GPUs, a
+    chained actor takes ``refiner_gpus`` of a GPU (default a whole one). The fuse step runs in the write tasks.
     """
 
     gpu: str = knob("auto", "'on' asks for GPUs (the autoscaler adds GPU nodes), 'off' runs the models on CPU, "
@@ -57,33 +57,31 @@ class Resources:
                     range=f"one of: {', '.join(GPU_MODES)}")
     coarse_gpus: float | None = knob(None, "fraction of a GPU per coarse actor; null: 1 / (number of model pools)",
                                      range="in (0, 1] or null")
-    variant_gpus: float | None = knob(None, "fraction of a GPU per refine actor (per chained actor with chain; "
-                                            "null: 1 / (number of model pools), a whole GPU when chained)",
-                                      range="in (0, 1] or null")
-    crop_gpus: float | None = knob(None, "fraction of a GPU per crop actor; null: 1 / (number of model pools)",
-                                   range="in (0, 1] or null")
+    refiner_gpus: float | None = knob(None, "fraction of a GPU per refiner actor (refine and crop steps; per "
+                                            "chained actor with chain; null: 1 / (number of model pools), a whole "
+                                            "GPU when chained)", range="in (0, 1] or null")
     max_actors: int = knob(4, "upper bound of each model actor pool (pools start at 1 actor)", range=">= 1")
-    fuse_actors: int = knob(2, "upper bound of the CPU fuse actor pool", range=">= 1")
     model_cpus: float | None = knob(None, "CPUs per model actor; null: at most half a CPU on GPU clusters, a fair "
                                           "share of the CPUs on CPU-only ones", range="> 0 or null")
-    batch_size: int = knob(4, "rows per batch of the model, fuse and write operators (and SegGPT's batch)",
+    batch_size: int = knob(4, "rows per batch of the model and write operators (and SegGPT's batch)",
                            range=">= 1")
     encode_batch: int = knob(4, "images per SAM encoder forward (1 is faster on CPU)", range=">= 1",
                              backends="seggpt-sam")
     read_batch: int = knob(8, "inputs per read + decode task", range=">= 1")
-    chain: str = knob("auto", "'on' runs every model step and the fuse step in ONE actor pool, 'off' one pool per "
-                              "step, 'auto' chains when the models run on CPU", range=f"one of: {', '.join(GPU_MODES)}")
+    chain: str = knob("auto", "'on' runs every model step in ONE actor pool, 'off' one pool per model (coarse, "
+                              "refiner), 'auto' chains when the models run on CPU",
+                      range=f"one of: {', '.join(GPU_MODES)}")
 
     def __post_init__(self) -> None:
         if self.gpu not in GPU_MODES:
             raise ValueError(f"resources.gpu must be one of {GPU_MODES}, got {self.gpu=}")
         if self.chain not in GPU_MODES:
             raise ValueError(f"resources.chain must be one of {GPU_MODES}, got {self.chain=}")
-        for name in ("coarse_gpus", "variant_gpus", "crop_gpus"):
+        for name in ("coarse_gpus", "refiner_gpus"):
             v = getattr(self, name)
             if v is not None and not (0 < v <= 1):
                 raise ValueError(f"resources.{name} is a fraction of one GPU in (0, 1], got {name}={v}")
-        for name in ("max_actors", "fuse_actors", "batch_size", "encode_batch", "read_batch"):
+        for name in ("max_actors", "batch_size", "encode_batch", "read_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"resources.{name} must be >= 1, got {name}={getattr(self, name)}")
         if self.model_cpus is not None and self.model_cpus <= 0:

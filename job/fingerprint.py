@@ -36,6 +36,9 @@ from typing import Any
 
 from job import io as jio
 
+#: the prompt folder's class list file (read by ``job.models``, part of the prompt set's digest here)
+CLASSES_FILE = "classes.yaml"
+
 log = logging.getLogger("finedetail.job")
 
 __all__ = ["checkpoint_identity", "fingerprint", "local_sha256", "prompt_digest", "seggpt_identity"]
@@ -84,7 +87,6 @@ def _location(uri: str) -> str:
 
 def prompt_digest(uri: str) -> str:
     """SHA-256 over the prompt set's files that ``load_prompts`` reads, each with its path relative to ``uri``."""
-    from job.models import CLASSES_FILE
 
     storage = jio.open_storage(uri)[0]
     names = [f"images/{k}" for k in jio.list_files(storage, "images", extensions=jio.IMAGE_EXTS)]

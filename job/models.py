@@ -22,10 +22,10 @@ from finedetail.outputs import check_class_names
 from finedetail.types import PromptPair
 from job import io as jio
 from job.config import JobConfig
+from job.fingerprint import CLASSES_FILE
 
 __all__ = ["CLASSES_FILE", "build_coarse", "build_refiner", "load_prompts", "read_prompt_classes", "resolve_classes"]
 
-CLASSES_FILE = "classes.yaml"
 #: JobConfig's default class list: a job whose classes equal it did not name classes (``resolve_classes``)
 DEFAULT_CLASSES: tuple[str, ...] = next(f.default for f in dataclasses.fields(JobConfig) if f.name == "classes")
 

@@ -123,7 +123,7 @@ def quickstart(*, workdir: str, images: int = 6, size: int = 768, address: str |
     kinds = write_examples(data, images=images, size=size)
     options = backend_options(size)
     base = {"input": str(data / "images"), "prompts": str(data / "prompts"), "backend": "classical",
-            "backend_options": options, "resources": {"max_actors": 1, "fuse_actors": 1}}
+            "backend_options": options, "resources": {"max_actors": 1}}
     outs = {"single pass": (root / "out-single", SINGLE_PASS), "fine detail": (root / "out-finedetail", FINE_DETAIL)}
     results = {}
     for name, (out, method) in outs.items():

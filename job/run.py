@@ -1,4 +1,4 @@
-"""Dataset wiring: list -> read/decode -> the plan's steps (coarse, one per variant, crops, fuse) -> write.
+"""Dataset wiring: list -> read/decode -> the plan's model operators (``job.operators``) -> fuse + write.
 
 Streaming end to end (no groupby, no shuffle). Resume: keys whose latest manifest row is ``ok`` with the same config
 hash are not even read. The driver only consumes the small manifest rows the write stage returns.
@@ -7,18 +7,17 @@ hash are not even read. The driver only consumes the small manifest rows the wri
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from job import io as jio
 from job import manifest as jm
 from job.config import JobConfig
+from job.operators import Plan, model_stages, plan_resources, write_steps
 
 log = logging.getLogger("finedetail.job")
 
@@ -39,66 +38,6 @@ class JobRefused(ValueError):
     The message names the problem; the command line prints it and exits with status 2."""
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Resources per stage. GPU fractions of the pools that must coexist at their minimum size sum to <= 1."""
-
-    use_gpu: bool
-    coarse_gpus: float
-    variant_gpus: float
-    crop_gpus: float
-    model_cpus: float
-    fuse_cpus: float
-    io_cpus: float
-    max_actors: int
-    fuse_actors: int
-    #: one chained pool instead of a pool per step (``Resources.chain``); its actors take chain_cpus and, with
-    #: GPUs, chain_gpus of a GPU (the per-stage fractions are then 0)
-    chain: bool = False
-    chain_cpus: float = 0.0
-    chain_gpus: float = 0.0
-
-    def gpu_sum(self, n_variants: int, coarse: bool, crop: bool) -> float:
-        """GPU fraction of one actor of every model pool."""
-        if self.chain:
-            return self.chain_gpus
-        return (self.coarse_gpus if coarse else 0) + n_variants * self.variant_gpus + (self.crop_gpus if crop else 0)
-
-
-def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
-    """Decide each stage's resources from the config and what the cluster has now.
-
-    GPU: with ``gpu: auto`` the model stages ask for GPUs only when the cluster reports some. Fractions left at their
-    defaults are shrunk so that one actor of every model pool fits on one GPU together (the pools then grow onto more
-    GPUs as the autoscaler adds them). CPU: on a GPU cluster each model actor takes 1 CPU; on a CPU-only machine the
-    model actors share the CPUs left after one read task and the fuse pool (so the pipeline can't deadlock).
-    """
-    r = cfg.resources
-    gpus, cpus = cluster.get("GPU", 0.0), max(1.0, cluster.get("CPU", 1.0))
-    use_gpu = r.gpu == "on" or (r.gpu == "auto" and gpus > 0)
-    if r.gpu == "auto" and not use_gpu:
-        log.warning("no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU "
-                    "workers start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
-    n_model = sum(s.kind != "fuse" for s in method_plan(cfg).steps)  # model pools: every step but fuse
-    share = 1.0 / n_model
-    fit = lambda v: share if v is None else v  # noqa: E731 - explicit fractions are used as given
-    io_cpus = fuse_cpus = min(1.0, cpus / 4)
-    # one actor of every model pool, the fuse pool and a read task must fit in the CPUs the cluster has now
-    fair = math.floor(1000 * (cpus - io_cpus - fuse_cpus) / n_model) / 1000
-    if use_gpu:  # GPU-bound actors: half a CPU each for their batch preparation is plenty
-        model_cpus = r.model_cpus or max(0.01, min(0.5, fair))
-        if r.chain == "on":  # one pool holding every model: a whole GPU per actor unless told otherwise
-            return Plan(True, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors, chain=True,
-                        chain_cpus=r.model_cpus or min(1.0, cpus - io_cpus), chain_gpus=r.variant_gpus or 1.0)
-        return Plan(True, fit(r.coarse_gpus), fit(r.variant_gpus), fit(r.crop_gpus), model_cpus, fuse_cpus,
-                    io_cpus, r.max_actors, r.fuse_actors)
-    model_cpus = r.model_cpus or max(0.01, fair)
-    if r.chain != "off":  # CPU-only: a chained actor takes what a read and a write task leave, up to 4 CPUs each
-        return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors, chain=True,
-                    chain_cpus=r.model_cpus or max(0.01, min(4.0, cpus - 2 * io_cpus)))
-    return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors)
-
-
 def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str]:
     """Input keys, sorted. Names that could write outside ``--output`` (``..``, absolute, control characters,
     bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it. An output inside the
@@ -116,64 +55,6 @@ def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str
     return keys
 
 
-def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size: int | None = None
-          ) -> dict[str, Any]:
-    """``map_batches`` arguments of an actor pool: 1 to ``max_size`` (default ``plan.max_actors``) actors of
-    ``cpus`` (default ``plan.model_cpus``) CPUs and, when the plan uses GPUs and ``gpus`` is not None, ``gpus`` of a
-    GPU each."""
-    from ray.data import ActorPoolStrategy
-
-    args: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=1, max_size=plan.max_actors if max_size is None else max_size),
-        "num_cpus": plan.model_cpus if cpus is None else cpus,
-        # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
-        # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few
-        # unrelated deaths. What bounds an input that kills every worker is the stages' attempt accounting
-        # (job.stages.AttemptLog, JobConfig.max_tries), which turns it into an error row; what bounds a model that
-        # cannot be built is job.stages.build_bounded (max_tries failed builds in a row fail the job).
-        "max_restarts": -1,
-        "max_task_retries": -1,
-    }
-    if plan.use_gpu and gpus is not None:
-        args["num_gpus"] = gpus
-    return args
-
-
-def model_stages(ds: Any, cfg: JobConfig, plan: Plan, *, attempts: Any = None, batch_size: int | None = None
-                 ) -> Any:
-    """Append the steps of the method's plan (``finedetail.plan``: coarse unless ``--coarse`` supplies the masks,
-    one refine step per variant, crops, fuse) to ``ds`` (rows of the ``job.rows`` schema with a decoded state): one
-    ``job.stages.PlanStage`` actor pool per step, or with ``plan.chain`` one pool whose actors run every step.
-    Shared by the image path (``build_dataset``) and the raster-window path (``job.raster.driver``). ``batch_size``:
-    rows per stage call (default ``cfg.resources.batch_size``)."""
-    from job import stages
-
-    bs = cfg.resources.batch_size if batch_size is None else batch_size
-
-    def add(ds: Any, steps: list[str] | None, pool: dict[str, Any]) -> Any:
-        return ds.map_batches(stages.PlanStage, fn_constructor_kwargs={"cfg": cfg, "steps": steps,
-                                                                       "attempts": attempts},
-                              batch_size=bs, batch_format="numpy", **pool)
-
-    if plan.chain:
-        return add(ds, None, _pool(plan, gpus=plan.chain_gpus, cpus=plan.chain_cpus))
-    gpus = {"coarse": plan.coarse_gpus, "refine": plan.variant_gpus, "view": plan.variant_gpus,
-            "crop": plan.crop_gpus}
-    for step in method_plan(cfg).steps:
-        if step.kind == "fuse":
-            ds = add(ds, [step.name], _pool(plan, gpus=None, cpus=plan.fuse_cpus, max_size=plan.fuse_actors))
-        else:
-            ds = add(ds, [step.name], _pool(plan, gpus=gpus[step.kind]))
-    return ds
-
-
-def method_plan(cfg: JobConfig) -> Any:
-    """The method's `finedetail.plan.Plan` for this job (no coarse step when ``--coarse`` gives the masks)."""
-    from finedetail.plan import build_plan
-
-    return build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
-
-
 def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any = None):
     """The lazy Ray dataset of manifest rows (nothing runs until it is consumed).
 
@@ -188,9 +69,10 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy")
-    ds = model_stages(ds, cfg, plan, attempts=attempts)
+    ds = model_stages(ds, cfg, plan, attempts=attempts, fuse=False)  # the write task fuses
     ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
-                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track})
+                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash,
+                                                         "steps": write_steps(cfg), **track})
     return ds
 
 

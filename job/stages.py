@@ -2,7 +2,7 @@
 
 ``read_decode`` makes each row's state from its input, ``PlanStage`` runs steps of the plan (``finedetail.plan``) on
 the states through the one executor ``run_image`` also uses (``finedetail.execute.run_steps``), ``write_outputs``
-writes what the state holds. ``PlanStage`` loads its models once per actor in ``__init__``. Resources are declared
+runs the CPU steps left to it (the fuse step) through that executor too and writes what the state holds. ``PlanStage`` loads its models once per actor in ``__init__``. Resources are declared
 where ``map_batches`` is called (``job.run``).
 """
 
@@ -314,14 +314,15 @@ def _set_threads(cfg: JobConfig) -> None:
 class PlanStage:
     """Ray actor running steps of the plan on the states of a batch's ok rows.
 
-    ``steps``: the names of the steps it runs, in order (one for a pool per step; None = every step, the chained
-    shape of ``Resources.chain``). Each step runs through ``finedetail.execute.run_steps`` under its own attempt
-    accounting (``_guarded``, the step's name in the ``_attempts`` notes: coarse, refine-<variant>, crop, fuse); a
-    step that fails for a batch is run again image by image, and an image it still fails on becomes an error row
-    ("<stage>: <error>"). The actor builds only the models its steps need, once, each through ``build_bounded``
-    (named after the pool's step, or in a chained actor after the model: "coarse", or "refiner", one refiner shared
-    by its refine and crop steps); a model that cannot be built makes every batch raise `ModelInitError`. States are
-    decoded once per batch and encoded once after its last step.
+    ``steps``: the names of the steps it runs, in plan order (an operator of ``job.operators.operators``; None =
+    every step). They run by the plan's groups (``Plan.groups``: consecutive refine steps that read none of each
+    other's outputs in one batched call), each group through ``finedetail.execute.run_steps`` under its own attempt
+    accounting (``_guarded``; its name in the ``_attempts`` notes: coarse, refine-<variant>, refine-scale1+hflip for
+    a group of several, crop); a group that fails for a batch is run again image by image, and an image it still
+    fails on becomes an error row ("<stage>: <error>"). The actor builds only the models its steps need, once, each through
+    ``build_bounded`` (named after the step when it runs one, else after the model: "coarse", or "refiner", one
+    refiner shared by its refine and crop steps); a model that cannot be built makes every batch raise
+    `ModelInitError`. States are decoded once per batch and encoded once after its last group.
 
     Seconds per image (``seconds_<stage>``): each row gets its own time in the step (its ``Stats.seconds[stage]``:
     work done for that image alone plus its share of a model call batched over several images, split by what the
@@ -335,6 +336,9 @@ class PlanStage:
         plan = build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
         self.cfg, self.attempts = cfg, attempts
         self.steps = list(plan.steps) if steps is None else [plan.step(n) for n in steps]
+        names = {s.name for s in self.steps}
+        # consecutive refine steps that read none of each other's outputs run as one call (Plan.groups)
+        self.groups = [g for g in (tuple(s for s in group if s.name in names) for group in plan.groups()) if g]
         self.models, self.init_error = Models(), None
         builders = {"refiner": lambda: build_refiner(cfg),  # the refiner first: the chained shape as before
                     "coarse": lambda: build_coarse(cfg, load_prompts(cfg.prompts, classes=cfg.classes))}
@@ -350,17 +354,19 @@ class PlanStage:
         t0 = time.perf_counter()
         rows = _rows(batch)
         states = {id(r): read_state(r) for r in rows if r["status"] == "ok"}
-        for k, step in enumerate(self.steps):
+        for k, group in enumerate(self.groups):
             live = [r for r in rows if r["status"] == "ok"]
-            if not live:  # every row failed before this step
+            if not live:  # every row failed before this group
                 self._finish(rows, states)
                 break
-            before = [states[id(r)].stats.seconds.get(step.stage, 0.0) for r in live]
-            _guarded(live, self.attempts, step.name, lambda todo, step=step: self._run(step, todo, states))
-            own = [states[id(r)].stats.seconds.get(step.stage, 0.0) - b for r, b in zip(live, before)]
-            if k == len(self.steps) - 1:  # the last step also pays for encoding the states
+            stage = group[0].stage
+            before = [states[id(r)].stats.seconds.get(stage, 0.0) for r in live]
+            _guarded(live, self.attempts, _group_name(group),
+                     lambda todo, group=group: self._run(group, todo, states))
+            own = [states[id(r)].stats.seconds.get(stage, 0.0) - b for r, b in zip(live, before)]
+            if k == len(self.groups) - 1:  # the last group also pays for encoding the states
                 self._finish(rows, states)
-            _share_seconds(live, step.stage, own, time.perf_counter() - t0)
+            _share_seconds(live, stage, own, time.perf_counter() - t0)
             t0 = time.perf_counter()
         return _batch(rows)
 
@@ -372,18 +378,24 @@ class PlanStage:
                 r["passes_coarse"], r["passes_refiner"] = st.stats.coarse_passes, st.stats.refiner_passes
                 r["components"] = st.stats.components
 
-    def _run(self, step: Step, live: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
+    def _run(self, group: tuple[Step, ...], live: list[dict[str, Any]], states: dict[int, ImageState]) -> None:
         try:
-            run_steps([step], [states[id(r)] for r in live], self.models, self.cfg.pipeline)
+            run_steps(group, [states[id(r)] for r in live], self.models, self.cfg.pipeline)
         except Exception:  # the batch failed as a whole: retry image by image to isolate the culprit
             if len(live) > 1:
-                log.warning("step %s: batch failed, retrying image by image:\n%s", step.name,
+                log.warning("step %s: batch failed, retrying image by image:\n%s", _group_name(group),
                             jio.redact(traceback.format_exc()))
             for r in live:
                 try:
-                    run_steps([step], [states[id(r)]], self.models, self.cfg.pipeline)
+                    run_steps(group, [states[id(r)]], self.models, self.cfg.pipeline)
                 except Exception as exc:
-                    r["status"], r["error"] = "error", f"{step.stage}: {_error_text(exc)}"
+                    r["status"], r["error"] = "error", f"{group[0].stage}: {_error_text(exc)}"
+
+
+def _group_name(group: Sequence[Step]) -> str:
+    """A group's name in the ``_attempts`` notes, logs and error rows: its step's name, or for several refine steps
+    "refine-" and their variants joined by "+" ("refine-scale1+scale2+hflip")."""
+    return group[0].name if len(group) == 1 else "refine-" + "+".join(s.variant.name for s in group)
 
 
 def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], total: float) -> None:
@@ -394,22 +406,31 @@ def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], tot
 
 
 def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: str,
-                  attempts: AttemptLog | None = None) -> dict[str, np.ndarray]:
-    """CPU task: write each row's files atomically, then one manifest part for the batch (last), and return the
-    manifest rows only (the big columns stop here). A `jio.StorageError` (a write still failing after its retries)
-    fails the task and so the job: the batch's manifest part is then never written, so no row claims outputs
-    that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
+                  attempts: AttemptLog | None = None, steps: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """CPU task: run the plan's ``steps`` left to it (the fuse step, ``job.operators.write_steps``) on each row's
+    state, write its files atomically, then one manifest part for the batch (last), and return the manifest rows
+    only (the big columns stop here). A step that fails for a row makes it an error row ("<stage>: <error>"). A
+    `jio.StorageError` (a write still failing after its retries) fails the task and so the job: the batch's
+    manifest part is then never written, so no row claims outputs that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
     from finedetail.outputs import render_outputs
     from job.manifest import mask_columns, write_part
 
     storage = jio.open_storage(cfg.output)[0]
     rows = _rows(batch)
+    plan = build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
+    todo_steps = [plan.step(n) for n in steps]
 
     def run(todo: list[dict[str, Any]]) -> None:
         for r in todo:
             t0 = time.perf_counter()
+            stage = "write"
             try:
                 st = read_state(r)
+                for step in todo_steps:  # CPU steps: no model
+                    t1, stage = time.perf_counter(), step.stage
+                    run_steps([step], [st], Models(), cfg.pipeline)
+                    r[f"seconds_{stage}"] = r.get(f"seconds_{stage}", 0.0) + time.perf_counter() - t1
+                    t0, stage = t0 + time.perf_counter() - t1, "write"
                 image, mask, prob = st.image, st.mask, st.fused_prob()
                 files = render_outputs(image, prob, mask, classes=cfg.classes, overlays=cfg.overlays,
                                        coco=cfg.coco, file_name=str(r["key"]), info={"config_hash": config_hash})
@@ -420,7 +441,7 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
             except jio.StorageError:
                 raise  # a write that keeps failing fails the job: never a manifest row claiming success
             except Exception as exc:
-                r["status"], r["error"] = "error", f"write: {_error_text(exc)}"
+                r["status"], r["error"] = "error", f"{stage}: {_error_text(exc)}"
             r["seconds_write"] = time.perf_counter() - t0
 
     _guarded([r for r in rows if r["status"] == "ok"], attempts, "write", run)

@@ -84,7 +84,7 @@ def test_tiled_variant_windows_join_the_same_encoder_batches(sam, encoder_batche
     total = n_tiles + 2  # + scale 1 + hflip
     assert [b.shape[0] for b in encoder_batches] == [4, total - 4]
     _assert_all_distinct(encoder_batches)
-    assert refiner.encoder_passes == stats.refiner_passes == stats.tiles == total
+    assert refiner.encoder_passes == stats.refiner_passes == stats.encoded_windows == total
 
 
 def test_run_image_runs_one_encode_per_refiner_stage(sam, encoder_batches):
@@ -94,8 +94,8 @@ def test_run_image_runs_one_encode_per_refiner_stage(sam, encoder_batches):
     coarse = _coarse(hw, (10, 10, 40, 50)) + _coarse(hw, (55, 70, 90, 120))  # two objects
     result = run_image(_image(3, hw), None, refiner, PipelineConfig(), coarse=coarse)
     st = result.stats
-    assert st.tiles == 3 and st.crops >= 1
-    assert len(encoder_batches) == math.ceil(st.tiles / 4) + math.ceil(st.crops / 4)
+    assert st.encoded_windows == 3 and st.crops >= 1
+    assert len(encoder_batches) == math.ceil(st.encoded_windows / 4) + math.ceil(st.crops / 4)
     assert sum(b.shape[0] for b in encoder_batches) == refiner.encoder_passes == st.refiner_passes
     _assert_all_distinct(encoder_batches)
 
@@ -117,8 +117,8 @@ def test_prompt_less_windows_are_not_encoded_and_change_nothing(sam, encoder_bat
         out, stats = refine_variants_batch([image], [coarse], refiner, cfg)
         maps[skip] = out[0]
         counts[skip] = (sum(b.shape[0] for b in encoder_batches[before:]), refiner.encoder_passes, stats[0])
-    assert counts[False][:2] == (4, 4) and counts[False][2].tiles == 4 and counts[False][2].empty_windows == 0
-    assert counts[True][:2] == (1, 1) and counts[True][2].tiles == 1 and counts[True][2].empty_windows == 3
+    assert counts[False][:2] == (4, 4) and counts[False][2].encoded_windows == 4 and counts[False][2].empty_windows == 0
+    assert counts[True][:2] == (1, 1) and counts[True][2].encoded_windows == 1 and counts[True][2].empty_windows == 3
     assert counts[True][2].refiner_passes == 1 and counts[True][2].components == counts[False][2].components
     assert maps[True].keys() == maps[False].keys()
     for name in maps[True]:

@@ -16,10 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("finedetail", "job")
 #: edges that still close a cycle, each with the change that removes it
 PENDING = {
-    # r17hops moves model_stages and the pool helper from job/run.py into job/operators.py (both then import it)
-    ("job.raster.driver", "job.run"): "job.raster.driver -> job.run -> job.raster.driver",
-    # CLASSES_FILE belongs with the prompt-set digest (or job.config), not in job.models, which imports job.config
-    ("job.fingerprint", "job.models"): "job.config -> job.fingerprint -> job.models -> job.config",
     # the CLI's flag table belongs in job.config (or job.configdoc); job.__main__ then imports it from there
     ("job.configdoc", "job.__main__"): "job.__main__ -> job.configdoc -> job.__main__",
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,15 +71,15 @@ def test_fractional_gpus_sum_to_at_most_one():
     cfg = _cfg(input="in", prompts="p", output="out", scales=[1.0, 2.0, 0.5], tta=["identity", "hflip", "rot90"])
     plan = plan_resources(cfg, {"CPU": 2.0, "GPU": 1.0})
     assert plan.use_gpu
-    assert plan.gpu_sum(n_variants=5, coarse=True, crop=True) <= 1.0 + 1e-9
+    assert plan.gpu_sum(cfg) == pytest.approx(1.0)  # one actor of each model pool (coarse, refiner) on one GPU
     cpu_plan = plan_resources(cfg, {"CPU": 2.0})
     assert not cpu_plan.use_gpu
     # on CPU the model stages are chained by default: one chained actor + a read and a write task fit in 2 CPUs
     assert cpu_plan.chain and cpu_plan.chain_cpus + 2 * cpu_plan.io_cpus <= 2.0 + 1e-9
     pools = plan_resources(_cfg(input="in", prompts="p", output="out", scales=[1.0, 2.0, 0.5],
                                 tta=["identity", "hflip", "rot90"], resources={"chain": "off"}), {"CPU": 2.0})
-    # one read task + the fuse pool + one actor of each of the 7 model pools fit in 2 CPUs: no deadlock
-    assert not pools.chain and pools.io_cpus + pools.fuse_cpus + 7 * pools.model_cpus <= 2.0 + 1e-9
+    # a read task + a write task (which fuses) + one actor of each of the 2 model pools fit in 2 CPUs: no deadlock
+    assert not pools.chain and 2 * pools.io_cpus + 2 * pools.model_cpus <= 2.0 + 1e-9
     assert not plan.chain  # GPUs: a pool per stage unless asked
     chained = plan_resources(_cfg(input="in", prompts="p", output="out", resources={"chain": "on"}),
                              {"CPU": 2.0, "GPU": 1.0})
@@ -120,6 +121,72 @@ def test_the_job_writes_the_bytes_run_image_gives(ray_local, data, tmp_path, cha
     for key in good:
         for rel, data_ in _run_image_files(cfg, root / "in", key).items():
             assert (out / rel).read_bytes() == data_, (chain, rel)
+
+
+def _readme_paths() -> dict[str, list[tuple[int, str, str]]]:
+    """The README's numbered hop lists ("A pixel's path, input file to mask"), by shape: [(n, operator, text)]."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### A pixel's path, input file to mask", 1)[1].split("\n### ", 1)[0]
+    per_pool, chained = section.split("\nChained (", 1)
+    return {shape: [(int(n), op, text) for n, op, text in re.findall(r"^(\d+)\. \[([^\]]+)\] (.+)$", part, re.M)]
+            for shape, part in (("off", per_pool), ("on", chained))}
+
+
+def _resolve(name: str) -> object:
+    """A dotted name of the hop lists (``job.io.read_bytes``, ``pipeline.fuse``, ``ImageState.put_map``)."""
+    import importlib
+
+    prefixes = {"pipeline": "finedetail.pipeline", "ImageState": "finedetail.state.ImageState"}
+    head, *rest = name.split(".")
+    parts = prefixes.get(head, head).split(".") + rest
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(name)
+
+
+@pytest.mark.parametrize("chain", ["off", "on"])
+def test_the_readme_pixel_path_is_the_dataset_the_job_builds(ray_local, data, chain):
+    """README's hop list for each shape: at most 15 hops, numbered in one direction, every function it names exists,
+    and its operators (in brackets; "a -> b" is the round trip between two) are, in order, the Ray operators of the
+    dataset ``job.run.build_dataset`` builds for the default method, a serialisation round trip between each two."""
+    from ray.data._internal.logical.operators.map_operator import MapBatches
+
+    from job.operators import operators
+    from job.run import build_dataset, plan_resources
+
+    root, keys = data
+    cfg = _cfg(input=str(root / "in"), prompts=str(root / "prompts"), output="unused", backend="proxy",
+               resources={"chain": chain})
+    plan = plan_resources(cfg, ray_local.cluster_resources())
+    ds = build_dataset(cfg, keys[:1], plan)
+    names = {op.steps: op.name for op in operators(cfg, chain=plan.chain, fuse=False)}
+    built = []
+    for op in ds._logical_plan.dag.post_order_iter():  # input first
+        if isinstance(op, MapBatches):
+            fn = op.name.removeprefix("MapBatches(").removesuffix(")")
+            built.append(names[tuple(op.fn_constructor_kwargs["steps"])] if fn == "PlanStage" else fn)
+
+    hops = _readme_paths()[chain]
+    assert [n for n, _, _ in hops] == list(range(1, len(hops) + 1)) and len(hops) <= 15, hops
+    documented, trips = [], 0
+    for _, op, text in hops:
+        src, _, dst = op.partition(" -> ")
+        trips += bool(dst)
+        assert (src if not documented else documented[-1]) == src, f"hop {text!r} goes back to {src}"
+        for name in (src, dst):
+            if name and (not documented or documented[-1] != name):
+                documented.append(name)
+        for fn in re.findall(r"`([A-Za-z_][\w.]*)`", text):
+            if "." in fn:
+                assert callable(_resolve(fn)), fn
+    assert documented == built, (documented, built)
+    assert trips == len(built) - 1
 
 
 def test_resume_skips_done_inputs(ray_local, data, tmp_path):
@@ -209,9 +276,10 @@ def test_coarse_masks_made_elsewhere(ray_local, data, tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["fuse", "refine"])
-def test_stage_seconds_are_per_image_not_the_batch_mean(stage):
+def test_stage_seconds_are_per_image_not_the_batch_mean(stage, tmp_path):
     """A batch of a 32 px and a 1400 px image: each row's seconds_<stage> is its own time (the large one dominates),
-    and the column still sums to the stage's wall time over the batch. Before, both rows held the batch's mean."""
+    and the columns still sum to the operator's wall time over the batch. Before, both rows held the batch's mean.
+    The fuse step is timed where the job runs it: in the write task, apart from seconds_write."""
     import time
 
     import numpy as np
@@ -220,7 +288,7 @@ def test_stage_seconds_are_per_image_not_the_batch_mean(stage):
     from finedetail.state import ImageState
     from job import stages
 
-    cfg = _cfg(input="in", prompts="p", output="out", backend="proxy", scales=[1.0], tta=["identity"],
+    cfg = _cfg(input="in", prompts="p", output=str(tmp_path), backend="proxy", scales=[1.0], tta=["identity"],
                crop={"enabled": False})
     rows = []
     for i, size in enumerate([(32, 32), (1400, 1400)]):
@@ -229,14 +297,57 @@ def test_stage_seconds_are_per_image_not_the_batch_mean(stage):
         state.put_coarse("identity", scene.mask.astype(np.float32)[None])
         state.put_map("scale1", scene.mask.astype(np.float32)[None])
         rows.append({**stages._empty_row(f"img{i}.png"), "state": state.to_bytes()})
-    cls = stages.PlanStage(cfg, ["fuse" if stage == "fuse" else "refine-scale1"])
+    if stage == "fuse":
+        run = lambda batch: stages.write_outputs(batch, cfg=cfg, config_hash="h", steps=("fuse",))  # noqa: E731
+    else:
+        run = stages.PlanStage(cfg, ["refine-scale1"])
     t0 = time.perf_counter()
-    out = cls(stages._batch(rows))
+    out = run(stages._batch(rows))
     wall = time.perf_counter() - t0
     small, large = (float(v) for v in out[f"seconds_{stage}"])
     assert list(out["status"]) == ["ok", "ok"]
     assert large > 5 * small, (small, large)
-    assert small + large <= wall + 1e-6 and small + large >= 0.5 * wall
+    total = sum(float(v) for v in out[f"seconds_{stage}"]) + sum(float(v) for v in out["seconds_write"])
+    assert total <= wall + 1e-6 and total >= 0.5 * wall
+
+
+def test_the_refiner_operator_encodes_every_variant_in_one_call():
+    """The job's refiner operator (``job.operators``: every refine step, then the crops) runs the plan by groups as
+    ``run_image`` does: every window of every variant of the batch's images in ONE ``encode`` call (then one per
+    image for its crops), and the same state bytes as ``run_image``. Before, it ran one pool (and one ``encode``)
+    per variant."""
+    import numpy as np
+
+    from finedetail import synthetic
+    from finedetail.execute import run_image
+    from finedetail.state import ImageState
+    from job import stages
+    from job.models import build_refiner
+    from job.operators import operators
+
+    cfg = _cfg(input="in", prompts="p", output="out", backend="proxy", scales=[1.0, 2.0], tta=["identity", "hflip"])
+    coarse_op, refiner_op = operators(cfg, chain=False, fuse=False)
+    assert (coarse_op.name, refiner_op.name) == ("coarse", "refiner")
+    assert refiner_op.steps == ("refine-scale1", "refine-scale2", "refine-hflip", "crop")
+    stage = stages.PlanStage(cfg, list(refiner_op.steps))
+    calls = []
+    encode = stage.models.refiner.encode
+    stage.models.refiner.encode = lambda images: (calls.append(len(images)), encode(images))[1]
+    scenes = [synthetic.make_scene("fur", seed=i, size=(96, 128)) for i in range(2)]
+    rows = []
+    for i, scene in enumerate(scenes):
+        state = ImageState(image=scene.image)
+        state.put_coarse("identity", scene.mask.astype(np.float32)[None])
+        rows.append({**stages._empty_row(f"img{i}.png"), "state": state.to_bytes()})
+    out = stage(stages._batch(rows))
+    assert list(out["status"]) == ["ok", "ok"]
+    assert calls[0] == 2 * 3 and len(calls) == 1 + 2  # 2 images x 3 variants (a window each), then each one's crops
+    for scene, data in zip(scenes, out["state"]):
+        done = ImageState.from_bytes(data)
+        ref = run_image(scene.image, None, build_refiner(cfg), cfg.pipeline,
+                        coarse=scene.mask.astype(np.float32)[None]).state
+        for name in ("scale1", "scale2", "hflip", "crop"):
+            assert np.array_equal(done.maps[name], ref.maps[name]), name
 
 
 def test_manifest_columns_carry_their_description():

@@ -104,6 +104,28 @@ def test_every_library_module_is_small_and_states_its_job():
     assert silent == [], f"these modules do not say what they do in a first docstring line: {silent}"
 
 
+def test_only_entry_points_import_job_run():
+    """``job.run`` (the driver) imports the operators, stages and the raster path; none of them imports it back
+    (``model_stages`` and the pool helper live in ``job.operators``), so there is no cycle through the driver. Only
+    the entry points (the CLI, the quickstart, the benchmarks) import it."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "job"
+    entry = {"__main__.py", "quickstart.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in entry or "bench" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "job":
+                names = [f"job.{a.name}" for a in node.names]
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n == "job.run"]
+    assert offenders == []
+
+
 def test_finedetail_never_imports_ray():
     import pathlib
 

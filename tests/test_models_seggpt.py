@@ -136,7 +136,7 @@ def test_two_prompts_use_feature_ensemble_with_the_target_repeated(tiny, images,
 
 @pytest.mark.parametrize(("n_prompts", "batch"), [(1, 2), (3, 4)])
 def test_passes_count_the_rows_the_model_runs_and_the_pipeline_charges_them(tiny, images, calls, n_prompts, batch):
-    """Cost accounting counts what runs: each row the model's forward receives is one pass, and coarse_variants
+    """Cost accounting counts what runs: each row the model's forward receives is one pass, and coarse_views
     charges each image the rows run for it (P prompts x TTA views); before, P prompts were counted as 1 pass."""
     from finedetail import pipeline as fp
     from finedetail.config import PipelineConfig
@@ -144,7 +144,7 @@ def test_passes_count_the_rows_the_model_runs_and_the_pipeline_charges_them(tiny
     seg = make(tiny, batch=batch)
     seg.set_prompts([pair(s) for s in range(1, n_prompts + 1)])
     cfg = PipelineConfig(tta=("identity", "hflip"))
-    _, stats = fp.coarse_variants(images, seg, cfg)
+    _, stats = fp.coarse_views(images, seg, cfg)
     rows_run = sum(kw["pixel_values"].shape[0] for kw in calls.kwargs)
     assert rows_run == len(images) * 2 * n_prompts == seg.encoder_passes
     assert [s.coarse_passes for s in stats] == [2 * n_prompts] * len(images)

@@ -45,7 +45,7 @@ def test_selective_plan_chains_the_refine_steps():
 def test_plan_without_coarse_step_refinement_or_crops():
     plan = build_plan(_cfg(refine={"enabled": False}, crop={"enabled": False}), coarse_given=True)
     assert plan.names == ["refine-scale1", "refine-scale2", "refine-hflip", "fuse"]
-    assert {s.kind for s in plan.steps[:-1]} == {"view"} and all(s.model is None for s in plan.steps)
+    assert {s.kind for s in plan.steps[:-1]} == {"copy"} and all(s.model is None for s in plan.steps)
     with pytest.raises(KeyError, match="no step 'crop'"):
         plan.step("crop")
 

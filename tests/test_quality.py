@@ -114,20 +114,20 @@ def one_px_line():
 
 def test_2x_tiles_recover_a_1px_line_the_1x_pass_loses(one_px_line):
     image, blob, line = one_px_line
-    coarse_views, _ = fp.coarse_variants([image], seggpt(), cfg())
+    coarse_views, _ = fp.coarse_views([image], seggpt(), cfg())
     coarse = coarse_views[0]
     # SegGPT sees the blob (one whole patch of it at least), never the line
     assert recall(coarse["identity"][0], blob) > 0.3 and recall(coarse["identity"][0], line) == 0.0
     one, st1 = fp.refine_variants(image, coarse, ProxySAM(), cfg(scales=[1.0]))
     two, st2 = fp.refine_variants(image, coarse, ProxySAM(), cfg(scales=[2.0]))
     # 512 x 2048 in three 1024 windows; the ones without a coarse prompt are not encoded (refine.skip_empty)
-    assert st1.tiles == 1 and st2.tiles + st2.empty_windows == 3 and st2.tiles >= 1
+    assert st1.encoded_windows == 1 and st2.encoded_windows + st2.empty_windows == 3 and st2.encoded_windows >= 1
     assert recall(one["scale1"][0], line) < 0.05
     assert recall(two["scale2"][0], line) > 0.95
     assert recall(two["scale2"][0], blob) > 0.95
     # the same 2x image handed whole: the model shrinks it back to 1024 and the line is 1 px again
     whole, stw = fp.refine_variants(image, coarse, WholeImageSAM(), cfg(scales=[2.0]))
-    assert stw.tiles == 1
+    assert stw.encoded_windows == 1
     assert recall(whole["scale2"][0], line) < 0.05
 
 
@@ -216,7 +216,7 @@ def test_selective_spends_fewer_passes_and_keeps_the_detail():
     off = run(image, cfg(**full))
     assert on.stats.encoder_passes < off.stats.encoder_passes
     assert "hflip" not in on.maps and "hflip" in off.maps
-    assert on.stats.tiles < off.stats.tiles
+    assert on.stats.encoded_windows < off.stats.encoded_windows
     assert recall(on.mask[0], line) > 0.95 and recall(off.mask[0], line) > 0.95
 
 
@@ -280,7 +280,7 @@ def test_cover_windows_skips_a_window_whose_detail_others_own():
 def test_skip_variant_rules():
     full = {"scales": [1.0, 2.0], "tta": ["identity", "hflip"]}
     on = cfg(**full, selective={"enabled": True})
-    hflip = next(v for v in plan.variants(on) if v.tta == "hflip")
+    hflip = next(v for v in plan.variants(on) if v.view == "hflip")
     scale1 = next(v for v in plan.variants(on) if v.name == "scale1")
     blob = np.zeros((1, 64, 64), np.float32)
     blob[0, 10:40, 10:40] = 1.0
@@ -311,7 +311,7 @@ def test_untiled_2x_reuses_the_1x_result_without_a_pass():
     ref = plan.reference_for(plan.variants(on)[1], one, on)
     assert ref is one["scale1"]
     two, st = fp.refine_variants(image, coarse, sam, on, only=["scale2"], reference=ref)
-    assert st.refiner_passes == 0 and st.tiles == 0
+    assert st.refiner_passes == 0 and st.encoded_windows == 0
     np.testing.assert_array_equal(two["scale2"] >= 0.5, ref >= 0.5)
 
 

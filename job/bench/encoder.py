@@ -152,7 +152,7 @@ def pipeline_passes(hw: tuple[int, int] = (768, 1024)) -> dict[str, Any]:
         "variants": [v.name for v in variants(cfg)],
         "coarse_passes": st.coarse_passes,
         "refiner_passes": st.refiner_passes,
-        "variant_tiles": st.tiles,
+        "variant_tiles": st.encoded_windows,
         "crops": st.crops,
         "encoder_passes": st.encoder_passes,
     }

@@ -187,7 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="resources.batch_size")
     p.add_argument("--read-batch", type=int, default=None, help="resources.read_batch")
     p.add_argument("--max-actors", type=int, default=None, help="resources.max_actors")
-    p.add_argument("--fuse-actors", type=int, default=None, help="resources.fuse_actors")
     p.add_argument("--model-cpus", type=float, default=None, help="resources.model_cpus")
     p.add_argument("--chain", choices=("auto", "on", "off"), default=None,
                    help="resources.chain (default auto: one chained pool on CPU)")
@@ -198,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.images < 1 or args.repeat < 1:
         p.error(f"--images and --repeat must be >= 1, got {args.images=} {args.repeat=}")
     res_kw = {k: v for k, v in (("batch_size", args.batch_size), ("read_batch", args.read_batch),
-                                ("max_actors", args.max_actors), ("fuse_actors", args.fuse_actors),
+                                ("max_actors", args.max_actors),
                                 ("model_cpus", args.model_cpus), ("chain", args.chain)) if v is not None}
     res = run(images=args.images, size=args.size, backend=args.backend, repeat=args.repeat, resources=res_kw,
               workdir=args.workdir, num_cpus=args.num_cpus)

@@ -27,7 +27,7 @@ Usage::
     python -m job.bench quality                       # default scenes: 512 px x seeds 0,1; 1024 and 2048 px x seed 0
                                                       # (16 scenes, ~4 min CPU, 2 worker processes)
     python -m job.bench quality --json                # list of rows: name, iou, boundary_iou, boundary_f_tol, mba,
-                                                      # thin_recall, encoder_passes (+ by_kind, by_size, tiles,
+                                                      # thin_recall, encoder_passes (+ by_kind, by_size, windows,
                                                       # crops, scenes, seconds, config)
     python -m job.bench quality --quick               # small fast subset (tests)
     python -m job.bench quality --kinds fur,wires --seeds 0,1,2 --sizes 512,1024 --configs coarse,full
@@ -133,7 +133,7 @@ def _models(kind: str, seed: int) -> tuple[ProxySegGPT, ProxySAM]:
 
 def run_scene(kind: str, seed: int, size: int, names: Sequence[str]) -> list[dict[str, Any]]:
     """Every config in ``names`` on one scene: one record each (name, kind, seed, size, the metrics,
-    encoder_passes, tiles, crops, seconds)."""
+    encoder_passes, windows, crops, seconds)."""
     scene = make_scene(kind, seed=seed, size=(size, size))
     out = []
     for name in names:
@@ -142,7 +142,8 @@ def run_scene(kind: str, seed: int, size: int, names: Sequence[str]) -> list[dic
         result = run_image(scene.image, seg, sam, config_from_dict(CONFIGS[name]))
         st = result.stats
         out.append({"name": name, "kind": kind, "seed": seed, "size": size, **score(result.mask[0], scene),
-                    "encoder_passes": float(st.encoder_passes), "tiles": float(st.tiles), "crops": float(st.crops),
+                    "encoder_passes": float(st.encoder_passes), "windows": float(st.encoded_windows),
+                    "crops": float(st.crops),
                     "seconds": time.perf_counter() - t0})
     return out
 
@@ -201,8 +202,8 @@ def _mean(records: list[dict[str, Any]], field: str) -> float:
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per config (in ``CONFIGS`` order): name, the means of ``FIELDS`` over scenes, and extras: ``by_kind`` (kind ->
-    the same means over that kind's scenes), ``by_size`` (str(size) -> likewise), ``tiles`` and ``crops`` (mean
-    refiner windows and crops per image), ``scenes`` (count), ``seconds`` (mean wall time per image), ``config``
+    the same means over that kind's scenes), ``by_size`` (str(size) -> likewise), ``windows`` and ``crops`` (mean
+    refiner windows encoded and crops per image), ``scenes`` (count), ``seconds`` (mean wall time per image), ``config``
     (the overrides)."""
     rows = []
     for name in [n for n in CONFIGS if any(r["name"] == n for r in records)]:
@@ -212,7 +213,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key, label in (("kind", "by_kind"), ("size", "by_size")):
             groups = list(dict.fromkeys(r[key] for r in mine))
             row[label] = {str(g): {f: _mean([r for r in mine if r[key] == g], f) for f in FIELDS} for g in groups}
-        row["tiles"] = _mean(mine, "tiles")
+        row["windows"] = _mean(mine, "windows")
         row["crops"] = _mean(mine, "crops")
         row["scenes"] = len(mine)
         row["seconds"] = _mean(mine, "seconds")
@@ -231,11 +232,11 @@ def _fmt(field: str, value: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Main table (fractions as %), then thin recall / Boundary IoU / IoU / passes per kind and per size."""
-    out = [f"{'config':16s}" + "".join(f"{_SHORT[f]:>8s}" for f in FIELDS) + f"{'tiles':>8s}{'crops':>8s}"
+    out = [f"{'config':16s}" + "".join(f"{_SHORT[f]:>8s}" for f in FIELDS) + f"{'windows':>8s}{'crops':>8s}"
            f"{'s/img':>8s}"]
     for r in rows:
         out.append(f"{r['name']:16s}" + "".join(" " + _fmt(f, r[f]) for f in FIELDS)
-                   + f" {r['tiles']:7.1f} {r['crops']:7.1f} {r['seconds']:7.2f}")
+                   + f" {r['windows']:7.1f} {r['crops']:7.1f} {r['seconds']:7.2f}")
     for label, title in (("by_kind", "by kind"), ("by_size", "by size")):
         groups = list(dict.fromkeys(g for r in rows for g in r[label]))
         for field in ("thin_recall", "boundary_iou", "iou", "encoder_passes"):

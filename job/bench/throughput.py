@@ -14,9 +14,9 @@ its start-up is timed apart and not part of the job's time).
 Reports images/s and encoder passes/s over the job's wall time, then from the manifest (``output/manifest/*.parquet``,
 columns ``seconds_<stage>``: each stage's actor time per image) the time per image of each stage, the rate of each
 model stage (megapixels and encoder passes per actor-second) and the fuse stage's megapixels/s per core (megapixels
-per second of fuse-actor time: one single-process CPU actor, whatever fraction ``fuse_cpus`` it reserves; it is the
-stage that must keep up with the GPU stages, so compare its rate with theirs to size ``fuse_actors``). When the
-plan chains the stages (``Resources.chain``), fuse runs inside the chained actor and ``fuse_cpus`` reports its CPUs.
+per second of fuse time: fuse runs in the write tasks, one process each, whatever fraction ``fuse_cpus`` (the write
+task's ``io_cpus``) it reserves; it is the stage that must keep up with the GPU stages, so compare its rate with
+theirs).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def stage_breakdown(rows: Sequence[dict[str, Any]], *, fuse_cpus: float | None =
     fuse_s = out["seconds_fuse_total"]
     out["fuse_mpx_per_s"] = mpx / fuse_s if fuse_s else None
     out["fuse_cpus"] = fuse_cpus
-    # seconds_fuse is wall time inside one single-process fuse actor, i.e. on one core (Ray's fractional num_cpus
+    # seconds_fuse is wall time inside one single-process write task, i.e. on one core (Ray's fractional num_cpus
     # is a scheduling reservation, not a limit): megapixels per actor-second is the rate per core
     out["fuse_mpx_per_s_per_core"] = out["fuse_mpx_per_s"]
     return out
@@ -198,7 +198,7 @@ def run(*, images: int = 16, size: tuple[int, int] = (512, 512), arch: str = "ti
         summary = run_job(cfg, out=log)
         wall = time.perf_counter() - t0
         rows = read_manifest_table(root / "out")
-    stages = stage_breakdown(rows, fuse_cpus=plan.chain_cpus if plan.chain else plan.fuse_cpus)
+    stages = stage_breakdown(rows, fuse_cpus=plan.io_cpus)
     passes = stages["coarse_passes"] + stages["refiner_passes"]
     return {
         "images": images,

@@ -65,7 +65,7 @@ def build_window_dataset(cfg: JobConfig, items: list[dict[str, Any]], plan: Any,
     """The lazy Ray dataset of window manifest rows: read windows -> the model stages -> write window maps."""
     import ray
 
-    from job.run import model_stages
+    from job.operators import model_stages
 
     track = {"attempts": attempts}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
