@@ -255,10 +255,17 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
 
 
 def sam_source(cfg: JobConfig) -> str:
-    """The SAM weights of a ``seggpt-sam`` job: ``--sam-checkpoint`` or the official URL of its model type."""
+    """The refiner weights of a ``seggpt-sam`` job: ``--sam-checkpoint``, else the default of ``cfg.refiner``: SAM's
+    official URL of its model type, or the Hub id of ``hf_checkpoints.default_hf_checkpoint``."""
+    if cfg.sam_checkpoint:
+        return cfg.sam_checkpoint
+    if cfg.refiner != "sam":
+        from finedetail.models.hf_checkpoints import default_hf_checkpoint
+
+        return default_hf_checkpoint(cfg.refiner, cfg.sam_model_type)
     from finedetail.models.checkpoints import SAM_URLS
 
-    return cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
+    return SAM_URLS[cfg.sam_model_type or "vit_h"]
 
 
 def fetch_weights(cfg: JobConfig) -> None:
@@ -283,19 +290,29 @@ def fetch_weights(cfg: JobConfig) -> None:
     try:
         if cfg.coarse is None:
             resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT, retry=quick)
-        resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
+        if cfg.refiner == "sam":
+            resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
+        else:
+            from finedetail.models.hf_checkpoints import resolve_hf_checkpoint
+
+            resolve_hf_checkpoint(sam_source(cfg), sha256=cfg.sam_sha256, retry=quick)
     finally:
         storage_log.setLevel(level)
 
 
 def build_refiner(cfg: JobConfig) -> Any:
-    """The prompted refiner of ``cfg.backend`` (its config from ``cfg.backend_options``: ``backend_configs``)."""
+    """The prompted refiner of ``cfg.backend`` (seggpt-sam: ``cfg.refiner``, SAM / SAM-HQ / SAM 2; the weight-free
+    backends: their config from ``cfg.backend_options``, ``backend_configs``)."""
     r = cfg.pipeline.refine
     _, options = backend_configs(cfg)
     if cfg.backend == "seggpt-sam":
-        from finedetail.models.sam import SamRefiner
+        if cfg.refiner == "sam":
+            from finedetail.models.sam import SamRefiner as cls
+        else:
+            from finedetail.models import hf_sam
 
-        return SamRefiner.from_checkpoint(
+            cls = {"sam-hq": hf_sam.SamHQRefiner, "sam2": hf_sam.Sam2Refiner}[cfg.refiner]
+        return cls.from_checkpoint(
             sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, device=_device(cfg),
             multimask=r.multimask, encode_batch=cfg.resources.encode_batch,
             use_box=r.use_box, use_points=r.use_points, use_mask_input=r.use_mask_input,

@@ -25,7 +25,9 @@ __all__ = [
     "SamArch",
     "build_sam",
     "build_tiny_sam",
+    "build_tiny_hf_refiner",
     "build_tiny_seggpt",
+    "save_tiny_hf_refiner",
     "save_tiny_sam",
     "save_tiny_seggpt",
     "tiny_seggpt_config",
@@ -239,6 +241,52 @@ def save_tiny_seggpt(directory: str | os.PathLike, *, canvas: int = 64, seed: in
     ``from_pretrained(directory)`` works offline for both. Returns the directory."""
     directory = Path(directory)
     model, processor = build_tiny_seggpt(canvas=canvas, seed=seed, **kwargs)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_hf_refiner(refiner: str, *, seed: int = 0, hidden: int = 32):
+    """(model, image processor): a small transformers ``SamHQModel`` (``refiner="sam-hq"``, ~0.24 M parameters) or
+    ``Sam2Model`` (``"sam2"``, ~0.35 M) with seeded random weights (forked RNG), eval mode, fp32.
+
+    Both keep the real frames: 1024 input, 64x64 embedding, 256x256 low-res masks (SAM-HQ: 16-px patches, 2 ViT
+    blocks, block 1 global so the HQ token's feature path runs; SAM 2: Hiera with 4 stages of 1, 1, 2, 1 blocks,
+    stride 4 then three 2x query pools, one global block, FPN levels 256 / 128 / 64). The image processors are the
+    official defaults (SAM-HQ: long side 1024 + padding; SAM 2: 1024 x 1024 stretch)."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, SamHQConfig, SamHQModel, SamImageProcessor
+
+    decoder = dict(hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2, iou_head_hidden_dim=hidden)
+    prompt = dict(hidden_size=hidden, mask_input_channels=8)
+    if refiner == "sam-hq":
+        config = SamHQConfig(
+            vision_config=dict(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=[1],
+                               output_channels=hidden, mlp_dim=2 * hidden, num_pos_feats=hidden // 2),
+            prompt_encoder_config=prompt, mask_decoder_config=dict(decoder, vit_dim=hidden))
+        cls, processor = SamHQModel, SamImageProcessor()
+    elif refiner == "sam2":
+        dims = [16, 32, 64, 128]
+        backbone = dict(model_type="sam2_hiera_det_model", hidden_size=dims[0], num_attention_heads=1,
+                        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=dims,
+                        num_attention_heads_per_stage=[1, 1, 1, 1], global_attention_blocks=[3])
+        config = Sam2Config(vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1],
+                                               fpn_hidden_size=hidden),
+                            prompt_encoder_config=prompt, mask_decoder_config=decoder)
+        cls, processor = Sam2Model, Sam2ImageProcessor()
+    else:
+        raise ValueError(f"refiner must be 'sam-hq' or 'sam2', got {refiner!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    return model.eval(), processor
+
+
+def save_tiny_hf_refiner(refiner: str, directory: str | os.PathLike, *, seed: int = 0, **kwargs) -> Path:
+    """Save ``build_tiny_hf_refiner(refiner)`` like a Hub repo (``config.json``, ``model.safetensors``,
+    ``preprocessor_config.json``) so ``hf_sam.load_hf_refiner`` reads it as it reads the real ones. Returns the
+    directory."""
+    directory = Path(directory)
+    model, processor = build_tiny_hf_refiner(refiner, seed=seed, **kwargs)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
