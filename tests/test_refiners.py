@@ -5,6 +5,8 @@ checkpoint rules, and a whole job with each of the three refiners through the CL
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -231,3 +233,29 @@ def test_a_tiny_job_runs_with_each_refiner(ray_local, tiny_weights, tiny_dirs, t
     rows = read_manifest_rows(tmp_path / "out")
     assert sorted(r["key"] for r in rows) == keys
     assert all(r["status"] == "ok" and r["refiner_passes"] >= 1 for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------- benchmarks
+
+
+@pytest.mark.parametrize("name", ["sam-hq", "sam2"])
+def test_encoder_bench_takes_the_refiner(capsys, name):
+    from job.bench import encoder
+
+    assert encoder.main(["--refiner", name, "--arch", "tiny", "--batches", "1", "--repeat", "1", "--device", "cpu",
+                         "--no-passes", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["refiner"] == name and [r["mode"] for r in res["results"]] == ["eager", "sdpa"]
+    assert res["max_abs_diff_fast_vs_reference"] < 1e-3 and res["parameters"] > 0
+
+
+def test_throughput_and_real_benches_take_the_refiner(ray_local, capsys):
+    from job.bench import real, throughput
+
+    assert throughput.main(["--refiner", "sam2", "--images", "1", "--size", "64", "--scales", "1", "--tta",
+                            "identity", "--no-crop", "--device", "cpu", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["refiner"] == "sam2" and res["ok"] == 1 and res["stages"]["refiner_passes"] >= 1
+    with pytest.raises(SystemExit):
+        real.main(["--help"])
+    assert "--refiner {sam,sam-hq,sam2}" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """Benchmark of SAM's ViT image encoder: segment_anything's reference attention vs the fused SDPA path
 (``finedetail.models.fast_attention``), plus how many encoder passes the default pipeline spends on one image.
 
-Usage: ``python -m job.bench encoder [--arch tiny|vit_b|vit_l|vit_h] [--batches 1,4,8] [--compile] [--json]``.
+Usage: ``python -m job.bench encoder [--refiner sam|sam-hq|sam2] [--arch tiny|vit_b|vit_l|vit_h|hiera_b+|...]
+[--batches 1,4,8] [--compile] [--json]``.
 
 Per mode (``reference``, ``fast``, and ``fast_compiled`` with ``--compile``) and batch size: seconds per encoder
 pass (one 1024 x 1024 image), median of ``--repeat`` timed calls after ``--warmup`` untimed ones, with the min and
@@ -25,6 +26,11 @@ count, also printed, replaces T by 4900 in their qkv/proj/attention/rel-pos term
 ViT-B: 0.97 TFLOPs). Norms,
 GELU and softmax are not counted. On CUDA, TFLOP/s is also given as a fraction of the card's dense bf16 peak
 (``--peak-tflops``, default from the card's name: H100 SXM / H200 989, H100 PCIe 756, A100 312, L4 121, A10G 125).
+
+``--refiner sam-hq|sam2`` times the transformers refiners' vision encoders instead (``finedetail.models.tiny.HF_ARCHS``:
+``--arch tiny|vit_b|vit_l|vit_h`` for SAM-HQ, ``tiny|hiera_t|hiera_s|hiera_b+|hiera_l`` for SAM 2): transformers'
+``eager`` attention vs its fused ``sdpa`` (the refiners' default), same weights, plus ``--compile``; FLOPs are not
+counted for them (the formula above is SAM's ViT), parameters are.
 
 Pipeline passes: ``finedetail.execute.run_image`` with the colour-keyed proxy models (``finedetail.models.proxy``:
 they find the objects like trained models would, and count passes exactly like SegGPT/SAM do) and the default
@@ -259,6 +265,78 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
     return res
 
 
+def run_hf(*, refiner: str, arch: str = "tiny", device: str = "auto", dtype: str = "auto",
+           batches: Sequence[int] | None = None, repeat: int = 3, warmup: int | None = None, compile: bool = False,
+           passes: bool = True) -> dict[str, Any]:
+    """``run`` for the transformers refiners: the vision encoder with ``eager`` vs ``sdpa`` attention (same seeded
+    weights), per batch; returns the same keys (``flops_per_pass`` None)."""
+    import torch
+
+    from finedetail.models.checkpoints import resolve_device, resolve_dtype
+    from finedetail.models.tiny import build_hf_refiner
+
+    dev = resolve_device(None if device == "auto" else device)
+    dt = resolve_dtype(None if dtype == "auto" else dtype, dev)
+    on_cuda = dev.type == "cuda"
+    batches = list(batches or ([1, 4, 8] if on_cuda else [1, 4]))
+    warmup = (2 if on_cuda else 0) if warmup is None else warmup
+    name = torch.cuda.get_device_name(dev) if on_cuda else "cpu"
+    models = {impl: build_hf_refiner(refiner, arch, attn_implementation=impl)[0].to(dev).eval()
+              for impl in ("eager", "sdpa")}
+    params = sum(p.numel() for p in models["sdpa"].parameters())
+
+    def encoder(model):
+        return model.get_image_embeddings if refiner == "sam2" else (lambda x: model.vision_encoder(x)[0])
+
+    modes: list[tuple[str, Any]] = [("eager", encoder(models["eager"])), ("sdpa", encoder(models["sdpa"]))]
+    if compile:
+        models["sdpa"].vision_encoder.compile()
+        modes.append(("sdpa_compiled", encoder(models["sdpa"])))
+    side = models["sdpa"].config.prompt_encoder_config.image_size
+    x_all = torch.randn(max(batches), 3, side, side, generator=torch.Generator().manual_seed(0)).to(dev)
+    results: list[dict[str, Any]] = []
+    first: dict[str, torch.Tensor] = {}
+    for mode, fn in modes:
+        for b in batches:
+            x = x_all[:b]
+
+            def call():
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
+                    out = fn(x)
+                    return out[-1] if isinstance(out, (list, tuple)) else out
+
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            times, out = _time(call, repeat=repeat, warmup=warmup, device=str(dev))
+            per = [t / b for t in times]
+            row: dict[str, Any] = {"mode": mode, "batch": b, "s_per_pass": statistics.median(per),
+                                   "s_per_pass_min": min(per), "s_per_pass_max": max(per), "runs": repeat,
+                                   "tflops": None}
+            if on_cuda:
+                row["peak_fraction"] = None
+                row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+            results.append(row)
+            if b == batches[0]:
+                first[mode] = out[:1].float()
+    speedup = {str(b): next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "eager")
+               / next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "sdpa") for b in batches}
+    compiled = {str(b): next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "eager")
+                / next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "sdpa_compiled")
+                for b in batches} if compile else None
+    res: dict[str, Any] = {
+        "refiner": refiner, "arch": arch, "device": str(dev), "device_name": name,
+        "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(), "batches": batches,
+        "parameters": params, "flops_per_pass": None, "flops_per_pass_executed": None, "peak_tflops": None,
+        "results": results, "speedup_fast_vs_reference": speedup, "speedup_compiled_vs_reference": compiled,
+        "max_abs_diff_fast_vs_reference": float((first["sdpa"] - first["eager"]).abs().max()),
+    }
+    if passes:
+        res["pipeline"] = pipeline_passes()
+        best = min(r["s_per_pass"] for r in results if r["mode"] != "eager")
+        res["sam_encoder_s_per_image"] = res["pipeline"]["refiner_passes"] * best
+    return res
+
+
 def _ints(text: str) -> list[int]:
     try:
         out = [int(v) for v in text.split(",") if v.strip()]
@@ -272,7 +350,11 @@ def _ints(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry (``job.bench`` dispatches here); prints a table, or one JSON object with ``--json``."""
     p = argparse.ArgumentParser(prog="job.bench encoder", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="vit_b", choices=("tiny", "vit_b", "vit_l", "vit_h"))
+    p.add_argument("--refiner", default="sam", choices=("sam", "sam-hq", "sam2"),
+                   help="which refiner's encoder (default sam: segment-anything's ViT)")
+    p.add_argument("--arch", default=None, choices=("tiny", "vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s",
+                                                     "hiera_b+", "hiera_l"),
+                   help="size, random weights (default vit_b; sam2: hiera_b+; hiera_* only for sam2)")
     p.add_argument("--batches", type=_ints, default=None, help="batch sizes (default 1,4 on CPU, 1,4,8 on CUDA)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
@@ -290,22 +372,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    res = run(arch=args.arch, device=args.device, dtype=args.dtype, batches=args.batches, repeat=args.repeat,
-              warmup=args.warmup, compile=args.compile, peak_tflops=args.peak_tflops, passes=args.passes)
+    arch = args.arch or ("hiera_b+" if args.refiner == "sam2" else "vit_b")
+    if (args.refiner == "sam2") != arch.startswith("hiera") and arch != "tiny":
+        p.error(f"--arch {arch} is not a {args.refiner} size; sam / sam-hq: tiny, vit_b, vit_l, vit_h; sam2: tiny, "
+                "hiera_t, hiera_s, hiera_b+, hiera_l")
+    if args.refiner == "sam":
+        res = run(arch=arch, device=args.device, dtype=args.dtype, batches=args.batches, repeat=args.repeat,
+                  warmup=args.warmup, compile=args.compile, peak_tflops=args.peak_tflops, passes=args.passes)
+    else:
+        res = run_hf(refiner=args.refiner, arch=arch, device=args.device, dtype=args.dtype, batches=args.batches,
+                     repeat=args.repeat, warmup=args.warmup, compile=args.compile, passes=args.passes)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"encoder bench: SAM {res['arch']} on {res['device_name']} ({res['device']}), {res['dtype']}, "
-          f"{res['threads']} torch threads; {res['flops_per_pass'] / 1e9:.1f} GFLOPs per 1024^2 pass "
-          f"({res['flops_per_pass_executed'] / 1e9:.1f} executed incl. window padding)")
+    if res["flops_per_pass"] is None:
+        print(f"encoder bench: {res['refiner']} {res['arch']} ({res['parameters'] / 1e6:.1f} M parameters) on "
+              f"{res['device_name']} ({res['device']}), {res['dtype']}, {res['threads']} torch threads; modes: "
+              "transformers eager vs sdpa attention")
+    else:
+        print(f"encoder bench: SAM {res['arch']} on {res['device_name']} ({res['device']}), {res['dtype']}, "
+              f"{res['threads']} torch threads; {res['flops_per_pass'] / 1e9:.1f} GFLOPs per 1024^2 pass "
+              f"({res['flops_per_pass_executed'] / 1e9:.1f} executed incl. window padding)")
     peak = res["peak_tflops"]
     head = f"{'mode':14s} {'batch':>5s} {'s/pass':>9s} {'min':>9s} {'max':>9s} {'TFLOP/s':>8s}"
     if res["device"].startswith("cuda"):
         head += f" {'of peak':>8s} {'mem GiB':>8s}"
     print(head)
     for r in res["results"]:
+        tflops = "n/a" if r["tflops"] is None else f"{r['tflops']:.4g}"
         line = (f"{r['mode']:14s} {r['batch']:5d} {r['s_per_pass']:9.4f} {r['s_per_pass_min']:9.4f} "
-                f"{r['s_per_pass_max']:9.4f} {r['tflops']:8.4g}")
+                f"{r['s_per_pass_max']:9.4f} {tflops:>8s}")
         if "max_memory_gib" in r:
             frac = f"{100 * r['peak_fraction']:7.1f}%" if r["peak_fraction"] is not None else "     n/a"
             line += f" {frac} {r['max_memory_gib']:8.2f}"
