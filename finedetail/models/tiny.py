@@ -282,8 +282,7 @@ def build_hf_refiner(refiner: str, arch: str = "tiny", *, seed: int = 0, attn_im
     or a key of ``HF_ARCHS[refiner]`` (full size, seeded random weights; wrap in ``torch.device("meta")`` to count
     parameters without allocating them)."""
     if arch == "tiny":
-        model, processor = build_tiny_hf_refiner(refiner, seed=seed)
-        return model, processor
+        return build_tiny_hf_refiner(refiner, seed=seed, attn_implementation=attn_implementation)
     from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, SamHQConfig, SamHQModel, SamImageProcessor
 
     archs = HF_ARCHS.get(refiner, {})
@@ -291,7 +290,8 @@ def build_hf_refiner(refiner: str, arch: str = "tiny", *, seed: int = 0, attn_im
         raise ValueError(f"arch for {refiner!r} must be 'tiny' or one of {sorted(archs)}, got {arch!r}")
     spec = dict(archs[arch])
     if refiner == "sam-hq":
-        config = SamHQConfig(vision_config=spec, mask_decoder_config=dict(vit_dim=spec["hidden_size"]))
+        config = SamHQConfig(vision_config=dict(spec, initializer_range=0.02), initializer_range=0.02,
+                             mask_decoder_config=dict(vit_dim=spec["hidden_size"]))
         cls, processor = SamHQModel, SamImageProcessor()
     else:
         d = spec["hidden_size"]
@@ -299,14 +299,19 @@ def build_hf_refiner(refiner: str, arch: str = "tiny", *, seed: int = 0, attn_im
         backbone = dict(spec, model_type="sam2_hiera_det_model", embed_dim_per_stage=dims)
         config = Sam2Config(vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1]))
         cls, processor = Sam2Model, Sam2ImageProcessor()
-    config._attn_implementation = attn_implementation
+    return _seeded(cls, config, seed, attn_implementation), processor
+
+
+def _seeded(cls, config, seed: int, attn_implementation: str):
+    """``cls`` built from ``config`` with ``attn_implementation`` under ``torch.manual_seed(seed)`` in a forked RNG,
+    eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(config)
-    return model.eval(), processor
+        model = cls._from_config(config, attn_implementation=attn_implementation)
+    return model.eval()
 
 
-def build_tiny_hf_refiner(refiner: str, *, seed: int = 0, hidden: int = 32):
+def build_tiny_hf_refiner(refiner: str, *, seed: int = 0, hidden: int = 32, attn_implementation: str = "sdpa"):
     """(model, image processor): a small transformers ``SamHQModel`` (``refiner="sam-hq"``, ~0.24 M parameters) or
     ``Sam2Model`` (``"sam2"``, ~0.35 M) with seeded random weights (forked RNG), eval mode, fp32.
 
@@ -321,8 +326,9 @@ def build_tiny_hf_refiner(refiner: str, *, seed: int = 0, hidden: int = 32):
     if refiner == "sam-hq":
         config = SamHQConfig(
             vision_config=dict(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=[1],
-                               output_channels=hidden, mlp_dim=2 * hidden, num_pos_feats=hidden // 2),
-            prompt_encoder_config=prompt, mask_decoder_config=dict(decoder, vit_dim=hidden))
+                               output_channels=hidden, mlp_dim=2 * hidden, num_pos_feats=hidden // 2,
+                               initializer_range=0.02),  # transformers' 1e-10 would leave an all-but-zero encoder
+            prompt_encoder_config=prompt, mask_decoder_config=dict(decoder, vit_dim=hidden), initializer_range=0.02)
         cls, processor = SamHQModel, SamImageProcessor()
     elif refiner == "sam2":
         dims = [16, 32, 64, 128]
@@ -335,10 +341,7 @@ def build_tiny_hf_refiner(refiner: str, *, seed: int = 0, hidden: int = 32):
         cls, processor = Sam2Model, Sam2ImageProcessor()
     else:
         raise ValueError(f"refiner must be 'sam-hq' or 'sam2', got {refiner!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config)
-    return model.eval(), processor
+    return _seeded(cls, config, seed, attn_implementation), processor
 
 
 def save_tiny_hf_refiner(refiner: str, directory: str | os.PathLike, *, seed: int = 0, **kwargs) -> Path:
