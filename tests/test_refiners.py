@@ -214,6 +214,13 @@ def test_run_help_offers_the_three_refiners(capsys):
     assert "--refiner {sam,sam-hq,sam2}" in text
 
 
+def test_config_reference_lists_the_refiner():
+    from job.configdoc import render
+
+    text = render()
+    assert "- `refiner` (`str`; default `sam`; one of: sam, sam-hq, sam2;" in text and "flag `--refiner`" in text
+
+
 @pytest.mark.parametrize("name", ["sam", "sam-hq", "sam2"])
 def test_a_tiny_job_runs_with_each_refiner(ray_local, tiny_weights, tiny_dirs, tmp_path, name):
     # no capsys here: run_job's default ``out`` is the sys.stdout of its import, which capsys would close
