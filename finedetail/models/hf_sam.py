@@ -37,11 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finedetail.config import MULTIMASK_MODES
 from finedetail.models.checkpoints import resolve_device, resolve_dtype
 from finedetail.models.frames import SquareFrame, frame_logits
-from finedetail.models.hf_checkpoints import HF_REFINERS, resolve_hf_checkpoint, default_hf_checkpoint
-from finedetail.models.sam import coarse_low_res, pad_points, select_multimask, to_sam_boxes, to_sam_points
+from finedetail.models.hf_checkpoints import HF_REFINERS, default_hf_checkpoint, resolve_hf_checkpoint
+from finedetail.models.sam import (
+    check_refiner_options,
+    coarse_low_res,
+    decode_in_groups,
+    select_multimask,
+    sparse_prompts,
+)
 from finedetail.transforms import LongestSide
 from finedetail.types import ComponentPrompt, check_image
 
@@ -89,13 +94,8 @@ class _HfRefiner:
         use_mask_input: bool = True,
         compile: bool = False,
     ) -> None:
-        if multimask not in MULTIMASK_MODES:
-            raise ValueError(f"multimask must be one of {MULTIMASK_MODES}, got {multimask=}")
-        if encode_batch < 1 or decode_batch < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {encode_batch=} {decode_batch=}")
-        if not (use_box or use_points or use_mask_input):
-            raise ValueError(f"at least one of use_box, use_points, use_mask_input must be True; {self.name} needs a "
-                             "prompt")
+        check_refiner_options(self.name, multimask=multimask, encode_batch=encode_batch, decode_batch=decode_batch,
+                              use_box=use_box, use_points=use_points, use_mask_input=use_mask_input)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=torch.float32).eval()
@@ -126,8 +126,8 @@ class _HfRefiner:
     ):
         """Load with ``load_hf_refiner`` (None: the default Hub id, ``hf_checkpoints.HF_DEFAULTS``) and wrap."""
         dev = resolve_device(device)
-        model, image_processor = load_hf_refiner(cls.name, uri, model_type=model_type, sha256=sha256, cache_dir=cache_dir,
-                                           device=dev, fast_attention=fast_attention)
+        model, image_processor = load_hf_refiner(cls.name, uri, model_type=model_type, sha256=sha256,
+                                                 cache_dir=cache_dir, device=dev, fast_attention=fast_attention)
         return cls(model, image_processor, device=dev, **kwargs)
 
     # -- per-model parts ------------------------------------------------------------------------------------------
@@ -191,34 +191,19 @@ class _HfRefiner:
         """All component prompts of one image -> (N, H, W) float32 probabilities, image frame; N == 0 returns
         (0, H, W) without touching the model. Components with and without mask input go in separate calls."""
         emb = self._check_embedding(embedding)
-        h, w = emb.hw
         if len(prompts) == 0:
-            return np.zeros((0, h, w), np.float32)
-        for i, p in enumerate(prompts):
-            if p.mask.shape != (h, w):
-                raise ValueError(f"prompt {i}: mask is {p.mask.shape} but the encoded image is {(h, w)}; prompts must "
-                                 "be in the frame of the image passed to encode()")
-        out = np.empty((len(prompts), h, w), np.float32)
-        groups = [list(range(len(prompts)))]
-        if self.use_mask_input:
-            groups = [[i for i, p in enumerate(prompts) if p.logits is not None],
-                      [i for i, p in enumerate(prompts) if p.logits is None]]
-        for group in groups:
-            for start in range(0, len(group), self.decode_batch):
-                idx = group[start : start + self.decode_batch]
-                out[idx] = self._decode(emb, [prompts[i] for i in idx])
-        return out
+            return np.zeros((0, *emb.hw), np.float32)
+        return decode_in_groups(prompts, emb.hw, lambda chunk: self._decode(emb, chunk),
+                                use_mask_input=self.use_mask_input, decode_batch=self.decode_batch)
 
     def _decode(self, emb: HfEmbedding, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
         dev, n = self.device, len(prompts)
         points = labels = boxes = masks = None
-        if self.use_points and any(len(p.points) for p in prompts):
-            coords, labs = pad_points([to_sam_points(p.points, emb.frame) for p in prompts],
-                                      [np.asarray(p.labels) for p in prompts])
-            points = torch.as_tensor(coords[:, None], dtype=torch.float32, device=dev)   # (n, 1, P, 2)
-            labels = torch.as_tensor(labs[:, None], dtype=torch.int64, device=dev)       # (n, 1, P)
-        if self.use_box:
-            b = to_sam_boxes(np.stack([p.box for p in prompts]), emb.frame)
+        coords, labs, b = sparse_prompts(prompts, emb.frame, use_points=self.use_points, use_box=self.use_box)
+        if coords is not None:  # one component per batch row: (n, 1, P, 2), (n, 1, P)
+            points = torch.as_tensor(coords[:, None], dtype=torch.float32, device=dev)
+            labels = torch.as_tensor(labs[:, None], dtype=torch.int64, device=dev)
+        if b is not None:
             boxes = torch.as_tensor(b[:, None], dtype=torch.float32, device=dev)         # (n, 1, 4)
         if self.use_mask_input and prompts[0].logits is not None:
             m = np.stack([self._mask_input(p, emb.frame) for p in prompts])
