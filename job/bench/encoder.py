@@ -191,15 +191,10 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
     """Run the benchmark; returns the numbers ``main`` prints."""
     import torch
 
-    from finedetail.models.checkpoints import resolve_device, resolve_dtype
     from finedetail.models.fast_attention import disable_fast_attention, enable_fast_attention
 
-    dev = resolve_device(None if device == "auto" else device)
-    dt = resolve_dtype(None if dtype == "auto" else dtype, dev)
+    dev, dt, batches, warmup, name = _settings(device, dtype, batches, warmup)
     on_cuda = dev.type == "cuda"
-    batches = list(batches or ([1, 4, 8] if on_cuda else [1, 4]))
-    warmup = (2 if on_cuda else 0) if warmup is None else warmup
-    name = torch.cuda.get_device_name(dev) if on_cuda else "cpu"
     peak = peak_tflops if peak_tflops is not None else (peak_tflops_for(name) if on_cuda else None)
 
     sam = make_sam(arch).to(dev).eval()
@@ -210,39 +205,15 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
     gen = torch.Generator().manual_seed(0)
     x_all = torch.randn(max(batches), 3, encoder.img_size, encoder.img_size, generator=gen).to(dev)
     flops = encoder_flops(encoder)
-    results: list[dict[str, Any]] = []
-    first: dict[str, torch.Tensor] = {}
-    for mode, module in modes:
+
+    def setup(mode: str) -> None:
         (disable_fast_attention if mode == "reference" else enable_fast_attention)(encoder)
-        for b in batches:
-            x = x_all[:b]
 
-            def call():
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
-                    return module(x)
-
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
-            times, out = _time(call, repeat=repeat, warmup=warmup, device=str(dev))
-            per = [t / b for t in times]
-            med = statistics.median(per)
-            row: dict[str, Any] = {"mode": mode, "batch": b, "s_per_pass": med, "s_per_pass_min": min(per),
-                                   "s_per_pass_max": max(per), "runs": repeat,
-                                   "tflops": flops / med / 1e12}
-            if on_cuda:
-                row["peak_fraction"] = row["tflops"] / peak if peak else None
-                row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-            results.append(row)
-            if b == batches[0]:
-                first[mode] = out[:1].float()
-            del out
+    results, first = _time_modes(modes, x_all, batches, dev=dev, dt=dt, repeat=repeat, warmup=warmup, flops=flops,
+                                 peak=peak, setup=setup)
     disable_fast_attention(encoder)
-    speedup, speedup_compiled = {}, {}
-    for b in batches:
-        t = {r["mode"]: r["s_per_pass"] for r in results if r["batch"] == b}
-        speedup[str(b)] = t["reference"] / t["fast"]
-        if "fast_compiled" in t:
-            speedup_compiled[str(b)] = t["reference"] / t["fast_compiled"]
+    speedup = _speedups(results, batches, "reference", "fast")
+    speedup_compiled = _speedups(results, batches, "reference", "fast_compiled")
     res: dict[str, Any] = {
         "arch": arch,
         "device": str(dev),
@@ -255,13 +226,78 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
         "peak_tflops": peak,
         "results": results,
         "speedup_fast_vs_reference": speedup,
-        "speedup_compiled_vs_reference": speedup_compiled or None,
+        "speedup_compiled_vs_reference": speedup_compiled,
         "max_abs_diff_fast_vs_reference": float((first["fast"] - first["reference"]).abs().max()),
     }
-    if passes:
-        res["pipeline"] = pipeline_passes()
-        best = min(r["s_per_pass"] for r in results if r["mode"] != "reference")
-        res["sam_encoder_s_per_image"] = res["pipeline"]["refiner_passes"] * best
+    return _with_pipeline(res, results, "reference") if passes else res
+
+
+def _settings(device: str, dtype: str, batches: Sequence[int] | None, warmup: int | None):
+    """(torch device, autocast dtype, batch sizes, warm-up calls, device name) from the CLI's "auto" defaults."""
+    import torch
+
+    from finedetail.models.checkpoints import resolve_device, resolve_dtype
+
+    dev = resolve_device(None if device == "auto" else device)
+    dt = resolve_dtype(None if dtype == "auto" else dtype, dev)
+    on_cuda = dev.type == "cuda"
+    batches = list(batches or ([1, 4, 8] if on_cuda else [1, 4]))
+    warmup = (2 if on_cuda else 0) if warmup is None else warmup
+    return dev, dt, batches, warmup, torch.cuda.get_device_name(dev) if on_cuda else "cpu"
+
+
+def _time_modes(modes, x_all, batches, *, dev, dt, repeat: int, warmup: int, flops: int | None = None,
+                peak: float | None = None, setup=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time ``fn(x_all[:b])`` per (mode, fn) of ``modes`` and batch ``b`` (``setup(mode)`` first) -> (one row per
+    mode and batch, each mode's first-batch output's first item as float)."""
+    import torch
+
+    on_cuda = dev.type == "cuda"
+    results: list[dict[str, Any]] = []
+    first: dict[str, Any] = {}
+    for mode, fn in modes:
+        if setup is not None:
+            setup(mode)
+        for b in batches:
+            x = x_all[:b]
+
+            def call():
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
+                    out = fn(x)
+                    return out[-1] if isinstance(out, (list, tuple)) else out
+
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            times, out = _time(call, repeat=repeat, warmup=warmup, device=str(dev))
+            per = [t / b for t in times]
+            med = statistics.median(per)
+            row: dict[str, Any] = {"mode": mode, "batch": b, "s_per_pass": med, "s_per_pass_min": min(per),
+                                   "s_per_pass_max": max(per), "runs": repeat,
+                                   "tflops": flops / med / 1e12 if flops else None}
+            if on_cuda:
+                row["peak_fraction"] = row["tflops"] / peak if peak and row["tflops"] else None
+                row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+            results.append(row)
+            if b == batches[0]:
+                first[mode] = out[:1].float()
+            del out
+    return results, first
+
+
+def _speedups(results: list[dict[str, Any]], batches: Sequence[int], ref: str, fast: str) -> dict[str, float] | None:
+    """Per batch (as str): s/pass of mode ``ref`` over that of ``fast``; None when ``fast`` was not timed."""
+    t = {(r["mode"], r["batch"]): r["s_per_pass"] for r in results}
+    if not any(m == fast for m, _ in t):
+        return None
+    return {str(b): t[(ref, b)] / t[(fast, b)] for b in batches}
+
+
+def _with_pipeline(res: dict[str, Any], results: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """``res`` plus the default pipeline's pass count and the encoder seconds per image at the best non-reference
+    rate."""
+    res["pipeline"] = pipeline_passes()
+    best = min(r["s_per_pass"] for r in results if r["mode"] != reference)
+    res["sam_encoder_s_per_image"] = res["pipeline"]["refiner_passes"] * best
     return res
 
 
@@ -272,15 +308,9 @@ def run_hf(*, refiner: str, arch: str = "tiny", device: str = "auto", dtype: str
     weights), per batch; returns the same keys (``flops_per_pass`` None)."""
     import torch
 
-    from finedetail.models.checkpoints import resolve_device, resolve_dtype
     from finedetail.models.tiny import build_hf_refiner
 
-    dev = resolve_device(None if device == "auto" else device)
-    dt = resolve_dtype(None if dtype == "auto" else dtype, dev)
-    on_cuda = dev.type == "cuda"
-    batches = list(batches or ([1, 4, 8] if on_cuda else [1, 4]))
-    warmup = (2 if on_cuda else 0) if warmup is None else warmup
-    name = torch.cuda.get_device_name(dev) if on_cuda else "cpu"
+    dev, dt, batches, warmup, name = _settings(device, dtype, batches, warmup)
     models = {impl: build_hf_refiner(refiner, arch, attn_implementation=impl)[0].to(dev).eval()
               for impl in ("eager", "sdpa")}
     params = sum(p.numel() for p in models["sdpa"].parameters())
@@ -294,35 +324,9 @@ def run_hf(*, refiner: str, arch: str = "tiny", device: str = "auto", dtype: str
         modes.append(("sdpa_compiled", encoder(models["sdpa"])))
     side = models["sdpa"].config.prompt_encoder_config.image_size
     x_all = torch.randn(max(batches), 3, side, side, generator=torch.Generator().manual_seed(0)).to(dev)
-    results: list[dict[str, Any]] = []
-    first: dict[str, torch.Tensor] = {}
-    for mode, fn in modes:
-        for b in batches:
-            x = x_all[:b]
-
-            def call():
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
-                    out = fn(x)
-                    return out[-1] if isinstance(out, (list, tuple)) else out
-
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
-            times, out = _time(call, repeat=repeat, warmup=warmup, device=str(dev))
-            per = [t / b for t in times]
-            row: dict[str, Any] = {"mode": mode, "batch": b, "s_per_pass": statistics.median(per),
-                                   "s_per_pass_min": min(per), "s_per_pass_max": max(per), "runs": repeat,
-                                   "tflops": None}
-            if on_cuda:
-                row["peak_fraction"] = None
-                row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-            results.append(row)
-            if b == batches[0]:
-                first[mode] = out[:1].float()
-    speedup = {str(b): next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "eager")
-               / next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "sdpa") for b in batches}
-    compiled = {str(b): next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "eager")
-                / next(r["s_per_pass"] for r in results if r["batch"] == b and r["mode"] == "sdpa_compiled")
-                for b in batches} if compile else None
+    results, first = _time_modes(modes, x_all, batches, dev=dev, dt=dt, repeat=repeat, warmup=warmup)
+    speedup = _speedups(results, batches, "eager", "sdpa")
+    compiled = _speedups(results, batches, "eager", "sdpa_compiled")
     res: dict[str, Any] = {
         "refiner": refiner, "arch": arch, "device": str(dev), "device_name": name,
         "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(), "batches": batches,
@@ -330,11 +334,7 @@ def run_hf(*, refiner: str, arch: str = "tiny", device: str = "auto", dtype: str
         "results": results, "speedup_fast_vs_reference": speedup, "speedup_compiled_vs_reference": compiled,
         "max_abs_diff_fast_vs_reference": float((first["sdpa"] - first["eager"]).abs().max()),
     }
-    if passes:
-        res["pipeline"] = pipeline_passes()
-        best = min(r["s_per_pass"] for r in results if r["mode"] != "eager")
-        res["sam_encoder_s_per_image"] = res["pipeline"]["refiner_passes"] * best
-    return res
+    return _with_pipeline(res, results, "eager") if passes else res
 
 
 def _ints(text: str) -> list[int]:
