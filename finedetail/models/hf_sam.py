@@ -42,9 +42,8 @@ from finedetail.models.frames import SquareFrame, frame_logits
 from finedetail.models.hf_checkpoints import HF_REFINERS, default_hf_checkpoint, resolve_hf_checkpoint
 from finedetail.models.sam import (
     check_refiner_options,
-    coarse_low_res,
+    choose_masks,
     decode_in_groups,
-    select_multimask,
     sparse_prompts,
 )
 from finedetail.transforms import LongestSide
@@ -223,12 +222,7 @@ class _HfRefiner:
             low_res, iou = low_res[:, 0].float(), iou[:, 0].float()                    # (n, K, l, l), (n, K')
             if low_res.shape[1] != iou.shape[1]:  # SAM-HQ's hq_token_only: one mask, K' scores
                 iou = iou[:, : low_res.shape[1]]
-            coarse = None
-            if multimask and self.multimask == "coarse" and low_res.shape[1] > 1:
-                coarse = np.stack([coarse_low_res(p.mask, emb.frame, low_res=low_res.shape[-1]) for p in prompts])
-            choice = select_multimask(low_res.cpu().numpy(), iou.cpu().numpy(), mode=self.multimask, coarse=coarse)
-            pick = torch.as_tensor(choice, device=low_res.device)
-            chosen = low_res[torch.arange(n, device=low_res.device), pick][:, None]
+            chosen = choose_masks(low_res, iou, prompts, emb.frame, mode=self.multimask)
             full = self._to_image(chosen, emb.frame)
             return torch.sigmoid(full[:, 0]).cpu().numpy().astype(np.float32, copy=False)
 

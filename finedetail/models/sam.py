@@ -43,6 +43,7 @@ __all__ = [
     "SamEmbedding",
     "SamRefiner",
     "check_refiner_options",
+    "choose_masks",
     "coarse_low_res",
     "decode_in_groups",
     "pad_points",
@@ -160,6 +161,18 @@ def sparse_prompts(prompts: Sequence[ComponentPrompt], frame, *, use_points: boo
     if use_box:
         boxes = to_sam_boxes(np.stack([p.box for p in prompts]), frame)
     return coords, labels, boxes
+
+
+def choose_masks(low_res: torch.Tensor, iou: torch.Tensor, prompts: Sequence[ComponentPrompt], frame, *,
+                 mode: str) -> torch.Tensor:
+    """The decoder's (N, K, l, l) low-res logits and (N, K) predicted IoU -> the chosen (N, 1, l, l) logits
+    (``select_multimask``; mode "coarse" compares with each prompt's mask in ``frame``'s low-res grid)."""
+    coarse = None
+    if mode == "coarse" and low_res.shape[1] > 1:
+        coarse = np.stack([coarse_low_res(p.mask, frame, low_res=low_res.shape[-1]) for p in prompts])
+    choice = select_multimask(low_res.cpu().numpy(), iou.cpu().numpy(), mode=mode, coarse=coarse)
+    pick = torch.as_tensor(choice, device=low_res.device)
+    return low_res[torch.arange(len(prompts), device=low_res.device), pick][:, None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,12 +361,6 @@ class SamRefiner:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-            coarse = None
-            if multimask and self.multimask == "coarse":
-                coarse = np.stack([coarse_low_res(p.mask, emb.frame, low_res=low_res.shape[-1]) for p in prompts])
-            choice = select_multimask(low_res.float().cpu().numpy(), iou.float().cpu().numpy(),
-                                      mode=self.multimask, coarse=coarse)
-            pick = torch.as_tensor(choice, device=low_res.device)
-            chosen = low_res[torch.arange(len(prompts), device=low_res.device), pick][:, None]
-            full = self.sam.postprocess_masks(chosen.float(), emb.input_hw, emb.hw)
+            chosen = choose_masks(low_res.float(), iou.float(), prompts, emb.frame, mode=self.multimask)
+            full = self.sam.postprocess_masks(chosen, emb.input_hw, emb.hw)
             return torch.sigmoid(full[:, 0]).cpu().numpy().astype(np.float32, copy=False)
