@@ -33,6 +33,8 @@ PURE = [
     "finedetail.models.proxy",
     "finedetail.decode",
     "finedetail.models.checkpoints",
+    "finedetail.models.hf_checkpoints",
+    "finedetail.models.frames",
     "finedetail.selective",
     "finedetail.instances",
     "finedetail.geo",
