@@ -208,7 +208,7 @@ def backend_configs(cfg: JobConfig) -> tuple[Any, Any]:
     if classes is None:
         if options:
             raise ValueError(f"backend {cfg.backend!r} takes no backend_options, got {sorted(options)}; its models "
-                             "are chosen by --sam-checkpoint, --sam-model-type and --seggpt-checkpoint")
+                             "are chosen by --refiner, --sam-checkpoint, --sam-model-type and --seggpt-checkpoint")
         return None, None
     fields = {prefix: {f.name for f in dataclasses.fields(c)} for prefix, c in zip(("coarse_", "refiner_"), classes)}
     valid = sorted(prefix + name for prefix, names in fields.items() for name in names)

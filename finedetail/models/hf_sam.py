@@ -77,6 +77,8 @@ class _HfRefiner:
     when loading, see ``from_checkpoint``)."""
 
     name = ""
+    #: the mask decoder needs at least one sparse token (SAM 2); SAM-HQ decodes a mask-only prompt without any
+    sparse_required = False
 
     def __init__(
         self,
@@ -211,9 +213,9 @@ class _HfRefiner:
             if masks is None:
                 raise ValueError(f"a component has no prompt {self.name} can use (no points, box disabled, no "
                                  "logits); enable use_box or give every component points or logits")
-            # a mask-only prompt still needs one sparse token: an empty "not a point" (what the models' forward adds)
-            points = torch.zeros((n, 1, 1, 2), dtype=torch.float32, device=dev)
-            labels = -torch.ones((n, 1, 1), dtype=torch.int64, device=dev)
+            if self.sparse_required:  # as Sam2Model.forward: one empty "not a point" token for a mask-only prompt
+                points = torch.zeros((n, 1, 1, 2), dtype=torch.float32, device=dev)
+                labels = -torch.ones((n, 1, 1), dtype=torch.int64, device=dev)
         multimask = self.multimask != "single"
         with torch.inference_mode():
             sparse, dense = self.model.prompt_encoder(input_points=points, input_labels=labels, input_boxes=boxes,
@@ -259,7 +261,11 @@ class SamHQRefiner(_HfRefiner):
         return masks, iou
 
     def _mask_input(self, p, frame):
-        return np.asarray(p.logits, np.float32).reshape(self.low_res, self.low_res)
+        logits = np.asarray(p.logits, np.float32)
+        if logits.shape[-2:] != (self.low_res, self.low_res):
+            raise ValueError(f"a prompt's logits must be ({self.low_res}, {self.low_res}), got {logits.shape}; make "
+                             "them with finedetail.prompts.mask_to_sam_logits")
+        return logits.reshape(self.low_res, self.low_res)
 
     def _to_image(self, low, frame):
         s = frame.long_side
@@ -275,6 +281,7 @@ class Sam2Refiner(_HfRefiner):
     lets the decoder pick by stability (``dynamic_multimask_via_stability``), SAM 2's own single-mask rule."""
 
     name = "sam2"
+    sparse_required = True
 
     def _frame(self, hw):
         return SquareFrame(hw, self.input_size)
