@@ -191,6 +191,28 @@ def test_s3_prefix_is_mirrored_into_the_cache(s3_env, tiny_dirs, tmp_path):
     assert (tmp_path / "cache" / "s3" / bucket / "hq" / "model.safetensors").is_file()
 
 
+def test_offline_hub_id_says_how_to_pre_seed(tmp_path):
+    from finedetail.models.checkpoints import CheckpointUnavailableError
+
+    with pytest.raises(CheckpointUnavailableError) as info:
+        resolve_hf_checkpoint("finedetail-test/no-such-refiner", cache_dir=tmp_path, offline=True)
+    assert "--sam-checkpoint DIR" in str(info.value)
+    assert f"hf download finedetail-test/no-such-refiner --cache-dir {tmp_path / 'huggingface'}" in str(info.value)
+
+
+def test_the_refiner_and_its_weights_are_in_the_resume_hash(tiny_dirs, tmp_path):
+    from job.config import job_config_from_dict
+
+    def cfg(**kw):
+        return job_config_from_dict({"input": str(tmp_path), "output": str(tmp_path / "o"), "coarse": str(tmp_path),
+                                     **kw})
+
+    same_dir = {"sam_checkpoint": str(tiny_dirs["sam2"])}
+    hashes = {cfg(refiner="sam-hq", **same_dir).config_hash, cfg(refiner="sam2", **same_dir).config_hash,
+              cfg(refiner="sam2", sam_checkpoint=str(tiny_dirs["sam-hq"])).config_hash}
+    assert len(hashes) == 3
+
+
 def test_sam2_takes_no_vit_model_type():
     from job.config import job_config_from_dict
 
