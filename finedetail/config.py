@@ -21,6 +21,7 @@ __all__ = [
     "EnsembleConfig",
     "PipelineConfig",
     "PostprocessConfig",
+    "REFINERS",
     "RefineConfig",
     "SelectiveConfig",
     "config_from_dict",
@@ -31,6 +32,9 @@ __all__ = [
 MULTIMASK_MODES = ("coarse", "iou", "single")
 ENSEMBLE_RULES = ("union", "majority", "mean", "majority_or_confident")
 PASTE_MODES = ("max", "replace")
+#: the promptable refiners of the seggpt-sam backend: segment-anything's SAM (``models.sam``), HQ-SAM and SAM 2
+#: through transformers (``models.hf_sam``); README, "Choosing the refiner"
+REFINERS = ("sam", "sam-hq", "sam2")
 
 
 @dataclass(frozen=True)

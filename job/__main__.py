@@ -44,7 +44,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--backend", choices=("seggpt-sam", "classical", "proxy"),
                    help="seggpt-sam (default, needs weights), classical (weight-free, lower quality), "
                         "proxy (benchmarks only)")
-    m.add_argument("--sam-checkpoint", help="SAM .pth: local path, s3:// or https:// (default: official vit_h URL)")
+    m.add_argument("--refiner", choices=("sam", "sam-hq", "sam2"),
+                   help="the promptable refiner: sam (default, segment-anything), sam-hq (HQ-SAM: finer boundaries, "
+                        "~5 M more parameters) or sam2 (SAM 2.1: faster encoder); README, Choosing the refiner")
+    m.add_argument("--sam-checkpoint", help="the refiner's weights. sam: a .pth, local path, s3:// or https:// "
+                                            "(default: official vit_h URL); sam-hq / sam2: a transformers directory, "
+                                            "s3:// prefix or Hub id (default: syscv-community/sam-hq-vit-huge, "
+                                            "facebook/sam2.1-hiera-large)")
     m.add_argument("--sam-model-type", choices=("vit_h", "vit_l", "vit_b"), help="default: inferred from weights")
     m.add_argument("--sam-sha256", metavar="HEX|skip",
                    help="expected SHA-256 of the SAM checkpoint. Default: the official URLs are checked against "
@@ -108,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FLAG_KEYS = {
     "input": "input", "prompts": "prompts", "coarse": "coarse", "output": "output", "limit": "limit",
-    "classes": "classes", "overlays": "overlays", "coco": "coco", "max_pixels": "max_pixels", "backend": "backend",
+    "classes": "classes", "overlays": "overlays", "coco": "coco", "max_pixels": "max_pixels", "backend": "backend", "refiner": "refiner",
     "sam_checkpoint": "sam_checkpoint", "sam_model_type": "sam_model_type", "sam_sha256": "sam_sha256",
     "seggpt_checkpoint": "seggpt_checkpoint", "device": "device", "preset": "preset", "scales": "scales",
     "tta": "tta", "ensemble": "ensemble.rule", "gpu": "resources.gpu", "coarse_gpus": "resources.coarse_gpus",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from finedetail.config import PipelineConfig, config_from_dict, config_hash, config_to_dict
+from finedetail.config import REFINERS, PipelineConfig, config_from_dict, config_hash, config_to_dict
 from finedetail.knobs import knob
 from finedetail.models.weights import check_sha256_option
 
@@ -102,10 +102,17 @@ class JobConfig:
     backend: str = knob("seggpt-sam", "the models: 'seggpt-sam' (needs weights), 'classical' (weight-free, CPU, "
                                       "lower quality), 'proxy' (benchmarks only)",
                         range=f"one of: {', '.join(BACKENDS)}")
-    sam_checkpoint: str | None = knob(None, "SAM .pth: local path, s3:// or https:// (null: the official URL of "
-                                            "sam_model_type)", backends="seggpt-sam")
-    sam_model_type: str | None = knob(None, "SAM architecture (null: inferred from the weights, vit_h for the "
-                                            "default URL)", range="vit_h, vit_l, vit_b or null", backends="seggpt-sam")
+    refiner: str = knob("sam", "the promptable refiner: 'sam' (segment-anything), 'sam-hq' (HQ-SAM, finer "
+                               "boundaries) or 'sam2' (SAM 2.1, faster encoder); README, Choosing the refiner",
+                        range=f"one of: {', '.join(REFINERS)}", backends="seggpt-sam")
+    sam_checkpoint: str | None = knob(None, "the refiner's weights. sam: a .pth (local path, s3:// or https://; "
+                                            "null: the official URL of sam_model_type); sam-hq / sam2: a "
+                                            "transformers directory, s3:// prefix or Hub id (null: "
+                                            "syscv-community/sam-hq-vit-huge by sam_model_type, "
+                                            "facebook/sam2.1-hiera-large)", backends="seggpt-sam")
+    sam_model_type: str | None = knob(None, "SAM / SAM-HQ architecture (null: inferred from the weights, vit_h for "
+                                            "the default weights); not for sam2", range="vit_h, vit_l, vit_b or null",
+                                      backends="seggpt-sam")
     sam_sha256: str | None = knob(None, "expected SHA-256 of the SAM checkpoint; null checks the official URLs "
                                         "against their pinned digests and nothing else; 'skip' checks nothing",
                                   range="64 hex digits, skip or null", backends="seggpt-sam")
@@ -154,11 +161,18 @@ class JobConfig:
         # an existing cluster run in the head's directory, not in the one the command was typed in.
         for name in ("input", "output", "prompts", "coarse", "sam_checkpoint", "seggpt_checkpoint"):
             value = getattr(self, name)
-            if value is not None and _is_local_path(value, hub_ids=name == "seggpt_checkpoint",
+            hub = name == "seggpt_checkpoint" or (name == "sam_checkpoint" and self.refiner != "sam")
+            if value is not None and _is_local_path(value, hub_ids=hub,
                                                     names=_SAM_NAMES if name == "sam_checkpoint" else ()):
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend=}")
+        if self.refiner not in REFINERS:
+            raise ValueError(f"refiner must be one of {REFINERS}, got {self.refiner=}")
+        if self.refiner == "sam2" and self.sam_model_type is not None:
+            raise ValueError(f"sam_model_type ({self.sam_model_type}) names a SAM / SAM-HQ ViT size; SAM 2's size is "
+                             "chosen by its checkpoint: drop --sam-model-type and pass --sam-checkpoint (e.g. "
+                             "facebook/sam2.1-hiera-base-plus)")
         if self.prompts is None and self.coarse is None:
             raise ValueError("say what to segment: pass --prompts URI (images/ + masks/) or --coarse URI (masks)")
         if self.limit is not None and self.limit < 1:

@@ -12,6 +12,8 @@ prompt or a checkpoint replaced at the same path gives another:
   given as 64 hex digits, or the pinned digest of an official URL: any other file is refused at load); else a local
   file's SHA-256; an ``s3://`` object's ETag and size; an ``http(s)://`` resource's ETag (or Last-Modified) and size
   from a HEAD request. Unreachable from the driver: the SHA-256 of the driver's cached copy, else the location.
+- **SAM-HQ / SAM 2 checkpoint** (``--refiner sam-hq|sam2``): the refiner's name, and its transformers directory,
+  prefix or Hub id identified as SegGPT's below.
 - **SegGPT checkpoint**: a local directory: every file's relative path, size and SHA-256; an ``s3://`` prefix: every
   object's relative key, ETag and size; a Hub id: the commit the driver's Hub cache holds for it, else the id.
 - **coarse masks** (``--coarse``): the location, normalised (absolute real path). Like the input images, they are
@@ -41,7 +43,7 @@ CLASSES_FILE = "classes.yaml"
 
 log = logging.getLogger("finedetail.job")
 
-__all__ = ["checkpoint_identity", "fingerprint", "local_sha256", "prompt_digest", "seggpt_identity"]
+__all__ = ["CLASSES_FILE", "checkpoint_identity", "fingerprint", "local_sha256", "prompt_digest", "sam_source", "seggpt_identity"]
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGESTS_FILE = "digests.json"
@@ -59,8 +61,12 @@ def fingerprint(cfg: Any) -> str:
     if cfg.backend == "seggpt-sam":
         from finedetail.models.weights import DEFAULT_SEGGPT, SAM_URLS
 
-        sam = cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
-        parts["sam"] = _guarded(checkpoint_identity, SAM_URLS.get(sam, sam), sha256=cfg.sam_sha256)
+        if getattr(cfg, "refiner", "sam") == "sam":
+            sam = cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
+            parts["sam"] = _guarded(checkpoint_identity, SAM_URLS.get(sam, sam), sha256=cfg.sam_sha256)
+        else:  # a transformers directory / prefix / Hub id, identified as SegGPT's are
+            parts["refiner"] = cfg.refiner
+            parts["sam"] = _guarded(seggpt_identity, sam_source(cfg))
         parts["seggpt"] = _guarded(seggpt_identity, cfg.seggpt_checkpoint or DEFAULT_SEGGPT)
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -206,3 +212,17 @@ def local_sha256(path: str | os.PathLike) -> str:
     except OSError:
         pass
     return digest
+
+
+def sam_source(cfg: Any) -> str:
+    """The refiner weights of a ``seggpt-sam`` job: ``--sam-checkpoint``, else the default of ``cfg.refiner``: SAM's
+    official URL of its model type, or the Hub id of ``hf_checkpoints.default_hf_checkpoint``."""
+    if cfg.sam_checkpoint:
+        return cfg.sam_checkpoint
+    if cfg.refiner != "sam":
+        from finedetail.models.hf_checkpoints import default_hf_checkpoint
+
+        return default_hf_checkpoint(cfg.refiner, cfg.sam_model_type)
+    from finedetail.models.weights import SAM_URLS
+
+    return SAM_URLS[cfg.sam_model_type or "vit_h"]

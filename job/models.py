@@ -22,7 +22,7 @@ from finedetail.outputs import check_class_names
 from finedetail.types import PromptPair
 from job import io as jio
 from job.config import JobConfig
-from job.fingerprint import CLASSES_FILE
+from job.fingerprint import CLASSES_FILE, sam_source
 
 __all__ = ["CLASSES_FILE", "build_coarse", "build_refiner", "load_prompts", "read_prompt_classes", "resolve_classes"]
 
@@ -208,7 +208,7 @@ def backend_configs(cfg: JobConfig) -> tuple[Any, Any]:
     if classes is None:
         if options:
             raise ValueError(f"backend {cfg.backend!r} takes no backend_options, got {sorted(options)}; its models "
-                             "are chosen by --sam-checkpoint, --sam-model-type and --seggpt-checkpoint")
+                             "are chosen by --refiner, --sam-checkpoint, --sam-model-type and --seggpt-checkpoint")
         return None, None
     fields = {prefix: {f.name for f in dataclasses.fields(c)} for prefix, c in zip(("coarse_", "refiner_"), classes)}
     valid = sorted(prefix + name for prefix, names in fields.items() for name in names)
@@ -255,13 +255,6 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
     return seg
 
 
-def sam_source(cfg: JobConfig) -> str:
-    """The SAM weights of a ``seggpt-sam`` job: ``--sam-checkpoint`` or the official URL of its model type."""
-    from finedetail.models.weights import SAM_URLS
-
-    return cfg.sam_checkpoint or SAM_URLS[cfg.sam_model_type or "vit_h"]
-
-
 def fetch_weights(cfg: JobConfig) -> None:
     """Make sure the weights ``cfg.backend`` needs are on this machine (a local path, the cache, or fetched into the
     cache now) and verified, without loading them. The driver calls this before Ray starts, so missing weights are
@@ -278,17 +271,27 @@ def fetch_weights(cfg: JobConfig) -> None:
     quick = RetryPolicy(max_tries=3, base_delay=0.25, max_delay=1.0, quiet=True)
     if cfg.coarse is None:
         resolve_seggpt_checkpoint(cfg.seggpt_checkpoint or DEFAULT_SEGGPT, retry=quick)
-    resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
+    if cfg.refiner == "sam":
+        resolve_sam_checkpoint(sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, retry=quick)
+    else:
+        from finedetail.models.hf_checkpoints import resolve_hf_checkpoint
+
+        resolve_hf_checkpoint(sam_source(cfg), sha256=cfg.sam_sha256, retry=quick)
 
 
 def build_refiner(cfg: JobConfig) -> Any:
-    """The prompted refiner of ``cfg.backend`` (its config from ``cfg.backend_options``: ``backend_configs``)."""
+    """The prompted refiner of ``cfg.backend`` (seggpt-sam: ``cfg.refiner``, SAM / SAM-HQ / SAM 2; the weight-free
+    backends: their config from ``cfg.backend_options``, ``backend_configs``)."""
     r = cfg.pipeline.refine
     _, options = backend_configs(cfg)
     if cfg.backend == "seggpt-sam":
-        from finedetail.models.sam import SamRefiner
+        if cfg.refiner == "sam":
+            from finedetail.models.sam import SamRefiner as cls
+        else:
+            from finedetail.models import hf_sam
 
-        return SamRefiner.from_checkpoint(
+            cls = {"sam-hq": hf_sam.SamHQRefiner, "sam2": hf_sam.Sam2Refiner}[cfg.refiner]
+        return cls.from_checkpoint(
             sam_source(cfg), model_type=cfg.sam_model_type, sha256=cfg.sam_sha256, device=_device(cfg),
             multimask=r.multimask, encode_batch=cfg.resources.encode_batch,
             use_box=r.use_box, use_points=r.use_points, use_mask_input=r.use_mask_input,

@@ -41,6 +41,7 @@ PURE = [
     "finedetail.decode",
     "finedetail.models.checkpoints",
     "finedetail.models.weights",
+    "finedetail.models.hf_checkpoints",
     "finedetail.selective",
     "finedetail.instances",
     "finedetail.rasters",

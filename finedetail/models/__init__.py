@@ -15,6 +15,11 @@ from finedetail.models.base import CoarseSegmenter, Embedding, PromptedRefiner
 
 _LAZY = {
     "SamRefiner": "finedetail.models.sam",
+    "SamHQRefiner": "finedetail.models.hf_sam",
+    "Sam2Refiner": "finedetail.models.hf_sam",
+    "load_hf_refiner": "finedetail.models.hf_sam",
+    "build_tiny_hf_refiner": "finedetail.models.tiny",
+    "save_tiny_hf_refiner": "finedetail.models.tiny",
     "SegGptSegmenter": "finedetail.models.seggpt",
     "load_sam": "finedetail.models.checkpoints",
     "load_seggpt": "finedetail.models.checkpoints",

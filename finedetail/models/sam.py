@@ -42,11 +42,15 @@ __all__ = [
     "MULTIMASK_MODES",
     "SamEmbedding",
     "SamRefiner",
+    "check_refiner_options",
+    "choose_masks",
     "coarse_low_res",
+    "decode_in_groups",
     "pad_points",
     "resolve_device",
     "resolve_dtype",
     "select_multimask",
+    "sparse_prompts",
     "to_sam_boxes",
     "to_sam_points",
 ]
@@ -113,6 +117,64 @@ def select_multimask(low_res_logits: np.ndarray, iou_pred: np.ndarray, *, mode: 
     return np.argmax(np.where(best, iou_pred, -np.inf), axis=1)
 
 
+def check_refiner_options(model: str, *, multimask: str, encode_batch: int, decode_batch: int, use_box: bool,
+                          use_points: bool, use_mask_input: bool) -> None:
+    """ValueError unless the options every SAM-family refiner takes are valid (``model`` names it in the message)."""
+    if multimask not in MULTIMASK_MODES:
+        raise ValueError(f"multimask must be one of {MULTIMASK_MODES}, got {multimask=}")
+    if encode_batch < 1 or decode_batch < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {encode_batch=} {decode_batch=}")
+    if not (use_box or use_points or use_mask_input):
+        raise ValueError(f"at least one of use_box, use_points, use_mask_input must be True; {model} needs a prompt")
+
+
+def decode_in_groups(prompts: Sequence[ComponentPrompt], hw: tuple[int, int], decode, *, use_mask_input: bool,
+                     decode_batch: int) -> np.ndarray:
+    """``decode(chunk) -> (n, H, W)`` over the prompts in chunks of ``decode_batch`` -> (N, H, W) float32 in prompt
+    order. With ``use_mask_input``, components with and without logits go in separate chunks (a decoder call takes
+    mask input for all of its rows or none). Each prompt's mask must be ``hw``."""
+    for i, p in enumerate(prompts):
+        if p.mask.shape != tuple(hw):
+            raise ValueError(f"prompt {i}: mask is {p.mask.shape} but the encoded image is {tuple(hw)}; prompts must "
+                             "be in the frame of the image passed to encode()")
+    out = np.empty((len(prompts), *hw), np.float32)
+    groups = [list(range(len(prompts)))]
+    if use_mask_input:
+        groups = [[i for i, p in enumerate(prompts) if p.logits is not None],
+                  [i for i, p in enumerate(prompts) if p.logits is None]]
+    for group in groups:
+        for start in range(0, len(group), decode_batch):
+            idx = group[start : start + decode_batch]
+            out[idx] = decode([prompts[i] for i in idx])
+    return out
+
+
+def sparse_prompts(prompts: Sequence[ComponentPrompt], frame, *, use_points: bool, use_box: bool
+                   ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(points (N, P, 2) float64, labels (N, P) int64, boxes (N, 4) float64) in the model's input ``frame`` as SAM's
+    prompt encoder takes them (``to_sam_points``, ``pad_points``, ``to_sam_boxes``); None for a part that is off
+    (points also when no component has any)."""
+    coords = labels = boxes = None
+    if use_points and any(len(p.points) for p in prompts):
+        coords, labels = pad_points([to_sam_points(p.points, frame) for p in prompts],
+                                    [np.asarray(p.labels) for p in prompts])
+    if use_box:
+        boxes = to_sam_boxes(np.stack([p.box for p in prompts]), frame)
+    return coords, labels, boxes
+
+
+def choose_masks(low_res: torch.Tensor, iou: torch.Tensor, prompts: Sequence[ComponentPrompt], frame, *,
+                 mode: str) -> torch.Tensor:
+    """The decoder's (N, K, l, l) low-res logits and (N, K) predicted IoU -> the chosen (N, 1, l, l) logits
+    (``select_multimask``; mode "coarse" compares with each prompt's mask in ``frame``'s low-res grid)."""
+    coarse = None
+    if mode == "coarse" and low_res.shape[1] > 1:
+        coarse = np.stack([coarse_low_res(p.mask, frame, low_res=low_res.shape[-1]) for p in prompts])
+    choice = select_multimask(low_res.cpu().numpy(), iou.cpu().numpy(), mode=mode, coarse=coarse)
+    pick = torch.as_tensor(choice, device=low_res.device)
+    return low_res[torch.arange(len(prompts), device=low_res.device), pick][:, None]
+
+
 @dataclass(frozen=True, eq=False)
 class SamEmbedding:
     """One image encoded by a ``SamRefiner``.
@@ -171,12 +233,8 @@ class SamRefiner:
         fast_attention: bool = True,
         compile: bool = False,
     ) -> None:
-        if multimask not in MULTIMASK_MODES:
-            raise ValueError(f"multimask must be one of {MULTIMASK_MODES}, got {multimask=}")
-        if encode_batch < 1 or decode_batch < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {encode_batch=} {decode_batch=}")
-        if not (use_box or use_points or use_mask_input):
-            raise ValueError("at least one of use_box, use_points, use_mask_input must be True; SAM needs a prompt")
+        check_refiner_options("SAM", multimask=multimask, encode_batch=encode_batch, decode_batch=decode_batch,
+                              use_box=use_box, use_points=use_points, use_mask_input=use_mask_input)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.sam = sam.to(self.device).eval()
@@ -270,34 +328,20 @@ class SamRefiner:
         if len(prompts) == 0:
             return np.zeros((0, h, w), np.float32)
         for i, p in enumerate(prompts):
-            if p.mask.shape != (h, w):
-                raise ValueError(f"prompt {i}: mask is {p.mask.shape} but the encoded image is {(h, w)}; prompts must "
-                                 "be in the frame of the image passed to encode()")
             if self.use_mask_input and p.logits is not None and p.logits.shape[-2:] != (self.low_res, self.low_res):
                 raise ValueError(f"prompt {i}: logits must be ({self.low_res}, {self.low_res}), got {p.logits.shape}; "
                                  "make them with finedetail.prompts.mask_to_sam_logits")
-        out = np.empty((len(prompts), h, w), np.float32)
-        if self.use_mask_input:
-            groups = [[i for i, p in enumerate(prompts) if p.logits is not None],
-                      [i for i, p in enumerate(prompts) if p.logits is None]]
-        else:
-            groups = [list(range(len(prompts)))]
-        for group in groups:
-            for start in range(0, len(group), self.decode_batch):
-                idx = group[start : start + self.decode_batch]
-                out[idx] = self._decode(emb, [prompts[i] for i in idx])
-        return out
+        return decode_in_groups(prompts, (h, w), lambda chunk: self._decode(emb, chunk),
+                                use_mask_input=self.use_mask_input, decode_batch=self.decode_batch)
 
     def _decode(self, emb: SamEmbedding, prompts: Sequence[ComponentPrompt]) -> np.ndarray:
         dev = self.device
         points = boxes = masks = None
-        if self.use_points and any(len(p.points) for p in prompts):
-            coords, labels = pad_points([to_sam_points(p.points, emb.frame) for p in prompts],
-                                        [np.asarray(p.labels) for p in prompts])
+        coords, labels, b = sparse_prompts(prompts, emb.frame, use_points=self.use_points, use_box=self.use_box)
+        if coords is not None:
             points = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
                       torch.as_tensor(labels, dtype=torch.int, device=dev))
-        if self.use_box:
-            b = to_sam_boxes(np.stack([p.box for p in prompts]), emb.frame)
+        if b is not None:
             boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
         if self.use_mask_input and prompts[0].logits is not None:
             m = np.stack([np.asarray(p.logits, np.float32).reshape(self.low_res, self.low_res) for p in prompts])
@@ -317,12 +361,6 @@ class SamRefiner:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-            coarse = None
-            if multimask and self.multimask == "coarse":
-                coarse = np.stack([coarse_low_res(p.mask, emb.frame, low_res=low_res.shape[-1]) for p in prompts])
-            choice = select_multimask(low_res.float().cpu().numpy(), iou.float().cpu().numpy(),
-                                      mode=self.multimask, coarse=coarse)
-            pick = torch.as_tensor(choice, device=low_res.device)
-            chosen = low_res[torch.arange(len(prompts), device=low_res.device), pick][:, None]
-            full = self.sam.postprocess_masks(chosen.float(), emb.input_hw, emb.hw)
+            chosen = choose_masks(low_res.float(), iou.float(), prompts, emb.frame, mode=self.multimask)
+            full = self.sam.postprocess_masks(chosen, emb.input_hw, emb.hw)
             return torch.sigmoid(full[:, 0]).cpu().numpy().astype(np.float32, copy=False)

@@ -21,11 +21,15 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "HF_ARCHS",
     "SAM_ARCHS",
     "SamArch",
+    "build_hf_refiner",
     "build_sam",
     "build_tiny_sam",
+    "build_tiny_hf_refiner",
     "build_tiny_seggpt",
+    "save_tiny_hf_refiner",
     "save_tiny_sam",
     "save_tiny_seggpt",
     "tiny_seggpt_config",
@@ -239,6 +243,113 @@ def save_tiny_seggpt(directory: str | os.PathLike, *, canvas: int = 64, seed: in
     ``from_pretrained(directory)`` works offline for both. Returns the directory."""
     directory = Path(directory)
     model, processor = build_tiny_seggpt(canvas=canvas, seed=seed, **kwargs)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+#: full-size architectures of the transformers refiners, for benchmarks with random weights (compute does not depend
+#: on the values). SAM-HQ: SAM's ViT-B/L/H encoders ((embed dim, depth, heads, global blocks) as ``SAM_ARCHS``) with
+#: the HQ decoder. SAM 2.1: the Hiera sizes of Meta's sam2.1_hiera_{t,s,b+,l}.yaml (embed dim, heads, blocks per
+#: stage, global blocks, window sizes, window-position background size).
+HF_ARCHS: dict[str, dict[str, dict]] = {
+    "sam-hq": {
+        "vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11]),
+        "vit_l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                      global_attn_indexes=[5, 11, 17, 23]),
+        "vit_h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                      global_attn_indexes=[7, 15, 23, 31]),
+    },
+    "sam2": {
+        "hiera_t": dict(hidden_size=96, blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9],
+                        num_attention_heads_per_stage=[1, 2, 4, 8], window_size_per_stage=[8, 4, 14, 7],
+                        window_positional_embedding_background_size=[7, 7]),
+        "hiera_s": dict(hidden_size=96, blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13],
+                        num_attention_heads_per_stage=[1, 2, 4, 8], window_size_per_stage=[8, 4, 14, 7],
+                        window_positional_embedding_background_size=[7, 7]),
+        "hiera_b+": dict(hidden_size=112, num_attention_heads=2, blocks_per_stage=[2, 3, 16, 3],
+                         global_attention_blocks=[12, 16, 20], num_attention_heads_per_stage=[2, 4, 8, 16],
+                         window_size_per_stage=[8, 4, 14, 7], window_positional_embedding_background_size=[14, 14]),
+        "hiera_l": dict(hidden_size=144, num_attention_heads=2, blocks_per_stage=[2, 6, 36, 4],
+                        global_attention_blocks=[23, 33, 43], num_attention_heads_per_stage=[2, 4, 8, 16],
+                        window_size_per_stage=[8, 4, 16, 8], window_positional_embedding_background_size=[7, 7]),
+    },
+}
+
+
+def build_hf_refiner(refiner: str, arch: str = "tiny", *, seed: int = 0, attn_implementation: str = "sdpa"):
+    """(model, image processor) of ``refiner`` ("sam-hq" / "sam2") at ``arch``: "tiny" (``build_tiny_hf_refiner``)
+    or a key of ``HF_ARCHS[refiner]`` (full size, seeded random weights; wrap in ``torch.device("meta")`` to count
+    parameters without allocating them)."""
+    if arch == "tiny":
+        return build_tiny_hf_refiner(refiner, seed=seed, attn_implementation=attn_implementation)
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, SamHQConfig, SamHQModel, SamImageProcessor
+
+    archs = HF_ARCHS.get(refiner, {})
+    if arch not in archs:
+        raise ValueError(f"arch for {refiner!r} must be 'tiny' or one of {sorted(archs)}, got {arch!r}")
+    spec = dict(archs[arch])
+    if refiner == "sam-hq":
+        config = SamHQConfig(vision_config=dict(spec, initializer_range=0.02), initializer_range=0.02,
+                             mask_decoder_config=dict(vit_dim=spec["hidden_size"]))
+        cls, processor = SamHQModel, SamImageProcessor()
+    else:
+        d = spec["hidden_size"]
+        dims = [d, 2 * d, 4 * d, 8 * d]
+        backbone = dict(spec, model_type="sam2_hiera_det_model", embed_dim_per_stage=dims)
+        config = Sam2Config(vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1]))
+        cls, processor = Sam2Model, Sam2ImageProcessor()
+    return _seeded(cls, config, seed, attn_implementation), processor
+
+
+def _seeded(cls, config, seed: int, attn_implementation: str):
+    """``cls`` built from ``config`` with ``attn_implementation`` under ``torch.manual_seed(seed)`` in a forked RNG,
+    eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls._from_config(config, attn_implementation=attn_implementation)
+    return model.eval()
+
+
+def build_tiny_hf_refiner(refiner: str, *, seed: int = 0, hidden: int = 32, attn_implementation: str = "sdpa"):
+    """(model, image processor): a small transformers ``SamHQModel`` (``refiner="sam-hq"``, ~0.24 M parameters) or
+    ``Sam2Model`` (``"sam2"``, ~0.35 M) with seeded random weights (forked RNG), eval mode, fp32.
+
+    Both keep the real frames: 1024 input, 64x64 embedding, 256x256 low-res masks (SAM-HQ: 16-px patches, 2 ViT
+    blocks, block 1 global so the HQ token's feature path runs; SAM 2: Hiera with 4 stages of 1, 1, 2, 1 blocks,
+    stride 4 then three 2x query pools, one global block, FPN levels 256 / 128 / 64). The image processors are the
+    official defaults (SAM-HQ: long side 1024 + padding; SAM 2: 1024 x 1024 stretch)."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, SamHQConfig, SamHQModel, SamImageProcessor
+
+    decoder = dict(hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2, iou_head_hidden_dim=hidden)
+    prompt = dict(hidden_size=hidden, mask_input_channels=8)
+    if refiner == "sam-hq":
+        config = SamHQConfig(
+            vision_config=dict(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=[1],
+                               output_channels=hidden, mlp_dim=2 * hidden, num_pos_feats=hidden // 2,
+                               initializer_range=0.02),  # transformers' 1e-10 would leave an all-but-zero encoder
+            prompt_encoder_config=prompt, mask_decoder_config=dict(decoder, vit_dim=hidden), initializer_range=0.02)
+        cls, processor = SamHQModel, SamImageProcessor()
+    elif refiner == "sam2":
+        dims = [16, 32, 64, 128]
+        backbone = dict(model_type="sam2_hiera_det_model", hidden_size=dims[0], num_attention_heads=1,
+                        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=dims,
+                        num_attention_heads_per_stage=[1, 1, 1, 1], global_attention_blocks=[3])
+        config = Sam2Config(vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1],
+                                               fpn_hidden_size=hidden),
+                            prompt_encoder_config=prompt, mask_decoder_config=decoder)
+        cls, processor = Sam2Model, Sam2ImageProcessor()
+    else:
+        raise ValueError(f"refiner must be 'sam-hq' or 'sam2', got {refiner!r}")
+    return _seeded(cls, config, seed, attn_implementation), processor
+
+
+def save_tiny_hf_refiner(refiner: str, directory: str | os.PathLike, *, seed: int = 0, **kwargs) -> Path:
+    """Save ``build_tiny_hf_refiner(refiner)`` like a Hub repo (``config.json``, ``model.safetensors``,
+    ``preprocessor_config.json``) so ``hf_sam.load_hf_refiner`` reads it as it reads the real ones. Returns the
+    directory."""
+    directory = Path(directory)
+    model, processor = build_tiny_hf_refiner(refiner, seed=seed, **kwargs)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

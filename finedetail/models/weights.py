@@ -169,7 +169,7 @@ def _safe_relpath(key: str, uri: str) -> str:
     return "/".join(parts)
 
 
-def _check_sha(path: Path, expected: str | None, *, source: str, then: str) -> None:
+def check_sha(path: Path, expected: str | None, *, source: str, then: str) -> None:
     """ChecksumMismatchError when ``path``'s digest is not ``expected`` (None or "skip": no check). ``then`` says
     what became of the file and what to do, for the message."""
     if expected is None or expected == SKIP_SHA256:
@@ -181,7 +181,7 @@ def _check_sha(path: Path, expected: str | None, *, source: str, then: str) -> N
             path=str(path), expected=expected.lower(), found=got)
 
 
-def _mismatch_advice(sha_flag: str) -> str:
+def mismatch_advice(sha_flag: str) -> str:
     return (f"pass {sha_flag} with the file's real digest if it is a version you want, or {sha_flag} "
             f"{SKIP_SHA256} to accept it unchecked")
 
@@ -218,15 +218,15 @@ def resolve_checkpoint(
             raise FileNotFoundError(f"checkpoint {redact(text)!r} does not exist; pass an existing file, s3:// or "
                                     "https:// URI")
         if path.is_file():
-            _check_sha(path, sha256, source=str(path), then=f"the file was left as it is; {_mismatch_advice(sha_flag)}")
+            check_sha(path, sha256, source=str(path), then=f"the file was left as it is; {mismatch_advice(sha_flag)}")
         return path
     if parsed.scheme not in ("s3", "http", "https"):
         raise ValueError(f"unsupported checkpoint URI scheme {parsed.scheme!r} in {redact(text)!r}; use a path, "
                          "file://, s3://, http:// or https://")
     target = cache_path_for(text, cache_dir=cache_dir)
     if target.is_file():  # never deleted here: on an offline machine it may be a pre-seeded, only copy
-        _check_sha(target, sha256, source=f"cached {target} (for {redact(text)})",
-                   then=f"the file was kept, nothing was downloaded; {_mismatch_advice(sha_flag)}, or delete the "
+        check_sha(target, sha256, source=f"cached {target} (for {redact(text)})",
+                   then=f"the file was kept, nothing was downloaded; {mismatch_advice(sha_flag)}, or delete the "
                         "file to download it again")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,9 +234,9 @@ def resolve_checkpoint(
     tmp = _temp_in(target)
     try:
         fetch(text, tmp, target=target, flag=flag, retry=retry)
-        _check_sha(tmp, sha256, source=redact(text),
+        check_sha(tmp, sha256, source=redact(text),
                    then=f"the download was discarded; it is corrupt, truncated or another version: "
-                        f"{_mismatch_advice(sha_flag)}")
+                        f"{mismatch_advice(sha_flag)}")
         os.replace(tmp, target)
     finally:
         if tmp.exists():

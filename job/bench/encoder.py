@@ -1,7 +1,8 @@
 """Benchmark of SAM's ViT image encoder: segment_anything's reference attention vs the fused SDPA path
 (``finedetail.models.fast_attention``), plus how many encoder passes the default pipeline spends on one image.
 
-Usage: ``python -m job.bench encoder [--arch tiny|vit_b|vit_l|vit_h] [--batches 1,4,8] [--compile] [--json]``.
+Usage: ``python -m job.bench encoder [--refiner sam|sam-hq|sam2] [--arch tiny|vit_b|vit_l|vit_h|hiera_b+|...]
+[--batches 1,4,8] [--compile] [--json]``.
 
 Per mode (``reference``, ``fast``, and ``fast_compiled`` with ``--compile``) and batch size: seconds per encoder
 pass (one 1024 x 1024 image), median of ``--repeat`` timed calls after ``--warmup`` untimed ones, with the min and
@@ -25,6 +26,11 @@ count, also printed, replaces T by 4900 in their qkv/proj/attention/rel-pos term
 ViT-B: 0.97 TFLOPs). Norms,
 GELU and softmax are not counted. On CUDA, TFLOP/s is also given as a fraction of the card's dense bf16 peak
 (``--peak-tflops``, default from the card's name: H100 SXM / H200 989, H100 PCIe 756, A100 312, L4 121, A10G 125).
+
+``--refiner sam-hq|sam2`` times the transformers refiners' vision encoders instead (``finedetail.models.tiny.HF_ARCHS``:
+``--arch tiny|vit_b|vit_l|vit_h`` for SAM-HQ, ``tiny|hiera_t|hiera_s|hiera_b+|hiera_l`` for SAM 2): transformers'
+``eager`` attention vs its fused ``sdpa`` (the refiners' default), same weights, plus ``--compile``; FLOPs are not
+counted for them (the formula above is SAM's ViT), parameters are.
 
 Pipeline passes: ``finedetail.execute.run_image`` with the colour-keyed proxy models (``finedetail.models.proxy``:
 they find the objects like trained models would, and count passes exactly like SegGPT/SAM do) and the default
@@ -185,15 +191,10 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
     """Run the benchmark; returns the numbers ``main`` prints."""
     import torch
 
-    from finedetail.models.checkpoints import resolve_device, resolve_dtype
     from finedetail.models.fast_attention import disable_fast_attention, enable_fast_attention
 
-    dev = resolve_device(None if device == "auto" else device)
-    dt = resolve_dtype(None if dtype == "auto" else dtype, dev)
+    dev, dt, batches, warmup, name = _settings(device, dtype, batches, warmup)
     on_cuda = dev.type == "cuda"
-    batches = list(batches or ([1, 4, 8] if on_cuda else [1, 4]))
-    warmup = (2 if on_cuda else 0) if warmup is None else warmup
-    name = torch.cuda.get_device_name(dev) if on_cuda else "cpu"
     peak = peak_tflops if peak_tflops is not None else (peak_tflops_for(name) if on_cuda else None)
 
     sam = make_sam(arch).to(dev).eval()
@@ -204,39 +205,15 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
     gen = torch.Generator().manual_seed(0)
     x_all = torch.randn(max(batches), 3, encoder.img_size, encoder.img_size, generator=gen).to(dev)
     flops = encoder_flops(encoder)
-    results: list[dict[str, Any]] = []
-    first: dict[str, torch.Tensor] = {}
-    for mode, module in modes:
+
+    def setup(mode: str) -> None:
         (disable_fast_attention if mode == "reference" else enable_fast_attention)(encoder)
-        for b in batches:
-            x = x_all[:b]
 
-            def call():
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
-                    return module(x)
-
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
-            times, out = _time(call, repeat=repeat, warmup=warmup, device=str(dev))
-            per = [t / b for t in times]
-            med = statistics.median(per)
-            row: dict[str, Any] = {"mode": mode, "batch": b, "s_per_pass": med, "s_per_pass_min": min(per),
-                                   "s_per_pass_max": max(per), "runs": repeat,
-                                   "tflops": flops / med / 1e12}
-            if on_cuda:
-                row["peak_fraction"] = row["tflops"] / peak if peak else None
-                row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-            results.append(row)
-            if b == batches[0]:
-                first[mode] = out[:1].float()
-            del out
+    results, first = _time_modes(modes, x_all, batches, dev=dev, dt=dt, repeat=repeat, warmup=warmup, flops=flops,
+                                 peak=peak, setup=setup)
     disable_fast_attention(encoder)
-    speedup, speedup_compiled = {}, {}
-    for b in batches:
-        t = {r["mode"]: r["s_per_pass"] for r in results if r["batch"] == b}
-        speedup[str(b)] = t["reference"] / t["fast"]
-        if "fast_compiled" in t:
-            speedup_compiled[str(b)] = t["reference"] / t["fast_compiled"]
+    speedup = _speedups(results, batches, "reference", "fast")
+    speedup_compiled = _speedups(results, batches, "reference", "fast_compiled")
     res: dict[str, Any] = {
         "arch": arch,
         "device": str(dev),
@@ -249,14 +226,115 @@ def run(*, arch: str = "vit_b", device: str = "auto", dtype: str = "auto", batch
         "peak_tflops": peak,
         "results": results,
         "speedup_fast_vs_reference": speedup,
-        "speedup_compiled_vs_reference": speedup_compiled or None,
+        "speedup_compiled_vs_reference": speedup_compiled,
         "max_abs_diff_fast_vs_reference": float((first["fast"] - first["reference"]).abs().max()),
     }
-    if passes:
-        res["pipeline"] = pipeline_passes()
-        best = min(r["s_per_pass"] for r in results if r["mode"] != "reference")
-        res["sam_encoder_s_per_image"] = res["pipeline"]["refiner_passes"] * best
+    return _with_pipeline(res, results, "reference") if passes else res
+
+
+def _settings(device: str, dtype: str, batches: Sequence[int] | None, warmup: int | None):
+    """(torch device, autocast dtype, batch sizes, warm-up calls, device name) from the CLI's "auto" defaults."""
+    import torch
+
+    from finedetail.models.checkpoints import resolve_device, resolve_dtype
+
+    dev = resolve_device(None if device == "auto" else device)
+    dt = resolve_dtype(None if dtype == "auto" else dtype, dev)
+    on_cuda = dev.type == "cuda"
+    batches = list(batches or ([1, 4, 8] if on_cuda else [1, 4]))
+    warmup = (2 if on_cuda else 0) if warmup is None else warmup
+    return dev, dt, batches, warmup, torch.cuda.get_device_name(dev) if on_cuda else "cpu"
+
+
+def _time_modes(modes, x_all, batches, *, dev, dt, repeat: int, warmup: int, flops: int | None = None,
+                peak: float | None = None, setup=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time ``fn(x_all[:b])`` per (mode, fn) of ``modes`` and batch ``b`` (``setup(mode)`` first) -> (one row per
+    mode and batch, each mode's first-batch output's first item as float)."""
+    import torch
+
+    on_cuda = dev.type == "cuda"
+    results: list[dict[str, Any]] = []
+    first: dict[str, Any] = {}
+    for mode, fn in modes:
+        if setup is not None:
+            setup(mode)
+        for b in batches:
+            x = x_all[:b]
+
+            def call():
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
+                    out = fn(x)
+                    return out[-1] if isinstance(out, (list, tuple)) else out
+
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            times, out = _time(call, repeat=repeat, warmup=warmup, device=str(dev))
+            per = [t / b for t in times]
+            med = statistics.median(per)
+            row: dict[str, Any] = {"mode": mode, "batch": b, "s_per_pass": med, "s_per_pass_min": min(per),
+                                   "s_per_pass_max": max(per), "runs": repeat,
+                                   "tflops": flops / med / 1e12 if flops else None}
+            if on_cuda:
+                row["peak_fraction"] = row["tflops"] / peak if peak and row["tflops"] else None
+                row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+            results.append(row)
+            if b == batches[0]:
+                first[mode] = out[:1].float()
+            del out
+    return results, first
+
+
+def _speedups(results: list[dict[str, Any]], batches: Sequence[int], ref: str, fast: str) -> dict[str, float] | None:
+    """Per batch (as str): s/pass of mode ``ref`` over that of ``fast``; None when ``fast`` was not timed."""
+    t = {(r["mode"], r["batch"]): r["s_per_pass"] for r in results}
+    if not any(m == fast for m, _ in t):
+        return None
+    return {str(b): t[(ref, b)] / t[(fast, b)] for b in batches}
+
+
+def _with_pipeline(res: dict[str, Any], results: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """``res`` plus the default pipeline's pass count and the encoder seconds per image at the best non-reference
+    rate."""
+    res["pipeline"] = pipeline_passes()
+    best = min(r["s_per_pass"] for r in results if r["mode"] != reference)
+    res["sam_encoder_s_per_image"] = res["pipeline"]["refiner_passes"] * best
     return res
+
+
+def run_hf(*, refiner: str, arch: str = "tiny", device: str = "auto", dtype: str = "auto",
+           batches: Sequence[int] | None = None, repeat: int = 3, warmup: int | None = None, compile: bool = False,
+           passes: bool = True) -> dict[str, Any]:
+    """``run`` for the transformers refiners: the vision encoder with ``eager`` vs ``sdpa`` attention (same seeded
+    weights), per batch; returns the same keys (``flops_per_pass`` None)."""
+    import torch
+
+    from finedetail.models.tiny import build_hf_refiner
+
+    dev, dt, batches, warmup, name = _settings(device, dtype, batches, warmup)
+    models = {impl: build_hf_refiner(refiner, arch, attn_implementation=impl)[0].to(dev).eval()
+              for impl in ("eager", "sdpa")}
+    params = sum(p.numel() for p in models["sdpa"].parameters())
+
+    def encoder(model):
+        return model.get_image_embeddings if refiner == "sam2" else (lambda x: model.vision_encoder(x)[0])
+
+    modes: list[tuple[str, Any]] = [("eager", encoder(models["eager"])), ("sdpa", encoder(models["sdpa"]))]
+    if compile:
+        models["sdpa"].vision_encoder.compile()
+        modes.append(("sdpa_compiled", encoder(models["sdpa"])))
+    side = models["sdpa"].config.prompt_encoder_config.image_size
+    x_all = torch.randn(max(batches), 3, side, side, generator=torch.Generator().manual_seed(0)).to(dev)
+    results, first = _time_modes(modes, x_all, batches, dev=dev, dt=dt, repeat=repeat, warmup=warmup)
+    speedup = _speedups(results, batches, "eager", "sdpa")
+    compiled = _speedups(results, batches, "eager", "sdpa_compiled")
+    res: dict[str, Any] = {
+        "refiner": refiner, "arch": arch, "device": str(dev), "device_name": name,
+        "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(), "batches": batches,
+        "parameters": params, "flops_per_pass": None, "flops_per_pass_executed": None, "peak_tflops": None,
+        "results": results, "speedup_fast_vs_reference": speedup, "speedup_compiled_vs_reference": compiled,
+        "max_abs_diff_fast_vs_reference": float((first["sdpa"] - first["eager"]).abs().max()),
+    }
+    return _with_pipeline(res, results, "eager") if passes else res
 
 
 def _ints(text: str) -> list[int]:
@@ -272,7 +350,11 @@ def _ints(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry (``job.bench`` dispatches here); prints a table, or one JSON object with ``--json``."""
     p = argparse.ArgumentParser(prog="job.bench encoder", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="vit_b", choices=("tiny", "vit_b", "vit_l", "vit_h"))
+    p.add_argument("--refiner", default="sam", choices=("sam", "sam-hq", "sam2"),
+                   help="which refiner's encoder (default sam: segment-anything's ViT)")
+    p.add_argument("--arch", default=None, choices=("tiny", "vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s",
+                                                     "hiera_b+", "hiera_l"),
+                   help="size, random weights (default vit_b; sam2: hiera_b+; hiera_* only for sam2)")
     p.add_argument("--batches", type=_ints, default=None, help="batch sizes (default 1,4 on CPU, 1,4,8 on CUDA)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
@@ -290,22 +372,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    res = run(arch=args.arch, device=args.device, dtype=args.dtype, batches=args.batches, repeat=args.repeat,
-              warmup=args.warmup, compile=args.compile, peak_tflops=args.peak_tflops, passes=args.passes)
+    arch = args.arch or ("hiera_b+" if args.refiner == "sam2" else "vit_b")
+    if (args.refiner == "sam2") != arch.startswith("hiera") and arch != "tiny":
+        p.error(f"--arch {arch} is not a {args.refiner} size; sam / sam-hq: tiny, vit_b, vit_l, vit_h; sam2: tiny, "
+                "hiera_t, hiera_s, hiera_b+, hiera_l")
+    if args.refiner == "sam":
+        res = run(arch=arch, device=args.device, dtype=args.dtype, batches=args.batches, repeat=args.repeat,
+                  warmup=args.warmup, compile=args.compile, peak_tflops=args.peak_tflops, passes=args.passes)
+    else:
+        res = run_hf(refiner=args.refiner, arch=arch, device=args.device, dtype=args.dtype, batches=args.batches,
+                     repeat=args.repeat, warmup=args.warmup, compile=args.compile, passes=args.passes)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"encoder bench: SAM {res['arch']} on {res['device_name']} ({res['device']}), {res['dtype']}, "
-          f"{res['threads']} torch threads; {res['flops_per_pass'] / 1e9:.1f} GFLOPs per 1024^2 pass "
-          f"({res['flops_per_pass_executed'] / 1e9:.1f} executed incl. window padding)")
+    if res["flops_per_pass"] is None:
+        print(f"encoder bench: {res['refiner']} {res['arch']} ({res['parameters'] / 1e6:.1f} M parameters) on "
+              f"{res['device_name']} ({res['device']}), {res['dtype']}, {res['threads']} torch threads; modes: "
+              "transformers eager vs sdpa attention")
+    else:
+        print(f"encoder bench: SAM {res['arch']} on {res['device_name']} ({res['device']}), {res['dtype']}, "
+              f"{res['threads']} torch threads; {res['flops_per_pass'] / 1e9:.1f} GFLOPs per 1024^2 pass "
+              f"({res['flops_per_pass_executed'] / 1e9:.1f} executed incl. window padding)")
     peak = res["peak_tflops"]
     head = f"{'mode':14s} {'batch':>5s} {'s/pass':>9s} {'min':>9s} {'max':>9s} {'TFLOP/s':>8s}"
     if res["device"].startswith("cuda"):
         head += f" {'of peak':>8s} {'mem GiB':>8s}"
     print(head)
     for r in res["results"]:
+        tflops = "n/a" if r["tflops"] is None else f"{r['tflops']:.4g}"
         line = (f"{r['mode']:14s} {r['batch']:5d} {r['s_per_pass']:9.4f} {r['s_per_pass_min']:9.4f} "
-                f"{r['s_per_pass_max']:9.4f} {r['tflops']:8.4g}")
+                f"{r['s_per_pass_max']:9.4f} {tflops:>8s}")
         if "max_memory_gib" in r:
             frac = f"{100 * r['peak_fraction']:7.1f}%" if r["peak_fraction"] is not None else "     n/a"
             line += f" {frac} {r['max_memory_gib']:8.2f}"

@@ -37,6 +37,7 @@ Usage::
     python -m job.bench real --data data/drive --prompts 2 --inputs 8 --backend classical
     python -m job.bench real --data data/pldu --configs single,default --json
     python -m job.bench real --data data/crackforest --preset technical --keep --workdir /tmp/bench-crack
+    python -m job.bench real --data data/drive --backend seggpt-sam --refiner sam-hq --configs single,default
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _job_flags(name: str, extra: dict[str, list[str]], preset: str | None) -> li
 def run(data: Path, *, prompts: int = 2, inputs: int = 8, configs: Sequence[str] = DEFAULT_CONFIGS,
         extra: dict[str, list[str]] | None = None, backend: str = "classical", preset: str | None = None,
         workdir: Path | None = None, keep: bool = False, address: str | None = None,
-        job_args: Sequence[str] = (), log=print) -> dict[str, Any]:
+        job_args: Sequence[str] = (), refiner: str | None = None, log=print) -> dict[str, Any]:
     """Run every configuration through the job CLI and score it. Returns ``{"rows": [...], "data": ..., ...}``."""
     extra = dict(extra or {})
     items = load_layout(data)
@@ -205,6 +206,8 @@ def run(data: Path, *, prompts: int = 2, inputs: int = 8, configs: Sequence[str]
             cmd = [sys.executable, "-m", "job", "run", "--input", str(work / "inputs"),
                    "--prompts", str(work / "prompts"), "--output", str(out), "--backend", backend,
                    "--no-overlays", "--json", *flags, *job_args]
+            if refiner is not None:
+                cmd += ["--refiner", refiner]
             if address:
                 cmd += ["--address", address]
             t0 = time.perf_counter()
@@ -231,7 +234,7 @@ def run(data: Path, *, prompts: int = 2, inputs: int = 8, configs: Sequence[str]
                          "encoder_passes": float(np.mean(passes)), "seconds_per_image": wall / len(per),
                          "stage_seconds_per_image": float(np.mean(stage_s)), "flags": shlex.join(flags)})
             log(_line(rows[-1]))
-        return {"data": str(data), "backend": backend, "prompts": [it.name for it in prompt_items],
+        return {"data": str(data), "backend": backend, "refiner": refiner, "prompts": [it.name for it in prompt_items],
                 "inputs": [it.name for it in input_items], "preset": preset, "rows": rows,
                 "workdir": str(work) if keep else None}
     finally:
@@ -287,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", action="append", default=[], metavar="NAME=ARGS",
                    help="an extra row with these job flags, e.g. 'exact-gf=--set post.subsample=1' (repeatable)")
     p.add_argument("--backend", default="classical", help="job --backend (default classical: runs without weights)")
+    p.add_argument("--refiner", choices=("sam", "sam-hq", "sam2"),
+                   help="job --refiner for every row (backend seggpt-sam; default: the job's, sam); its weights by "
+                        "--job-arg=--sam-checkpoint=...")
     p.add_argument("--preset", help="the preset row's --preset (e.g. medical for vessels, technical for cracks/wires)")
     p.add_argument("--workdir", type=Path, help="keep prompts/, inputs/ and out-*/ here (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the temp workdir and print where it is")
@@ -310,12 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     result = run(args.data, prompts=args.prompts, inputs=args.inputs, configs=names, extra=extra,
                  backend=args.backend, preset=args.preset, workdir=args.workdir, keep=args.keep,
-                 address=args.address, job_args=args.job_arg, log=log)
+                 address=args.address, job_args=args.job_arg, refiner=args.refiner, log=log)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print()
-        print(f"{args.data} - backend {args.backend}, prompts {result['prompts']}, {len(result['inputs'])} inputs")
+        print(f"{args.data} - backend {args.backend}{f' (refiner {args.refiner})' if args.refiner else ''}, prompts {result['prompts']}, {len(result['inputs'])} inputs")
         print(table(result))
         if result["workdir"]:
             print(f"outputs kept in {result['workdir']}")

@@ -1,6 +1,10 @@
 """End-to-end throughput of the Ray job (``job.run.run_job``) on generated images.
 
-Usage: ``python -m job.bench throughput [--images 16] [--size 512] [--arch tiny|vit_b|vit_l|vit_h] [--json]``.
+Usage: ``python -m job.bench throughput [--images 16] [--size 512] [--refiner sam|sam-hq|sam2]
+[--arch tiny|vit_b|vit_l|vit_h|hiera_t|hiera_s|hiera_b+|hiera_l] [--json]``.
+
+``--refiner sam-hq|sam2`` runs the job with that refiner (``--refiner`` of ``python -m job run``); its random-weight
+checkpoint is a transformers ``save_pretrained`` directory (tiny, or a full size of ``finedetail.models.tiny.HF_ARCHS``).
 
 Writes ``--images`` scenes (``finedetail.synthetic.make_scene``, the four kinds in turn, PNG) and one prompt pair
 (``prompts/images/p0.png`` + ``prompts/masks/p0.png``) to a temporary folder, saves random-weight checkpoints in
@@ -73,16 +77,23 @@ def write_dataset(root: Path, *, n: int, hw: tuple[int, int], seed: int = 0) -> 
     return images, prompts, pixels
 
 
-def write_weights(root: Path, *, arch: str, seggpt: str) -> tuple[str, str]:
-    """Random-weight checkpoints in the official formats -> (SAM .pth path, SegGPT directory)."""
+def write_weights(root: Path, *, arch: str, seggpt: str, refiner: str = "sam") -> tuple[str, str]:
+    """Random-weight checkpoints in the official formats -> (refiner checkpoint: SAM .pth path or a SAM-HQ / SAM 2
+    ``save_pretrained`` directory, SegGPT directory)."""
     import torch
     from transformers import SegGptConfig, SegGptForImageSegmentation, SegGptImageProcessor
 
-    from finedetail.models.tiny import SAM_ARCHS, build_sam, save_tiny_sam, save_tiny_seggpt
+    from finedetail.models.tiny import SAM_ARCHS, build_hf_refiner, build_sam, save_tiny_sam, save_tiny_seggpt
 
     root.mkdir(parents=True, exist_ok=True)
     sam_path = root / f"sam_{arch}.pth"
-    if arch == "tiny":
+    if refiner != "sam":
+        sam_path = root / f"{refiner}_{arch}"
+        model, processor = build_hf_refiner(refiner, arch)
+        model.save_pretrained(sam_path)
+        processor.save_pretrained(sam_path)
+        del model
+    elif arch == "tiny":
         save_tiny_sam(sam_path)
     else:
         sam = build_sam(SAM_ARCHS[arch], seed=0)
@@ -161,6 +172,7 @@ def stage_breakdown(rows: Sequence[dict[str, Any]], *, fuse_cpus: float | None =
 
 
 def run(*, images: int = 16, size: tuple[int, int] = (512, 512), arch: str = "tiny", seggpt: str = "tiny",
+        refiner: str = "sam",
         device: str | None = None, scales: Sequence[float] | None = None, tta: Sequence[str] | None = None,
         crop: bool = True, resources: dict[str, Any] | None = None, workdir: str | None = None,
         num_cpus: int | None = None) -> dict[str, Any]:
@@ -174,10 +186,11 @@ def run(*, images: int = 16, size: tuple[int, int] = (512, 512), arch: str = "ti
         root = Path(tmp)
         t0 = time.perf_counter()
         in_dir, prompts, _ = write_dataset(root / "data", n=images, hw=size)
-        sam_path, seggpt_dir = write_weights(root / "weights", arch=arch, seggpt=seggpt)
+        sam_path, seggpt_dir = write_weights(root / "weights", arch=arch, seggpt=seggpt, refiner=refiner)
         prep_s = time.perf_counter() - t0
         values: dict[str, Any] = {
             "input": str(in_dir), "prompts": str(prompts), "output": str(root / "out"), "backend": "seggpt-sam",
+            "refiner": refiner,
             "sam_checkpoint": sam_path, "seggpt_checkpoint": seggpt_dir, "device": device,
             "resources": dict(resources or {}),
             # random weights give empty coarse maps: without this every refiner window would be skipped as
@@ -205,6 +218,7 @@ def run(*, images: int = 16, size: tuple[int, int] = (512, 512), arch: str = "ti
         "ok": summary["ok"],
         "errors": summary["errors"],
         "size_hw": list(size),
+        "refiner": refiner,
         "arch": arch,
         "seggpt": seggpt,
         "device": device or "auto",
@@ -234,8 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="job.bench throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=16, help="generated images (default 16)")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="image size N or HxW (default 512)")
-    p.add_argument("--arch", default="tiny", choices=("tiny", "vit_b", "vit_l", "vit_h"),
-                   help="SAM architecture, random weights (default tiny; full sizes are meant for a GPU)")
+    p.add_argument("--refiner", default="sam", choices=("sam", "sam-hq", "sam2"), help="the job's --refiner")
+    p.add_argument("--arch", default="tiny",
+                   choices=("tiny", "vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s", "hiera_b+", "hiera_l"),
+                   help="refiner size, random weights (default tiny; full sizes are meant for a GPU; vit_* for sam "
+                        "and sam-hq, hiera_* for sam2)")
     p.add_argument("--seggpt", default="tiny", choices=("tiny", "full"), help="SegGPT size, random weights")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--scales", type=_floats, default=None, help="e.g. 1,2 (default: the method's default)")
@@ -250,16 +267,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
+    if args.arch != "tiny" and (args.refiner == "sam2") != args.arch.startswith("hiera"):
+        p.error(f"--arch {args.arch} is not a {args.refiner} size (vit_* for sam / sam-hq, hiera_* for sam2)")
     res_kw = {k: v for k, v in (("batch_size", args.batch_size), ("encode_batch", args.encode_batch),
                                 ("max_actors", args.max_actors)) if v is not None}
-    res = run(images=args.images, size=args.size, arch=args.arch, seggpt=args.seggpt, device=args.device,
+    res = run(images=args.images, size=args.size, arch=args.arch, seggpt=args.seggpt, refiner=args.refiner,
+              device=args.device,
               scales=args.scales, tta=args.tta, crop=args.crop, resources=res_kw, workdir=args.workdir,
               num_cpus=args.num_cpus)
     if args.json:
         print(json.dumps(res, default=str))
         return 0
     st = res["stages"]
-    print(f"throughput bench: {res['images']} images {res['size_hw'][1]}x{res['size_hw'][0]}, SAM {res['arch']}, "
+    print(f"throughput bench: {res['images']} images {res['size_hw'][1]}x{res['size_hw'][0]}, refiner "
+          f"{res['refiner']} {res['arch']}, "
           f"SegGPT {res['seggpt']}, cluster {res['cluster']}; Ray start {res['ray_start_s']:.1f} s (not counted)")
     print(f"job: {res['ok']} ok, {res['errors']} errors in {res['wall_s']:.1f} s -> {res['images_per_s']:.3f} "
           f"images/s, {res['encoder_passes_per_s']:.2f} encoder passes/s ({res['encoder_passes_per_image']:.1f} "
