@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["FAILED", "INTERRUPTED", "OK", "REFUSED", "SOME_ERRORS", "config_file_error", "exit_status",
-           "one_line"]
+           "one_line", "storage_problem"]
 
 OK, FAILED, REFUSED, SOME_ERRORS, INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -25,6 +26,29 @@ def one_line(exc: BaseException | str) -> str:
     from job import io as jio
 
     return " ".join(jio.redact(exc).split())
+
+
+#: what an S3 error means for the user, by the words of boto3's and Arrow's messages (compared lower case, without
+#: spaces and underscores: ``SIGNATURE_DOES_NOT_MATCH`` and ``SignatureDoesNotMatch`` alike)
+_STORAGE_PROBLEMS = (
+    (("signaturedoesnotmatch", "invalidaccesskeyid"),
+     "the S3 server refused the credentials; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"),
+    (("accessdenied",), "access denied; the credentials have no permission there, check the bucket's policy"),
+    (("nosuchbucket",), "the bucket does not exist: check its name in the URI"),
+    (("networkconnection", "couldnotconnect", "connectionrefused", "endpointconnectionerror"),
+     "cannot reach the S3 endpoint: is the server up, and AWS_ENDPOINT_URL right?"),
+)
+
+
+def storage_problem(exc: BaseException | str) -> str:
+    """A storage error on one line, led by what it means and the fix when the error is a known S3 one (wrong
+    credentials, no such bucket, endpoint down): ``"<meaning>: <fix> (<the error>)"``."""
+    text = one_line(exc)
+    words = re.sub(r"[\s_]", "", text.lower())
+    for needles, meaning in _STORAGE_PROBLEMS:
+        if any(n in words for n in needles):
+            return f"{meaning} ({text})"
+    return text
 
 
 def exit_status(summary: dict[str, Any], *, strict: bool = False) -> int:

@@ -20,6 +20,7 @@ from job import io as jio
 from job import manifest as jm
 from job.config import JobConfig
 from job.errors import one_line as _one_line
+from job.errors import storage_problem
 from job.progress import Progress, ProgressOptions
 
 log = logging.getLogger("finedetail.job")
@@ -252,11 +253,11 @@ def validate_up_front(cfg: JobConfig) -> None:
             if cfg.backend != "seggpt-sam":  # weight-free: fitting the coarse model on the prompts is cheap
                 build_coarse(cfg, prompts)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {_one_line(exc)}") from exc
+        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {storage_problem(exc)}") from exc
     try:
         jio.check_writable(cfg.output)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {_one_line(exc)}") from exc
+        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {storage_problem(exc)}") from exc
     try:
         fetch_weights(cfg)
     except (OSError, ValueError) as exc:
@@ -346,7 +347,7 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force
     try:
         keys = list_inputs(cfg, refused=refused)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"cannot list --input {jio.redact(cfg.input)}: {_one_line(exc)}") from exc
+        raise JobRefused(f"cannot list --input {jio.redact(cfg.input)}: {storage_problem(exc)}") from exc
     if not keys and not refused:
         raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
