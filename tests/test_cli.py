@@ -9,10 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import zlib
@@ -251,13 +253,21 @@ def test_progress_bar_redraws_one_line():
 # ------------------------------------------------------------------- a real run, as a log sees it
 
 
-def _cli(args: list[str], tmp_path: Path, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local", "RAY_TMPDIR": str(tmp_path / "ray")}
+@pytest.fixture
+def ray_tmp():
+    """A short RAY_TMPDIR (Ray's socket paths must stay under 108 bytes), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _cli(args: list[str], ray_tmp: str, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local", "RAY_TMPDIR": ray_tmp}
     return subprocess.Popen([sys.executable, "-m", "job", "run", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-def test_run_log_progress_lines_quiet_json_and_strict(tmp_path):
+def test_run_log_progress_lines_quiet_json_and_strict(tmp_path, ray_tmp):
     """4 good inputs and 3 corrupt ones, one row per block: a progress line per image, the counts in order, a
     heartbeat before the first image; stdout holds the JSON summary only; none of Ray's INFO lines, deprecation
     warnings or core-worker notes; --strict exits 3 for the error rows."""
@@ -265,7 +275,7 @@ def test_run_log_progress_lines_quiet_json_and_strict(tmp_path):
     write_prompts(tmp_path / "prompts")
     proc = _cli(["--input", str(tmp_path / "in"), "--prompts", str(tmp_path / "prompts"), "--output",
                  str(tmp_path / "out"), *PROXY, "--batch-size", "1", "--set", "resources.read_batch=1",
-                 "--progress-every", "1", "--progress-seconds", "0.5", "--json", "--strict"], tmp_path)
+                 "--progress-every", "1", "--progress-seconds", "0.5", "--json", "--strict"], ray_tmp)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 3, stdout[-2000:] + stderr[-4000:]
     summary = json.loads(stdout)  # nothing but the JSON document
@@ -283,12 +293,12 @@ def test_run_log_progress_lines_quiet_json_and_strict(tmp_path):
         assert noise not in stderr, f"{noise!r} in:\n{stderr[-4000:]}"
 
 
-def test_ctrl_c_exits_130_with_one_line(tmp_path):
+def test_ctrl_c_exits_130_with_one_line(tmp_path, ray_tmp):
     write_inputs(tmp_path / "in", n_good=6, corrupt=False)
     write_prompts(tmp_path / "prompts")
     proc = _cli(["--input", str(tmp_path / "in"), "--prompts", str(tmp_path / "prompts"), "--output",
                  str(tmp_path / "out"), *PROXY, "--batch-size", "1", "--set", "resources.read_batch=1",
-                 "--progress-every", "1"], tmp_path, start_new_session=True)
+                 "--progress-every", "1"], ray_tmp, start_new_session=True)
     try:
         first = proc.stdout.readline()  # "finedetail: N inputs ..." comes before Ray starts
         assert first.startswith("finedetail: 6 inputs"), first
