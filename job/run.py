@@ -93,9 +93,12 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
         return Plan(True, fit(r.coarse_gpus), fit(r.variant_gpus), fit(r.crop_gpus), model_cpus, fuse_cpus,
                     io_cpus, r.max_actors, r.fuse_actors)
     model_cpus = r.model_cpus or max(0.01, fair)
-    if r.chain != "off":  # CPU-only: a chained actor takes what a read and a write task leave, up to 4 CPUs each
-        return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors, chain=True,
-                    chain_cpus=r.model_cpus or max(0.01, min(4.0, cpus - 2 * io_cpus)))
+    if r.chain != "off":  # CPU-only: one chained actor per core (up to max_actors), as a chained actor's work is
+        # mostly single-threaded; all of them and one read task fit in the CPUs (no deadlock), up to 4 CPUs each
+        n = max(1, min(r.max_actors, round(cpus - io_cpus)))
+        chain_cpus = r.model_cpus or max(0.01, min(4.0, math.floor(1000 * (cpus - io_cpus) / n) / 1000))
+        return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, n, r.fuse_actors, chain=True,
+                    chain_cpus=chain_cpus)
     return Plan(False, 0.0, 0.0, 0.0, model_cpus, fuse_cpus, io_cpus, r.max_actors, r.fuse_actors)
 
 
@@ -194,7 +197,8 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     from job import stages
 
     track = {"attempts": attempts}
-    nblocks = max(1, min(len(keys), -(-len(keys) // cfg.resources.read_batch)))
+    # at least two blocks per actor of the widest pool where the inputs allow: an actor takes a block at a time
+    nblocks = max(1, min(len(keys), max(-(-len(keys) // cfg.resources.read_batch), 2 * plan.max_actors)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy",
