@@ -249,6 +249,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "quickstart":
         from job.quickstart import quickstart
 
+        if args.images < 1 or args.size < 64:
+            return _refuse(f"quickstart needs --images >= 1 and --size >= 64, got --images {args.images} --size "
+                           f"{args.size}")
         return quickstart(workdir=args.workdir, images=args.images, size=args.size, address=args.address,
                           quiet=not args.verbose)
     try:

@@ -141,6 +141,12 @@ def test_bad_choice_is_one_line(capsys, data, tmp_path):
     assert "argument --backend: invalid choice: 'nope'" in err and "--help" in err
 
 
+def test_quickstart_bad_size(capsys, tmp_path):
+    err = _refused(capsys, ["quickstart", "--workdir", str(tmp_path / "qs"), "--size", "10"])
+    assert "quickstart needs --images >= 1 and --size >= 64, got --images 6 --size 10" in err
+    assert not (tmp_path / "qs").exists()
+
+
 def test_input_is_a_single_file(capsys, data, tmp_path):
     err = _refused(capsys, ["run", "--input", str(data / "in" / "img_00.png"), "--prompts", str(data / "prompts"),
                             "--output", str(tmp_path / "out"), *PROXY])
