@@ -1,6 +1,7 @@
 """Per-image progress of a run, printed by the driver as the write stage's rows reach it.
 
-On a terminal one line is redrawn in place every second (a bar, images done, errors, rate, ETA); in a log (not a
+The rate and ETA count from the first finished image (Ray's start-up and model loading are not the pace). On a
+terminal one line is redrawn in place every second (a bar, images done, errors, rate, ETA); in a log (not a
 terminal: a file, ``ray job submit``) a line is printed every ``every`` images or ``seconds`` seconds, whichever
 comes first, so an image that takes minutes still shows a heartbeat with the elapsed time::
 
@@ -64,6 +65,7 @@ class Progress:
         self._thread: threading.Thread | None = None
         self._t0 = self._last_line = 0.0
         self._last_done = 0
+        self._first: tuple[float, int] | None = None  # (when the first rows came, how many came then)
         self._drawn = False
 
     def start(self, total: int) -> None:
@@ -86,6 +88,9 @@ class Progress:
         with self._lock:
             self.done += 1
             self.errors += row.get("status") == "error"
+            now = self.clock()
+            if self._first is None or now - self._first[0] < 0.5:  # the first rows (a block comes at once)
+                self._first = (now if self._first is None else self._first[0], self.done)
             if self.bar:
                 self._draw()
             elif self.done - self._last_done >= self.every or self.done == self.total:
@@ -101,7 +106,9 @@ class Progress:
             head = f"[{'#' * filled}{'.' * (self.BAR_WIDTH - filled)}] {head}"
         if self.done == 0 or elapsed <= 0:
             return f"progress: {head}, {format_seconds(elapsed)} elapsed, first images still running"
-        rate = self.done / elapsed
+        # the rate since the first rows came: Ray's start-up and the models' loading are not the steady pace
+        since, before = self._first or (self._t0, 0)
+        rate = (self.done - before) / (self.clock() - since) if self.done > before else self.done / elapsed
         eta = "" if self.done >= self.total else f", ETA {format_seconds((self.total - self.done) / rate)}"
         return f"progress: {head}, {rate:.3g} img/s, {format_seconds(elapsed)} elapsed{eta}"
 

@@ -197,14 +197,18 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     from job import stages
 
     track = {"attempts": attempts}
-    # at least two blocks per actor of the widest pool where the inputs allow: an actor takes a block at a time
-    nblocks = max(1, min(len(keys), max(-(-len(keys) // cfg.resources.read_batch), 2 * plan.max_actors)))
+    # A CPU-only chained pool takes one image per call (a block per input): every actor gets work however few the
+    # inputs, and the driver sees each image as it is written (job.progress), which blocks of several images would
+    # hide; a model's batch on CPU buys little. Elsewhere blocks of read_batch inputs and batches of batch_size rows.
+    single = plan.chain and not plan.use_gpu
+    read_batch, batch_size = (1, 1) if single else (cfg.resources.read_batch, cfg.resources.batch_size)
+    nblocks = max(1, min(len(keys), -(-len(keys) // read_batch)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
-    ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
+    ds = ds.map_batches(stages.read_decode, batch_size=read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy",
                         **_test_env())
-    ds = model_stages(ds, cfg, plan, attempts=attempts)
-    ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
+    ds = model_stages(ds, cfg, plan, attempts=attempts, batch_size=batch_size)
+    ds = ds.map_batches(stages.write_outputs, batch_size=batch_size, num_cpus=plan.io_cpus,
                         batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track},
                         **_test_env())
     return ds

@@ -230,6 +230,19 @@ def test_progress_lines_count_images_and_show_rate_eta():
     ]
 
 
+def test_progress_rate_and_eta_leave_the_start_up_out():
+    from job.progress import Progress, ProgressOptions
+
+    out, clock = io.StringIO(), _Clock()
+    with Progress(out=out, options=ProgressOptions(every=1, seconds=3600), clock=clock) as bar:
+        bar.start(4)
+        clock.now += 60.0  # Ray starts, the models load
+        bar.add({"status": "ok"})
+        clock.now += 2.0
+        bar.add({"status": "ok"})
+    assert out.getvalue().splitlines()[-1] == "progress: 2/4 images, 0.5 img/s, 1m02s elapsed, ETA 4s"
+
+
 def test_progress_heartbeat_while_an_image_runs():
     """Nothing finishes for a while: a line with the elapsed time still comes every ``seconds``."""
     from job.progress import Progress, ProgressOptions
