@@ -135,8 +135,12 @@ def _pool(plan: Plan, *, gpus: float | None, cpus: float | None = None, max_size
     GPU each."""
     from ray.data import ActorPoolStrategy
 
+    max_size = plan.max_actors if max_size is None else max_size
+    # a CPU-only chained pool starts whole (one actor per core, `plan_resources`): Ray Data's autoscaler adds an actor
+    # only once the first one is saturated, which one image per call never makes it
+    min_size = max_size if plan.chain and not plan.use_gpu else 1
     args: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=1, max_size=plan.max_actors if max_size is None else max_size),
+        "compute": ActorPoolStrategy(min_size=min_size, max_size=max_size),
         "num_cpus": plan.model_cpus if cpus is None else cpus,
         # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
         # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few
