@@ -108,7 +108,9 @@ class Progress:
             return f"progress: {head}, {format_seconds(elapsed)} elapsed, first images still running"
         # the rate since the first rows came: Ray's start-up and the models' loading are not the steady pace
         since, before = self._first or (self._t0, 0)
-        rate = (self.done - before) / (self.clock() - since) if self.done > before else self.done / elapsed
+        if self.done <= before:  # only the first rows so far: no pace yet
+            return f"progress: {head}, {format_seconds(elapsed)} elapsed"
+        rate = (self.done - before) / (self.clock() - since)
         eta = "" if self.done >= self.total else f", ETA {format_seconds((self.total - self.done) / rate)}"
         return f"progress: {head}, {rate:.3g} img/s, {format_seconds(elapsed)} elapsed{eta}"
 
