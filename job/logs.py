@@ -62,9 +62,12 @@ def drop_stderr_lines(drop: tuple[bytes, ...] = CORE_WORKER_NOTES) -> None:
     pipe); a second call does nothing. POSIX only (elsewhere nothing is dropped)."""
     if _filter or os.name != "posix":
         return
-    sys.stderr.flush()
-    real = os.dup(2)
-    read, write = os.pipe()
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        read, write = os.pipe()
+    except (OSError, ValueError):  # no usable stderr (closed): nothing to filter
+        return
     os.dup2(write, 2)
     os.close(write)
 

@@ -354,3 +354,13 @@ def test_no_decompression_bomb_warning_below_max_pixels():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert image_pixels(_png_header(9500, 9500), max_pixels=100_000_000) == 9500 * 9500
+
+
+def test_core_worker_note_is_dropped_from_stderr_and_the_rest_passes():
+    """Ray's core worker logs in C++ straight to file descriptor 2: `drop_stderr_lines` filters that descriptor."""
+    code = ("import os, sys\nfrom job.logs import drop_stderr_lines\ndrop_stderr_lines()\n"
+            "os.write(2, b'[E core_worker.cc] Actor x has constructor arguments in the object store and "
+            "max_restarts > 0.\\nkept line\\n')\nprint('python line', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stderr == "kept line\npython line\n", done.stderr
