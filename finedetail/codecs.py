@@ -23,6 +23,7 @@ Decoding conventions (``decode_image``):
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator, Sequence
 
 import cv2
@@ -76,7 +77,9 @@ def _open_header(data: bytes, *, max_pixels: int, what: str) -> Image.Image:
     if len(data) == 0:
         raise ImageDecodeError(f"{what}: empty input (0 bytes); expected an encoded image such as PNG or JPEG")
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns from MAX_IMAGE_PIXELS on; max_pixels (below) is the guard
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
         raise ImageDecodeError(
             f"{what}: not a recognised image format ({_describe(data)}); expected PNG, JPEG, TIFF, WebP, ... "

@@ -8,10 +8,11 @@ with the same settings. Where the models come from (checkpoints, device, batch s
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from finedetail.knobs import knob
 from finedetail.postprocess import PostprocessConfig
@@ -27,6 +28,7 @@ __all__ = [
     "config_from_dict",
     "config_hash",
     "config_to_dict",
+    "unknown_key_error",
 ]
 
 MULTIMASK_MODES = ("coarse", "iou", "single")
@@ -251,11 +253,20 @@ _SECTIONS = {
 }
 
 
+def unknown_key_error(key: str, valid: Iterable[str], *, where: str = "") -> ValueError:
+    """The error for an unknown config key: names it, the closest valid key if one is close ("did you mean"), and
+    every valid key at that level."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {where}{close[0]!r}?)" if close else ""
+    return ValueError(f"unknown config key {where}{key!r}{hint}; valid keys here: {valid}")
+
+
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown config key {where}{unknown[0]!r}; valid keys here: {sorted(names)}")
+        raise unknown_key_error(unknown[0], names, where=where)
     kwargs = {}
     for key, value in values.items():
         if key in _SECTIONS and cls is PipelineConfig:

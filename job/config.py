@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from finedetail.config import REFINERS, PipelineConfig, config_from_dict, config_hash, config_to_dict
+from finedetail.config import REFINERS, PipelineConfig, config_from_dict, config_hash, config_to_dict, unknown_key_error
 from finedetail.knobs import knob
 from finedetail.models.weights import check_sha256_option
 
@@ -153,10 +153,10 @@ class JobConfig:
                                          "weights' digests), computed once by the driver (``with_fingerprint``)")
 
     def __post_init__(self) -> None:
-        if not self.input:
-            raise ValueError("input is required: pass --input URI (a local folder or s3://bucket/prefix)")
-        if not self.output:
-            raise ValueError("output is required: pass --output URI (a local folder or s3://bucket/prefix)")
+        for name in ("input", "output"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required: pass --{name} URI (a local folder or s3://bucket/prefix) or "
+                                 f"set {name}: in the --config file")
         # Relative local paths are resolved here, in the process that builds the config (the driver): the workers of
         # an existing cluster run in the head's directory, not in the one the command was typed in.
         for name in ("input", "output", "prompts", "coarse", "sam_checkpoint", "seggpt_checkpoint"):
@@ -176,7 +176,7 @@ class JobConfig:
         if self.prompts is None and self.coarse is None:
             raise ValueError("say what to segment: pass --prompts URI (images/ + masks/) or --coarse URI (masks)")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit=}")
+            raise ValueError(f"limit (--limit) must be >= 1, got {self.limit=}; leave it out to run every input")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels=}")
         if self.max_tries < 1:
@@ -272,12 +272,13 @@ def job_config_from_dict(values: Mapping[str, Any]) -> JobConfig:
     res_values = values.pop("resources", {}) or {}
     unknown = sorted(set(values) - job_names)
     if unknown:
-        valid = sorted(job_names | _PIPELINE_KEYS | {"resources"})
-        raise ValueError(f"unknown config key {unknown[0]!r}; valid keys: {valid}")
+        raise unknown_key_error(unknown[0], job_names | _PIPELINE_KEYS | {"resources"})
     res_names = {f.name for f in dataclasses.fields(Resources)}
     bad = sorted(set(res_values) - res_names)
     if bad:
-        raise ValueError(f"unknown config key 'resources.{bad[0]}'; valid keys here: {sorted(res_names)}")
+        raise unknown_key_error(bad[0], res_names, where="resources.")
+    for name in ("input", "output"):  # missing: __post_init__ says which flag to pass
+        values.setdefault(name, "")
     if "classes" in values and isinstance(values["classes"], (list, tuple)):
         values["classes"] = tuple(str(c) for c in values["classes"])
     for key in ("bands", "stretch"):

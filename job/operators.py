@@ -97,9 +97,6 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
     r = cfg.resources
     gpus, cpus = cluster.get("GPU", 0.0), max(1.0, cluster.get("CPU", 1.0))
     use_gpu = r.gpu == "on" or (r.gpu == "auto" and gpus > 0)
-    if r.gpu == "auto" and not use_gpu:
-        log.warning("no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU "
-                    "workers start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
     n_model = max(1, len(operators(cfg, chain=False)))
     share = 1.0 / n_model
     fit = lambda v: share if v is None else v  # noqa: E731 - explicit fractions are used as given
@@ -113,9 +110,11 @@ def plan_resources(cfg: JobConfig, cluster: dict[str, float]) -> Plan:
                         chain_cpus=r.model_cpus or min(1.0, cpus - io_cpus), chain_gpus=r.refiner_gpus or 1.0)
         return Plan(True, fit(r.coarse_gpus), fit(r.refiner_gpus), model_cpus, io_cpus, r.max_actors)
     model_cpus = r.model_cpus or max(0.01, fair)
-    if r.chain != "off":  # CPU-only: a chained actor takes what a read and a write task leave, up to 4 CPUs each
-        return Plan(False, 0.0, 0.0, model_cpus, io_cpus, r.max_actors, chain=True,
-                    chain_cpus=r.model_cpus or max(0.01, min(4.0, cpus - 2 * io_cpus)))
+    if r.chain != "off":  # CPU-only: one chained actor per core (up to max_actors), as a chained actor's work is
+        # mostly single-threaded; all of them, a read task and a write task fit in the CPUs (no deadlock), <= 4 each
+        n = max(1, min(r.max_actors, math.floor(cpus)))
+        chain_cpus = r.model_cpus or max(0.01, min(4.0, math.floor(1000 * (cpus - 2 * io_cpus) / n) / 1000))
+        return Plan(False, 0.0, 0.0, model_cpus, io_cpus, n, chain=True, chain_cpus=chain_cpus)
     return Plan(False, 0.0, 0.0, model_cpus, io_cpus, r.max_actors)
 
 
@@ -126,7 +125,10 @@ def pool_args(plan: Plan, *, gpus: float | None, cpus: float | None = None) -> d
     from ray.data import ActorPoolStrategy
 
     args: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=1, max_size=plan.max_actors),
+        # a CPU-only chained pool starts whole (one actor per core, `plan_resources`): Ray Data's autoscaler adds an
+        # actor only once the first one is saturated, which one image per call never makes it
+        "compute": ActorPoolStrategy(min_size=plan.max_actors if plan.chain and not plan.use_gpu else 1,
+                                     max_size=plan.max_actors),
         "num_cpus": plan.model_cpus if cpus is None else cpus,
         # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
         # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few

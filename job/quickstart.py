@@ -108,11 +108,13 @@ def score(out_dir: Path, data: Path) -> dict[str, float]:
             "thin_recall": float(arr[:, 2].mean()), "passes": float(np.mean(passes)) if passes else 0.0}
 
 
-def quickstart(*, workdir: str, images: int = 6, size: int = 768, address: str | None = None) -> int:
+def quickstart(*, workdir: str, images: int = 6, size: int = 768, address: str | None = None,
+               quiet: bool = False) -> int:
     """Write the example data under ``workdir``, run both jobs, print the table; returns the exit status.
 
     ``address`` None starts a local Ray for the run (a Ray named by ``RAY_ADDRESS`` or left by ``ray start`` is not
-    joined: the quickstart is a local first run); pass one to run it on a cluster that can read ``workdir``."""
+    joined: the quickstart is a local first run); pass one to run it on a cluster that can read ``workdir``.
+    ``quiet``: Ray's own logs at WARNING (`job.logs`)."""
     from job.config import job_config_from_dict
     from job.run import run_job
 
@@ -131,7 +133,7 @@ def quickstart(*, workdir: str, images: int = 6, size: int = 768, address: str |
         print(f"\n== {name}: classical backend, scales {list(cfg.pipeline.scales)}, "
               f"crops {'on' if cfg.pipeline.crop.enabled else 'off'}, ensemble {cfg.pipeline.ensemble.rule} "
               f"-> {out}", flush=True)
-        run_job(cfg, address=address or "local")
+        run_job(cfg, address=address or "local", quiet=quiet)
         results[name] = score(out, data)
     print(f"\nagainst the exact masks, mean over {images} scenes ({', '.join(dict.fromkeys(kinds))}; {size} px),\n"
           f"classical backend at {options['coarse_input_size']} px (coarse) and {options['refiner_input_size']} px "

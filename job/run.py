@@ -18,6 +18,9 @@ from job import io as jio
 from job import manifest as jm
 from job.config import JobConfig
 from job.operators import Plan, model_stages, plan_resources, write_steps
+from job.errors import one_line as _one_line
+from job.errors import storage_problem
+from job.progress import Progress, ProgressOptions
 
 log = logging.getLogger("finedetail.job")
 
@@ -65,27 +68,43 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     from job import stages
 
     track = {"attempts": attempts}
-    nblocks = max(1, min(len(keys), -(-len(keys) // cfg.resources.read_batch)))
+    # A CPU-only chained pool takes one image per call (a block per input): every actor gets work however few the
+    # inputs, and the driver sees each image as it is written (job.progress), which blocks of several images would
+    # hide; a model's batch on CPU buys little. Elsewhere blocks of read_batch inputs and batches of batch_size rows.
+    single = plan.chain and not plan.use_gpu
+    read_batch, batch_size = (1, 1) if single else (cfg.resources.read_batch, cfg.resources.batch_size)
+    nblocks = max(1, min(len(keys), -(-len(keys) // read_batch)))
     ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
-    ds = ds.map_batches(stages.read_decode, batch_size=cfg.resources.read_batch, num_cpus=plan.io_cpus,
+    ds = ds.map_batches(stages.read_decode, batch_size=read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy")
-    ds = model_stages(ds, cfg, plan, attempts=attempts, fuse=False)  # the write task fuses
-    ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
+    ds = model_stages(ds, cfg, plan, attempts=attempts, batch_size=batch_size, fuse=False)  # the write task fuses
+    ds = ds.map_batches(stages.write_outputs, batch_size=batch_size, num_cpus=plan.io_cpus,
                         batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash,
                                                          "steps": write_steps(cfg), **track})
     return ds
 
 
-def _ensure_ray(address: str | None) -> None:
+def _ensure_ray(address: str | None, *, quiet: bool = False) -> bool:
+    """Connect to (or start) Ray; returns whether Ray runs on this machine only (a local Ray: nothing autoscales).
+    ``quiet``: `job.logs.quiet_ray` first."""
     import ray
 
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init()  # local default: start Ray on this machine
+    if quiet:
+        from job.logs import RAY_INIT_LEVEL, quiet_ray
+
+        quiet_ray()
+    if not ray.is_initialized():
+        kwargs = {"logging_level": RAY_INIT_LEVEL} if quiet else {}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)  # local default: start Ray on this machine
+    if quiet:
+        from job.logs import drop_stderr_lines
+
+        drop_stderr_lines()
+    return len(ray.nodes()) == 1 and address in (None, "local")
 
 
 def validate_up_front(cfg: JobConfig) -> None:
@@ -95,6 +114,9 @@ def validate_up_front(cfg: JobConfig) -> None:
     started."""
     from job.models import backend_configs, build_coarse, fetch_weights, load_prompts
 
+    if jio.open_storage(cfg.input)[0].kind == "local" and os.path.isfile(cfg.input):
+        raise JobRefused(f"--input {cfg.input} is a file; --input takes a folder (or s3:// prefix) of images: put the "
+                         f"file in a folder of its own and pass that folder")
     if jio.relative_root(cfg.output, cfg.input) == "":
         raise JobRefused(f"--output is the --input folder itself ({jio.redact(cfg.input)}): the outputs would mix with "
                          "the images; pass a folder of its own, e.g. --output <input>/out (left out of the inputs) "
@@ -109,20 +131,15 @@ def validate_up_front(cfg: JobConfig) -> None:
             if cfg.backend != "seggpt-sam":  # weight-free: fitting the coarse model on the prompts is cheap
                 build_coarse(cfg, prompts)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {_one_line(exc)}") from exc
+        raise JobRefused(f"bad prompts ({jio.redact(cfg.prompts)}): {storage_problem(exc)}") from exc
     try:
         jio.check_writable(cfg.output)
     except (ValueError, jio.StorageError) as exc:
-        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {_one_line(exc)}") from exc
+        raise JobRefused(f"output {jio.redact(cfg.output)} is not writable: {storage_problem(exc)}") from exc
     try:
         fetch_weights(cfg)
     except (OSError, ValueError) as exc:
         raise JobRefused(f"model weights not available: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message, redacted, on one line (a refusal is one line of the terminal)."""
-    return " ".join(jio.redact(exc).split())
 
 
 def _error_in(exc: BaseException, cls: type[BaseException]) -> str | None:
@@ -191,12 +208,13 @@ def _refused_rows(names: list[str], cfg: JobConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force_lease: bool = False
-            ) -> dict[str, Any]:
+def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force_lease: bool = False,
+            progress: ProgressOptions = ProgressOptions(), quiet: bool = False) -> dict[str, Any]:
     """Run the job to completion; returns the summary (also printed).
 
     The run holds the output's lease (`job.lease`) from before it touches the output until it ends: a second driver
-    on the same output is refused (`JobRefused` naming the holder) unless ``force_lease``."""
+    on the same output is refused (`JobRefused` naming the holder) unless ``force_lease``. ``progress``: how images
+    done are reported on ``out`` (`job.progress`); ``quiet``: Ray's own logs at WARNING (`job.logs`)."""
     from job import lease as jl
     from job.models import resolve_classes
 
@@ -204,7 +222,10 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force
     validate_up_front(cfg)
     cfg = cfg.with_fingerprint()  # contents of prompts and weights, hashed once here; workers get the result
     refused: list[str] = []
-    keys = list_inputs(cfg, refused=refused)
+    try:
+        keys = list_inputs(cfg, refused=refused)
+    except (ValueError, jio.StorageError) as exc:
+        raise JobRefused(f"cannot list --input {jio.redact(cfg.input)}: {storage_problem(exc)}") from exc
     if not keys and not refused:
         raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
@@ -214,13 +235,15 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force
     except (jl.LeaseHeld, jio.StorageError) as exc:
         raise JobRefused(_one_line(exc)) from exc
     try:
-        return _run_leased(cfg, keys, refused, out_storage, run_id, address=address, out=out)
+        with Progress(out=out, options=progress) as bar:
+            return _run_leased(cfg, keys, refused, out_storage, run_id, address=address, out=out, bar=bar,
+                               quiet=quiet)
     finally:
         lease.release()
 
 
 def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage: jio.Storage, run_id: str, *,
-                address: str | None, out) -> dict[str, Any]:
+                address: str | None, out, bar: Progress, quiet: bool) -> dict[str, Any]:
     """`run_job` from the point where the run holds the output's lease."""
     import ray
 
@@ -243,9 +266,14 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
     rows: list[dict[str, Any]] = _refused_rows(refused, cfg)
     if rows:
         jm.write_part(out_storage, rows)
+    bar.start(len(todo) + len(windowed))
     if todo or windowed:
-        _ensure_ray(address)
+        local = _ensure_ray(address, quiet=quiet)
         plan = plan_resources(cfg, ray.cluster_resources())
+        if cfg.resources.gpu == "auto" and not plan.use_gpu:  # only news where an autoscaler could add GPUs
+            (log.info if local else log.warning)(
+                "no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU workers "
+                "start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
     if todo:
         from job.stages import WINDOWED, AttemptLog
 
@@ -259,6 +287,7 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
                         windowed.append(row["key"])
                     else:
                         rows.append(row)
+                        bar.add(row)
         except Exception as exc:
             failed = _job_failed(exc, rows, len(todo) + len(windowed))
             if failed is None:
@@ -275,7 +304,9 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
         chosen = set(windowed)
         windowed = [k for k in keys if k in chosen]  # input order
         try:
-            rows.extend(run_windowed(cfg, windowed, plan))
+            for row in run_windowed(cfg, windowed, plan):
+                rows.append(row)
+                bar.add(row)
         except Exception as exc:
             failed = _job_failed(exc, rows, len(todo) + len(windowed))
             if failed is None:
@@ -285,6 +316,7 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
         from job.coco import write_dataset_coco
 
         write_dataset_coco(cfg)
+    bar.close()  # the summary comes after the bar's last line
     elapsed = time.perf_counter() - t0
     summary = jm.summarize(rows)
     summary.update(skipped=len(done), seconds=round(elapsed, 2),
