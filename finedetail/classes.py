@@ -35,7 +35,8 @@ The fix, one rule per cause:
   narrow parts just as the blob class's took the wires, and the fuse step's argmax breaks the tie by class order.
   A binary task is untouched (no other class).
 
-``python -m job.bench quality_classes --ablation`` measures the candidates against each other (README, Multi-class).
+``python -m job.bench quality_classes --ablation`` measures the candidates against each other (README, Quality,
+"Thin-only classes"), and ``python -m job.bench real --data data/drive-od`` runs a real two-class set.
 """
 
 from __future__ import annotations
