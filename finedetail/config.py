@@ -18,6 +18,7 @@ from finedetail.knobs import knob
 from finedetail.postprocess import PostprocessConfig
 
 __all__ = [
+    "MultiClassConfig",
     "CropConfig",
     "EnsembleConfig",
     "PipelineConfig",
@@ -37,6 +38,7 @@ PASTE_MODES = ("max", "replace")
 #: the promptable refiners of the seggpt-sam backend: segment-anything's SAM (``models.sam``), HQ-SAM and SAM 2
 #: through transformers (``models.hf_sam``); README, "Choosing the refiner"
 REFINERS = ("sam", "sam-hq", "sam2")
+THIN_MODELS = ("pixel", "none")
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,40 @@ class SelectiveConfig:
 
 
 @dataclass(frozen=True)
+class MultiClassConfig:
+    """Multi-class runs (two or more classes; a binary task ignores this section): how a class made only of thin
+    parts is found and kept apart from the others (``finedetail.classes``, which explains why).
+
+    ``thin_width``: a class is thin-only when the widths of its prompt masks' parts (95th percentile along their
+    centre lines), shrunk to the coarse model's canvas (448 px for SegGPT), stay below this many canvas px: narrower
+    than half a 16-px patch, the coarse model cannot resolve it. ``thin_model``: what the coarse map of a thin-only
+    class is complemented with: "pixel" a pixel-resolution model fitted on the same prompts
+    (``finedetail.models.thin.PixelSegmenter``, the class against everything else), "none" the coarse model alone.
+    ``thin_threshold``: the coarse probability that counts as 0.5 for a thin-only class (0.5: unchanged).
+    ``handoff``: the refiner is class-agnostic, so what it adds to a class beyond that class's coarse map is dropped
+    where another class claims the pixel (its coarse or refined map >= 0.5) with a higher coarse probability.
+    """
+
+    thin_width: float = knob(8.0, "a class whose prompt parts are narrower than this on the coarse model's canvas "
+                                  "(px, 95th percentile along their centre lines) is thin-only", range="> 0")
+    thin_model: str = knob("pixel", "what complements a thin-only class's coarse map: 'pixel' a pixel-resolution "
+                                    "model fitted on the prompts (the class against everything else), 'none' the "
+                                    "coarse model alone", range=f"one of: {', '.join(THIN_MODELS)}")
+    thin_threshold: float = knob(0.5, "coarse probability that counts as 0.5 for a thin-only class (0.5: "
+                                      "unchanged)", range="in (0, 1)")
+    handoff: bool = knob(True, "what the refiner adds to a class beyond its coarse map is dropped where another "
+                               "class claims the pixel (coarse or refined >= 0.5) with a higher coarse probability")
+
+    def __post_init__(self) -> None:
+        if not self.thin_width > 0:
+            raise ValueError(f"multiclass.thin_width must be > 0 canvas px, got {self.thin_width=}")
+        if self.thin_model not in THIN_MODELS:
+            raise ValueError(f"multiclass.thin_model must be one of {THIN_MODELS}, got {self.thin_model=}")
+        if not 0.0 < self.thin_threshold < 1.0:
+            raise ValueError(f"multiclass.thin_threshold must lie in (0, 1), got {self.thin_threshold=}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole method. Variants = one per scale (identity TTA) + one per non-identity TTA name (at scale 1).
 
@@ -222,6 +258,7 @@ class PipelineConfig:
     ensemble: EnsembleConfig = knob(factory=EnsembleConfig, doc="how the maps are combined (section)")
     post: PostprocessConfig = knob(factory=PostprocessConfig, doc="post-processing of the fused map (section)")
     selective: SelectiveConfig = knob(factory=SelectiveConfig, doc="selective compute (section)")
+    multiclass: MultiClassConfig = knob(factory=MultiClassConfig, doc="multi-class runs: thin-only classes (section)")
 
     def __post_init__(self) -> None:
         from finedetail.transforms import parse_tta
@@ -250,6 +287,7 @@ _SECTIONS = {
     "ensemble": EnsembleConfig,
     "post": PostprocessConfig,
     "selective": SelectiveConfig,
+    "multiclass": MultiClassConfig,
 }
 
 

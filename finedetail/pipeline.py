@@ -10,7 +10,9 @@ calls them for ``run_image`` and for the Ray job alike:
    refiner-sized windows when the transformed image is larger than the refiner's input; per connected component of
    the coarse mask, multi-prompts (box, boundary points in/out, coarse mask as low-res logits), all components of a
    window in one batched decoder call against one encoding; split-then-merge (max over components) and union with
-   the coarse map; mapped back to the original frame.
+   the coarse map; with several classes, the class hand-off (``finedetail.classes.handoff``: the class-agnostic
+   refiner's growth into a pixel another class claims with a higher coarse probability is dropped); mapped back to
+   the original frame.
 3. ``refine_crops``: per object of the provisional ensemble, a padded crop zoomed to fill the refiner's input.
 4. ``fuse``: ensemble of every map + edge-aware post-processing.
 
@@ -26,7 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from finedetail import crops, tiling
+from finedetail import crops, ensemble, prompts, tiling
+from finedetail.classes import handoff
 from finedetail.config import PipelineConfig
 from finedetail.ensemble import ensemble
 from finedetail.frames import Scale
@@ -121,7 +124,8 @@ def _refine_window(refiner: PromptedRefiner, embedding: Any, coarse: np.ndarray,
         if cfg.refine.union:
             merged = np.maximum(merged, coarse[c])
         out[c] = merged
-    return out
+    # the refiner is class-agnostic: another class's stronger coarse claim wins over its growth (finedetail.classes)
+    return handoff(out, coarse) if cfg.multiclass.handoff else out
 
 
 def _windows(hw: tuple[int, int], refiner: PromptedRefiner, cfg: PipelineConfig) -> list[tiling.Window]:
@@ -323,6 +327,11 @@ def refine_crops(image: np.ndarray, prov: np.ndarray, refiner: PromptedRefiner, 
     for (c, win, zoom), emb in zip(jobs, embeddings):
         coarse_crop = np.clip(crops.crop_image(prov[c], win, zoom), 0.0, 1.0)
         refined = _refine_window(refiner, emb, coarse_crop[None], cfg, stats)[0]
+        if cfg.multiclass.handoff and prov.shape[0] > 1:  # the other classes' provisional maps arbitrate the growth
+            claims = np.stack([coarse_crop if k == c else np.clip(crops.crop_image(prov[k], win, zoom), 0.0, 1.0)
+                               for k in range(prov.shape[0])])
+            refined = handoff(np.stack([refined if k == c else claims[k] for k in range(prov.shape[0])]),
+                              claims)[c]
         back = crops.from_crop_image(refined, win)
         crops.paste(out[c], np.clip(back, 0.0, 1.0).astype(np.float32), win, mode=cfg.crop.paste)
     stats.seconds["crop"] = time.perf_counter() - t0

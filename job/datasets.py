@@ -8,6 +8,9 @@ The real-data benchmark (``python -m job.bench real``) reads any folder laid out
     DIR/human/NAME.png      optional: a second annotator's mask (human agreement, scored like a prediction)
     DIR/DATA_CARD.md        source, commit, licence, counts
 
+A multi-class set (``drive-od``) also has ``DIR/classes.yaml`` (``classes: [name, ...]``) and its masks are class-index
+maps (0 = background, 1..C), the layout of a multi-class prompt set.
+
 The datasets are NOT shipped with the project (research-only or unstated licences): fetch their repositories
 yourself, then convert a checkout of each (``--src`` is the repository's root folder)::
 
@@ -18,6 +21,8 @@ yourself, then convert a checkout of each (``--src`` is the repository's root fo
     python -m job.datasets crackforest --src CrackForest-dataset --dst data/crackforest
     git clone https://github.com/SnorkerHeng/PLD-UAV
     python -m job.datasets pldu --src PLD-UAV --dst data/pldu
+    git clone https://github.com/sraashis/easytorch   # formerly sraashis/quenn: DRIVE + optic-disc masks in history
+    python -m job.datasets drive-od --src easytorch --dst data/drive-od
 
 Names are sorted so the benchmark's "first K pairs are prompts, the next N are inputs" is the same on every machine.
 """
@@ -48,7 +53,9 @@ class Dataset:
     ref: str
     licence: str
     notes: str
-    pairs: Callable[[Path], Iterator[tuple[str, Path, np.ndarray, "np.ndarray | None", "np.ndarray | None"]]]
+    pairs: Callable[[Path], Iterator[tuple[str, "Path | np.ndarray", np.ndarray, "np.ndarray | None",
+                                           "np.ndarray | None"]]]
+    classes: tuple[str, ...] = ()  # multi-class: gt is an (H, W) uint8 class-index map, written as is
 
 
 def _read_png_mask(path: Path) -> np.ndarray:
@@ -104,6 +111,37 @@ def _pldu_pairs(src: Path):
         yield f"pldu_{int(mat.stem):03d}", img, np.asarray(b) > 0, None, None
 
 
+#: sraashis/quenn (now sraashis/easytorch) history: DRIVE as published (584 x 565 tif, 1st observer gif, FOV gif) at
+#: _QUENN_DRIVE, and the authors' optic-disc masks for the same 40 images at _QUENN_OD
+_QUENN_DRIVE, _QUENN_OD = "bc36e83", "7a41d6f"
+
+
+def _git_image(src: Path, commit: str, path: str) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    out = subprocess.run(["git", "-C", str(src), "show", f"{commit}:{path}"], capture_output=True, timeout=60)
+    if out.returncode != 0:
+        raise SystemExit(f"{src}: cannot read {commit}:{path} ({out.stderr.decode().strip()}); --src must be a full "
+                         "clone of github.com/sraashis/easytorch (formerly quenn), history included")
+    with Image.open(io.BytesIO(out.stdout)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _drive_od_pairs(src: Path):
+    # all 40 DRIVE images (01-20 test, 21-40 training): vessels (1st observer) = class 1, optic disc = class 2
+    # (vessels crossing the disc stay vessels); valid = the field of view
+    for i in range(1, 41):
+        split = "test" if i <= 20 else "training"
+        image = _git_image(src, _QUENN_DRIVE, f"data/DRIVE/images/{i:02d}_{split}.tif")
+        vessel = _git_image(src, _QUENN_DRIVE, f"data/DRIVE/manual/{i:02d}_manual1.gif")[..., 0] > 127
+        fov = _git_image(src, _QUENN_DRIVE, f"data/DRIVE/mask/{i:02d}_mask.gif")[..., 0] > 127
+        disc = _git_image(src, _QUENN_OD, f"example/datasets/DRIVE/OD_Segmentation/{i:02d}_{split}_gt.tif")[..., 0] > 127
+        labels = np.where(vessel, 1, np.where(disc, 2, 0)).astype(np.uint8)
+        yield f"driveod_{i:02d}", image, labels, fov, None
+
+
 DATASETS = {
     "drive": Dataset(
         "drive", "DRIVE retinal vessels (test split, 20 images)", "orobix/retina-unet", "refs/pull/64/head",
@@ -121,6 +159,12 @@ DATASETS = {
         "not stated in the repository", "1-2 px centre-line labels (groundTruth.Boundaries): score with a "
         "tolerance F (python -m job.bench real reports tol_f)",
         _pldu_pairs),
+    "drive-od": Dataset(
+        "drive-od", "DRIVE vessels + optic disc, two classes (all 40 images)", "sraashis/easytorch",
+        f"{_QUENN_DRIVE} (DRIVE) + {_QUENN_OD} (optic-disc masks)",
+        "DRIVE's terms: research use only; the disc masks are the easytorch/quenn authors' (MIT repository)",
+        "masks are class maps: 1 = vessel (1st observer), 2 = optic disc (vessels on the disc stay 1); valid = "
+        "field of view", _drive_od_pairs, classes=("vessel", "disc")),
 }
 
 
@@ -157,14 +201,23 @@ def convert(name: str, src: Path, dst: Path, *, commit: str | None = None) -> di
     n = skipped = fg = px = 0
     has_valid = has_human = False
     for key, img_path, gt, valid, human in ds.pairs(src):
-        with Image.open(img_path) as im:
-            size = (im.height, im.width)
+        if isinstance(img_path, np.ndarray):
+            size = img_path.shape[:2]
+        else:
+            with Image.open(img_path) as im:
+                size = (im.height, im.width)
         if gt.shape != size:
             print(f"skip {key}: ground truth {gt.shape} does not match image {size}", file=sys.stderr)
             skipped += 1
             continue
-        shutil.copyfile(img_path, dst / "images" / f"{key}{img_path.suffix.lower()}")
-        _write_mask(dst / "masks" / f"{key}.png", gt)
+        if isinstance(img_path, np.ndarray):
+            Image.fromarray(img_path).save(dst / "images" / f"{key}.png")
+        else:
+            shutil.copyfile(img_path, dst / "images" / f"{key}{img_path.suffix.lower()}")
+        if ds.classes:
+            Image.fromarray(gt.astype(np.uint8)).save(dst / "masks" / f"{key}.png")
+        else:
+            _write_mask(dst / "masks" / f"{key}.png", gt)
         if valid is not None:
             (dst / "valid").mkdir(exist_ok=True)
             _write_mask(dst / "valid" / f"{key}.png", valid)
@@ -174,7 +227,7 @@ def convert(name: str, src: Path, dst: Path, *, commit: str | None = None) -> di
             _write_mask(dst / "human" / f"{key}.png", human)
             has_human = True
         n += 1
-        fg += int(gt.sum())
+        fg += int(np.count_nonzero(gt))
         px += gt.size
     if n == 0:
         raise SystemExit(f"no image/ground-truth pairs found under {src} for {name}; is it a checkout of {ds.repository}?")
@@ -190,6 +243,8 @@ def convert(name: str, src: Path, dst: Path, *, commit: str | None = None) -> di
         "", "Not part of the finedetail project: do not commit or redistribute.", "",
     ]
     (dst / "DATA_CARD.md").write_text("\n".join(card))
+    if ds.classes:
+        (dst / "classes.yaml").write_text(f"classes: [{', '.join(ds.classes)}]\n")
     return counts
 
 

@@ -233,7 +233,8 @@ def backend_configs(cfg: JobConfig) -> tuple[Any, Any]:
 
 def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
     """The in-context coarse segmenter of ``cfg.backend`` with its prompts set (its config from
-    ``cfg.backend_options``: ``backend_configs``)."""
+    ``cfg.backend_options``: ``backend_configs``). With several classes it is wrapped in
+    ``finedetail.classes.ThinClassCoarse`` (``cfg.pipeline.multiclass``)."""
     n = len(cfg.classes)
     options, _ = backend_configs(cfg)  # refuses bad backend_options before any model is loaded
     if cfg.backend == "seggpt-sam":
@@ -251,6 +252,10 @@ def build_coarse(cfg: JobConfig, prompts: list[PromptPair]) -> Any:
         seg = ProxySegGPT(config=options)
     else:  # JobConfig validated it already
         raise ValueError(f"unknown backend {cfg.backend!r}")
+    if n > 1:  # thin-only classes: a pixel-resolution complement where the coarse canvas cannot see them
+        from finedetail.classes import ThinClassCoarse
+
+        seg = ThinClassCoarse(seg, cfg.pipeline.multiclass)
     seg.set_prompts(prompts, num_classes=n)
     return seg
 

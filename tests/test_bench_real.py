@@ -131,3 +131,53 @@ def test_bench_real_runs_the_cli_and_scores(tmp_path, capsys):
         r = rows[name]
         assert 0.0 <= r["f1"] <= 1.0 and r["encoder_passes"] >= 1 and r["seconds_per_image"] > 0
     assert "--scales 1,2" in rows["quick"]["flags"]
+
+
+def test_convert_drive_od_two_classes_from_pinned_commits(tmp_path, monkeypatch):
+    """drive-od reads DRIVE (images, 1st observer, FOV) and the optic-disc masks from two commits of one checkout
+    (the fake repository's commits stand in for the pinned ones) and writes class maps + classes.yaml."""
+    import subprocess
+
+    from job import datasets
+
+    repo = tmp_path / "easytorch"
+    repo.mkdir()
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+
+    vessel = np.zeros((6, 8), np.uint8)
+    vessel[2, :] = 255
+    disc = np.zeros((6, 8), np.uint8)
+    disc[1:4, 5:8] = 255  # overlaps the vessel at row 2: the vessel wins
+    git("init", "-q")
+    for i in range(1, 41):
+        split = "test" if i <= 20 else "training"
+        _png(repo / f"data/DRIVE/images/{i:02d}_{split}.tif", np.full((6, 8, 3), i, np.uint8))
+        _png(repo / f"data/DRIVE/manual/{i:02d}_manual1.gif", vessel)
+        _png(repo / f"data/DRIVE/mask/{i:02d}_mask.gif", np.full((6, 8), 255, np.uint8))
+    git("add", "-A")
+    first = git("commit", "-qm", "drive").strip()
+    for i in range(1, 41):
+        split = "test" if i <= 20 else "training"
+        _png(repo / f"example/datasets/DRIVE/OD_Segmentation/{i:02d}_{split}_gt.tif", disc)
+    git("add", "-A")
+    second = git("commit", "-qm", "od").strip()
+    monkeypatch.setattr(datasets, "_QUENN_DRIVE", first)
+    monkeypatch.setattr(datasets, "_QUENN_OD", second)
+    out = tmp_path / "od"
+    assert datasets.convert("drive-od", repo, out)["pairs"] == 40
+    labels = np.asarray(Image.open(out / "masks" / "driveod_21.png"))
+    want = np.where(vessel > 0, 1, np.where(disc > 0, 2, 0))
+    np.testing.assert_array_equal(labels, want)
+    assert np.asarray(Image.open(out / "images" / "driveod_21.png"))[0, 0, 0] == 21
+    assert (out / "classes.yaml").read_text() == "classes: [vessel, disc]\n"
+    from job.bench.real import read_classes
+
+    assert read_classes(out) == ("vessel", "disc")
+    monkeypatch.setattr(datasets, "_QUENN_OD", "0" * 40)  # a checkout without that commit: a clear refusal
+    with pytest.raises(SystemExit, match="full clone of github.com/sraashis/easytorch"):
+        datasets.convert("drive-od", repo, tmp_path / "od2")

@@ -282,3 +282,14 @@ def test_two_class_quality_benchmark_smoke(capsys):
     assert scene["full"]["thin"][0] > scene["coarse"]["thin"][0]
     assert main(["--size", "96", "--seeds", "1", "--kinds", "roads"]) == 0
     assert "mean" in capsys.readouterr().out
+
+
+def test_two_class_benchmark_ablation_rows(capsys):
+    """--ablation runs every candidate of ABLATION and reports its means per method and class."""
+    from job.bench.quality_classes import ABLATION, main
+
+    assert main(["--size", "96", "--seeds", "1", "--kinds", "roads", "--ablation", "--json"]) == 0
+    means = json.loads(capsys.readouterr().out)
+    assert list(means) == list(ABLATION)
+    for m in means.values():
+        assert set(m) == {"coarse", "full"} and all(len(v) == 2 for v in m["full"].values())

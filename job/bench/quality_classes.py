@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 
 from finedetail import metrics, synthetic
-from finedetail.config import PipelineConfig, config_from_dict
+from finedetail.classes import ThinClassCoarse
+from finedetail.config import config_from_dict
 from finedetail.execute import run_image
 from finedetail.models.proxy import ProxySAM, ProxySegGPT
 from finedetail.postprocess import one_class_per_pixel
@@ -78,18 +79,30 @@ def score_classes(mask: np.ndarray, scene: synthetic.Scene, lines: Sequence[np.n
     return out
 
 
+#: fitted coarse models by (kind, seed, size, thin-class knobs): the pixel model's fit is the costly part, and the
+#: hand-off (a refine-step rule) does not change it
+_FITTED: dict[tuple, ThinClassCoarse] = {}
+
+
 def run(*, kinds: Sequence[str] = synthetic.KINDS, seeds: int = 2, size: int = 512, preset: str | None = None,
-        narrow: int = 6) -> dict[str, Any]:
-    """Run the benchmark; returns {"config": ..., "scenes": [per-scene rows], "means": {method: {metric: [c1, c2]}}}."""
-    cfg = config_from_dict(preset_dict(preset)) if preset else PipelineConfig()
+        narrow: int = 6, classes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns {"config": ..., "scenes": [per-scene rows], "means": {method: {metric: [c1, c2]}}}.
+    ``classes``: overrides of the ``multiclass`` config section (``MultiClassConfig``)."""
+    base = preset_dict(preset) if preset else {}
+    cfg = config_from_dict({**base, "multiclass": {**base.get("multiclass", {}), **(classes or {})}})
     sam = ProxySAM()
     scenes = []
     for kind in kinds:
         for seed in range(seeds):
             scene = synthetic.make_scene(kind, seed=seed, size=(size, size), classes=2)
             image, labels = synthetic.make_prompt_pair(kind, seed=500 + seed, size=(size, size), classes=2)
-            seg = ProxySegGPT()
-            seg.set_prompts([PromptPair(image=image, mask=labels, name="prompt")], num_classes=2)
+            mc = cfg.multiclass
+            key = (kind, seed, size, mc.thin_model, mc.thin_width, mc.thin_threshold)  # what the coarse stage reads
+            if key not in _FITTED:  # as job.models.build_coarse builds it; fitted once per scene across candidates
+                seg = ThinClassCoarse(ProxySegGPT(), mc)
+                seg.set_prompts([PromptPair(image=image, mask=labels, name="prompt")], num_classes=2)
+                _FITTED[key] = seg
+            seg = _FITTED[key]
             lines = class_centrelines(scene, narrow=narrow)
             t0 = time.perf_counter()
             res = run_image(scene.image, seg, sam, cfg)
@@ -103,8 +116,35 @@ def run(*, kinds: Sequence[str] = synthetic.KINDS, seeds: int = 2, size: int = 5
         not np.isnan(s[m][k][c]) for s in scenes) else float("nan") for c in range(2)]
         for k in ("thin", "other", "iou")} for m in METHODS}
     return {"config": {"kinds": list(kinds), "seeds": seeds, "size": size, "preset": preset, "narrow": narrow,
-                       "classes": list(CLASS_NAMES)},
+                       "classes": list(CLASS_NAMES), "multiclass": dict(classes or {})},
             "scenes": scenes, "means": means}
+
+
+#: the candidate fixes ``--ablation`` measures against each other (``MultiClassConfig`` overrides; the default last)
+ABLATION: dict[str, dict[str, Any]] = {
+    "before (none)": {"thin_model": "none", "handoff": False},
+    "threshold 0.1": {"thin_model": "none", "handoff": False, "thin_threshold": 0.1},
+    "handoff": {"thin_model": "none", "handoff": True},
+    "pixel": {"thin_model": "pixel", "handoff": False},
+    "pixel+handoff": {"thin_model": "pixel", "handoff": True},
+}
+
+
+def ablation(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    """``run`` once per ``ABLATION`` candidate; returns candidate -> its ``means``."""
+    return {name: run(classes=over, **kwargs)["means"] for name, over in ABLATION.items()}
+
+
+def ablation_table(means: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'candidate':16s} {'method':7s} {'thin:recall':>11s} {'thin:other':>10s} {'thin:iou':>8s} "
+             f"{'blob:recall':>11s} {'blob:other':>10s} {'blob:iou':>8s}"]
+    for name, m in means.items():
+        for method in METHODS:
+            r = m[method]
+            lines.append(f"{name:16s} {method:7s} {_fmt(r['thin'][0]):>11s} {_fmt(r['other'][0]):>10s} "
+                         f"{_fmt(r['iou'][0]):>8s} {_fmt(r['thin'][1]):>11s} {_fmt(r['other'][1]):>10s} "
+                         f"{_fmt(r['iou'][1]):>8s}")
+    return "\n".join(lines)
 
 
 def _fmt(v: float) -> str:
@@ -134,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the full method with this preset (default: PipelineConfig defaults)")
     p.add_argument("--narrow", type=int, default=6, help="class-2 parts at most this wide (px) count as thin")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--ablation", action="store_true",
+                   help="measure the thin-only-class candidates against each other (ABLATION) and print their means")
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.ablation:
+        means = ablation(kinds=kinds, seeds=args.seeds, size=args.size, preset=args.preset, narrow=args.narrow)
+        print(json.dumps(means) if args.json else ablation_table(means))
+        return 0
     result = run(kinds=kinds, seeds=args.seeds, size=args.size, preset=args.preset, narrow=args.narrow)
     if args.json:
         print(json.dumps(result, default=lambda v: None))

@@ -10,6 +10,11 @@ the inputs. Every configuration is one ``python -m job run ...`` subprocess (the
 When ``human/`` exists, a second annotator's masks are scored the same way (row ``human``): what agreement between
 people looks like on that set.
 
+Multi-class sets (``DIR/classes.yaml``, masks = class-index maps; ``python -m job.datasets drive-od``): the prompt set
+gets the classes file, the job writes ``masks/<class>/``, and every configuration gives one row per class
+(``config:class``) with the same metrics plus ``other``: the share of the class's ground-truth pixels the job
+labelled as another class.
+
 Configurations (``--configs``, comma-separated; default all but ``selective`` on the weight-free backend):
 
     single      one pass: scale 1, identity view, no crops, no post-processing (coarse -> refine -> union)
@@ -117,6 +122,20 @@ def _read_mask(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L")) > 127
 
 
+def _read_labels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def read_classes(data: Path) -> tuple[str, ...]:
+    """Class names of a multi-class set (``DIR/classes.yaml``); () for a binary set."""
+    from job.models import read_prompt_classes
+
+    return tuple(read_prompt_classes(str(data)) or ()) if (Path(data) / "classes.yaml").is_file() else ()
+
+
 def score_image(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
     """Every FIELDS metric of one (H, W) bool prediction against its (H, W) bool ground truth; outside ``valid``
     both are set to background first (DRIVE's convention: score inside the field of view)."""
@@ -176,6 +195,7 @@ def run(data: Path, *, prompts: int = 2, inputs: int = 8, configs: Sequence[str]
     if len(items) < prompts + 1:
         raise SystemExit(f"--data {data} has {len(items)} pairs; need --prompts {prompts} plus at least one input")
     prompt_items, input_items = items[:prompts], items[prompts:prompts + inputs]
+    classes = read_classes(data)
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="finedetail-real-")) if own_tmp else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -183,11 +203,14 @@ def run(data: Path, *, prompts: int = 2, inputs: int = 8, configs: Sequence[str]
         for it in prompt_items:
             _place(it.image, work / "prompts" / "images" / it.image.name)
             _place(it.mask, work / "prompts" / "masks" / f"{it.name}.png")
+        if classes:
+            _place(Path(data) / "classes.yaml", work / "prompts" / "classes.yaml")
         for it in input_items:
             _place(it.image, work / "inputs" / it.image.name)
         truth = {}
         for it in input_items:
-            truth[it.name] = (_read_mask(it.mask), _read_mask(it.valid) if it.valid else None)
+            truth[it.name] = (_read_labels(it.mask) if classes else _read_mask(it.mask),
+                              _read_mask(it.valid) if it.valid else None)
         rows = []
         humans = [it for it in input_items if it.human]
         if humans:
@@ -220,20 +243,35 @@ def run(data: Path, *, prompts: int = 2, inputs: int = 8, configs: Sequence[str]
                 log(f"{name}: FAILED ({rows[-1]['error']})")
                 continue
             manifest = _manifest(out)
-            per, passes, stage_s = [], [], []
+            per: dict[str, list[dict[str, float]]] = {c: [] for c in classes or ("",)}
+            passes, stage_s = [], []
             for it in input_items:
                 key = next((k for k in manifest if Path(k).stem == it.name), None)
-                mask_path = out / "masks" / f"{it.name}.png"
-                if key is None or manifest[key]["status"] != "ok" or not mask_path.is_file():
+                paths = {c: out / "masks" / c / f"{it.name}.png" for c in per} if classes else {
+                    "": out / "masks" / f"{it.name}.png"}
+                if key is None or manifest[key]["status"] != "ok" or not all(p.is_file() for p in paths.values()):
                     raise SystemExit(f"{name}: no ok mask for {it.name} in {out} (see its manifest)")
-                per.append(score_image(_read_mask(mask_path), *truth[it.name]))
+                gt, valid = truth[it.name]
+                if classes:
+                    pred = {c: _read_mask(p) for c, p in paths.items()}
+                    for i, c in enumerate(classes):
+                        row = score_image(pred[c], gt == i + 1, valid)
+                        want = (gt == i + 1) & (valid if valid is not None else True)
+                        taken = np.logical_or.reduce([pred[o] for o in classes if o != c]) & want
+                        row["other"] = float(taken.sum() / max(1, want.sum()))
+                        per[c].append(row)
+                else:
+                    per[""].append(score_image(_read_mask(paths[""]), gt, valid))
                 passes.append(manifest[key]["encoder_passes"] or 0)
                 stage_s.append(sum(float(manifest[key].get(f"seconds_{s}") or 0.0)
                                    for s in ("decode", "coarse", "refine", "crop", "fuse", "write")))
-            rows.append({"name": name, "images": len(per), **_mean_rows(per),
-                         "encoder_passes": float(np.mean(passes)), "seconds_per_image": wall / len(per),
-                         "stage_seconds_per_image": float(np.mean(stage_s)), "flags": shlex.join(flags)})
-            log(_line(rows[-1]))
+            for c, got in per.items():
+                extra_cols = {"other": float(np.mean([r["other"] for r in got]))} if classes else {}
+                rows.append({"name": f"{name}:{c}" if c else name, "images": len(got), **_mean_rows(got),
+                             **extra_cols, "encoder_passes": float(np.mean(passes)),
+                             "seconds_per_image": wall / len(got), "stage_seconds_per_image": float(np.mean(stage_s)),
+                             "flags": shlex.join(flags)})
+                log(_line(rows[-1]))
         return {"data": str(data), "backend": backend, "refiner": refiner, "prompts": [it.name for it in prompt_items],
                 "inputs": [it.name for it in input_items], "preset": preset, "rows": rows,
                 "workdir": str(work) if keep else None}
@@ -260,20 +298,23 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def _line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{row['name']}: FAILED {row['error']}"
+    other = f" other {row['other']:.3f}" if "other" in row else ""
     return (f"{row['name']}: F1 {row['f1']:.3f} IoU {row['iou']:.3f} BIoU {row['boundary_iou']:.3f} "
-            f"topo sens {row['topo_sens']:.3f} prec {row['topo_prec']:.3f} tolF {row['tol_f']:.3f} "
+            f"topo sens {row['topo_sens']:.3f} prec {row['topo_prec']:.3f} tolF {row['tol_f']:.3f}{other} "
             f"passes {_fmt(row['encoder_passes'], 1)} s/img {_fmt(row['seconds_per_image'], 1)}")
 
 
 def table(result: dict[str, Any]) -> str:
     cols = ("f1", "precision", "recall", "iou", "boundary_iou", "mba", "topo_sens", "topo_prec", "tol_f")
+    if any("other" in r for r in result["rows"]):
+        cols += ("other",)
     head = ["config", *cols, "passes", "s/img", "stage s/img"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r['name']} | failed: {r['error']} |")
             continue
-        vals = [_fmt(r[c]) for c in cols]
+        vals = [_fmt(r.get(c)) for c in cols]
         vals += [_fmt(r["encoder_passes"], 1), _fmt(r["seconds_per_image"], 1), _fmt(r["stage_seconds_per_image"], 1)]
         lines.append("| " + " | ".join([r["name"], *vals]) + " |")
     return "\n".join(lines)
