@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 STAGES: dict[str, dict[str, Any]] = {
     "single": {"scales": [1.0], "tta": ["identity"], "crop": {"enabled": False}},
@@ -65,13 +65,32 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path, Path | None]]:
     return out
 
 
+def row_config(name: str, overrides: Sequence[str] = ()) -> Any:
+    """The ``PipelineConfig`` of row ``name`` (a STAGES key): what ``python -m job run --backend classical`` resolves
+    from that row's flags (backend defaults < row < ``overrides``, each ``KEY=VALUE`` with a YAML value)."""
+    import yaml
+
+    from finedetail.config import PostprocessConfig
+    from job.config import job_config_from_dict
+
+    if name not in STAGES:
+        raise SystemExit(f"unknown config {name!r}; choose from {list(STAGES)}")
+    values = json.loads(json.dumps(STAGES[name]))
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        _merge(values, key, yaml.safe_load(value))
+    if values.get("post") == "library default":
+        values["post"] = dataclasses.asdict(PostprocessConfig())
+    return job_config_from_dict({"input": "/unused", "output": "/unused", "prompts": "/unused",
+                                 "backend": "classical", **values}).pipeline
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
     import numpy as np
     import yaml
 
     from finedetail.codecs import decode_image, decode_mask
-    from finedetail.config import PostprocessConfig
     from finedetail.execute import run_image
     from finedetail.metrics import tolerance_f
     from finedetail.types import PromptPair
@@ -99,16 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     refiner = build_refiner(job)
     rows = []
     for name in args.configs.split(","):
-        if name not in STAGES:
-            raise SystemExit(f"unknown config {name!r}; choose from {list(STAGES)}")
-        values = json.loads(json.dumps(STAGES[name]))
-        for kv in args.set:
-            key, _, value = kv.partition("=")
-            _merge(values, key, yaml.safe_load(value))
-        if values.get("post") == "library default":
-            values["post"] = dataclasses.asdict(PostprocessConfig())
-        cfg = job_config_from_dict({"input": "/unused", "output": "/unused", "prompts": "/unused",
-                                    "backend": "classical", **values}).pipeline
+        cfg = row_config(name, args.set)
         f1s, ious, tols, wall, cpu = [], [], [], [], []
         for _, image, gt, valid in inputs:
             t0, c0 = time.perf_counter(), time.process_time()
