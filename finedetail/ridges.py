@@ -31,7 +31,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-__all__ = ["hessian_eigen", "coherent_lines", "line_filter", "line_kernels", "lineness", "local_normalise", "thin_features"]
+__all__ = ["coherent_lines", "hessian_eigen", "line_filter", "line_kernels", "lineness", "local_normalise",
+           "thin_features"]
 
 _BORDER = cv2.BORDER_REFLECT
 
@@ -161,8 +162,8 @@ def thin_features(image: np.ndarray, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4
     Gaussian local mean and std of L over ``norm_sigma``; per sigma the ``hessian_eigen`` pair of n and the
     sigma-scaled gradient magnitude of n smoothed by sigma; the maximum over sigmas of the dark and bright
     ``lineness``; ``line_filter`` bright and dark of n; per ``coherent_sigmas`` the ``coherent_lines`` bright and
-    dark of n over ``coherent_length`` px (``line_angles`` orientations). Ridges are measured on n, so a vessel in a dim corner and one
-    in the bright centre give the same response."""
+    dark of n over ``coherent_length`` px (``line_angles`` orientations). Ridges are measured on n, so a vessel in a
+    dim corner and one in the bright centre give the same response."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise TypeError(f"image must be (H, W, 3) uint8 RGB, got {got}")
