@@ -14,6 +14,12 @@ per-pixel responses a classifier can read; every function maps ``(H, W) float32`
   ``angles`` orientations minus the mean of the ``length`` x ``length`` square around it; returns the maximum (bright
   lines) and minimum (dark lines) over orientations. Longer support than the Hessian, so faint but long lines
   (power lines, vessel trunks) stand out from isotropic texture.
+- ``coherent_lines``: orientation-coherent ridge evidence: per orientation the sigma-normalised second derivative
+  across that orientation (steered from the three Hessian components), rectified for bright / dark lines and minus
+  the |second derivative| along it (0 on blobs and edges), then averaged over a ``length`` px segment along that same
+  orientation; the maximum over orientations. A long line keeps its full response however faint its contrast to a
+  textured background; foliage, grass and gravel have ridges of every orientation, so no single orientation
+  accumulates them along a segment.
 
 Borders: ``BORDER_REFLECT`` everywhere (the edge pixel repeated), so a line touching the frame keeps its response.
 """
@@ -25,7 +31,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-__all__ = ["hessian_eigen", "line_filter", "line_kernels", "lineness", "local_normalise", "thin_features"]
+__all__ = ["coherent_lines", "hessian_eigen", "line_filter", "line_kernels", "lineness", "local_normalise",
+           "thin_features"]
 
 _BORDER = cv2.BORDER_REFLECT
 
@@ -120,16 +127,43 @@ def line_filter(gray: np.ndarray, *, length: int, angles: int = 12) -> tuple[np.
     return (hi - square).astype(np.float32), (square - lo).astype(np.float32)
 
 
+def coherent_lines(gray: np.ndarray, *, sigma: float, length: int, angles: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) float32 -> (bright, dark), each (H, W) float32 >= 0: see the module docstring. Orientation k of
+    ``line_kernels(length, angles)`` runs along (cos a, -sin a) in (x, y) image axes, a = k * pi / angles; its normal
+    is (sin a, cos a), so the second derivative across it is ``s*s*Ixx + 2*s*c*Ixy + c*c*Iyy`` (s, c of a)."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0 px, got {sigma=}")
+    g = cv2.GaussianBlur(_check_gray(gray), (0, 0), sigma, borderType=_BORDER)
+    s2 = np.float32(sigma * sigma)
+    dxx = cv2.sepFilter2D(g, cv2.CV_32F, _D2, _ONE, borderType=_BORDER) * s2
+    dyy = cv2.sepFilter2D(g, cv2.CV_32F, _ONE, _D2, borderType=_BORDER) * s2
+    dxy = cv2.sepFilter2D(g, cv2.CV_32F, _D1, _D1, borderType=_BORDER) * s2
+    bright = dark = None
+    for k, kernel in enumerate(line_kernels(length, angles)):
+        a = np.pi * k / angles
+        sn, cs = np.float32(np.sin(a)), np.float32(np.cos(a))
+        across = sn * sn * dxx + 2 * sn * cs * dxy + cs * cs * dyy
+        along = np.abs(cs * cs * dxx - 2 * sn * cs * dxy + sn * sn * dyy)
+        br = cv2.filter2D(np.maximum(-across - along, 0), cv2.CV_32F, kernel, borderType=_BORDER)
+        dk = cv2.filter2D(np.maximum(across - along, 0), cv2.CV_32F, kernel, borderType=_BORDER)
+        bright = br if bright is None else np.maximum(bright, br)
+        dark = dk if dark is None else np.maximum(dark, dk)
+    return bright, dark
+
+
 def thin_features(image: np.ndarray, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0), norm_sigma: float = 8.0,
-                  line_length: int = 15, line_angles: int = 12) -> np.ndarray:
+                  line_length: int = 15, line_angles: int = 12, coherent_length: int = 0,
+                  coherent_sigmas: tuple[float, ...] = ()) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W, F) float32 per-pixel features of thin structures, F = 10 + 3 * len(sigmas)
-    (``line_length`` 0 drops the two line-filter channels: F = 8 + 3 * len(sigmas)).
+    (``line_length`` 0 drops the two line-filter channels: F = 8 + 3 * len(sigmas)), plus 2 * len(coherent_sigmas)
+    when ``coherent_length`` > 0.
 
     Channels, in order: CIE L, a, b (L / 100, a / 100, b / 100); n = ``local_normalise(L, sigma=norm_sigma)``;
     Gaussian local mean and std of L over ``norm_sigma``; per sigma the ``hessian_eigen`` pair of n and the
     sigma-scaled gradient magnitude of n smoothed by sigma; the maximum over sigmas of the dark and bright
-    ``lineness``; ``line_filter`` bright and dark of n. Ridges are measured on n, so a vessel in a dim corner and one
-    in the bright centre give the same response."""
+    ``lineness``; ``line_filter`` bright and dark of n; per ``coherent_sigmas`` the ``coherent_lines`` bright and
+    dark of n over ``coherent_length`` px (``line_angles`` orientations). Ridges are measured on n, so a vessel in a
+    dim corner and one in the bright centre give the same response."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise TypeError(f"image must be (H, W, 3) uint8 RGB, got {got}")
@@ -152,4 +186,7 @@ def thin_features(image: np.ndarray, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4
     feats += [dark, bright]
     if line_length:
         feats += list(line_filter(n, length=line_length, angles=line_angles))
+    if coherent_length:
+        for cs in coherent_sigmas:
+            feats += list(coherent_lines(n, sigma=cs, length=coherent_length, angles=line_angles))
     return np.stack(feats, axis=-1).astype(np.float32, copy=False)

@@ -119,3 +119,20 @@ def test_classical_bench(capsys, tmp_path):
     assert res["prompts"] == ["s0", "s1"] and res["inputs"] == ["s2"] and res["threads"] == 1
     assert [r["config"] for r in res["rows"]] == ["single", "+crop"]
     assert all(r["f1"] > 0.5 and r["cpu_s"] > 0 for r in res["rows"]), res["rows"]
+
+
+def test_classical_bench_rows_are_what_the_job_resolves():
+    """Each row of ``python -m job.bench classical`` runs the classical backend's defaults plus that row's flags: its
+    ``single`` row used to carry the library's post-processing, which the job's classical default does not run."""
+    from finedetail.config import PostprocessConfig
+    from job.bench.classical import row_config
+
+    single = row_config("single")
+    assert single.scales == (1.0,) and single.tta == ("identity",) and not single.crop.enabled
+    assert not single.post.guided and single.post.close_size == 0 and single.post.island_area == 0
+    assert row_config("default") == single  # the backend's default method is the single pass
+    assert row_config("+post").post == PostprocessConfig()
+    assert row_config("+crop").crop.enabled and row_config("+tta").tta == ("identity", "hflip")
+    assert row_config("single", ["post.guided=true"]).post.guided
+    with pytest.raises(SystemExit, match="unknown config"):
+        row_config("+nothing")

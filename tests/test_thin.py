@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from finedetail import ridges
 from finedetail.models.base import CoarseSegmenter, PromptedRefiner
@@ -78,10 +79,60 @@ def test_local_normalise_removes_offset_and_gain():
     assert np.allclose(ridges.local_normalise(np.full((8, 8), 0.4, np.float32), sigma=2.0), 0.0, atol=1e-5)
 
 
+def _texture_with_a_faint_line(angle_deg: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A (64, 64) "foliage" of 150 short bright strokes at random orientations, and a long faint straight bright line
+    through the centre at ``angle_deg``; returns the grey image and the line's (64, 64) bool mask."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    g = np.full((64, 64), 0.3, np.float32)
+    for _ in range(150):
+        x, y, a = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(0, np.pi)
+        dx, dy = 2.5 * np.cos(a), 2.5 * np.sin(a)
+        cv2.line(g, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 0.6, 1)
+    a = np.deg2rad(angle_deg)
+    line = np.zeros((64, 64), np.uint8)  # anti-aliased: the same ink per unit length at every angle
+    cv2.line(line, (int(32 - 60 * np.cos(a)), int(32 + 60 * np.sin(a))),
+             (int(32 + 60 * np.cos(a)), int(32 - 60 * np.sin(a))), 255, 1, cv2.LINE_AA)
+    return np.maximum(g, 0.3 + 0.15 * line.astype(np.float32) / 255), line > 127
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, 120.0])
+def test_coherent_lines_pick_a_long_faint_line_out_of_texture(angle):
+    g, line = _texture_with_a_faint_line(angle)
+    bright, dark = ridges.coherent_lines(g, sigma=1.0, length=21, angles=12)
+    assert bright.shape == dark.shape == (64, 64) and bright.dtype == np.float32
+    inner = np.zeros((64, 64), bool)
+    inner[16:48, 16:48] = True  # away from the borders
+    far = ~ndi.binary_dilation(line, iterations=3)  # not the line's own blurred flanks
+    coherent = np.median(bright[line & inner]) / np.percentile(bright[far & inner], 95)
+    assert bright[line & inner].mean() > dark[line & inner].mean()
+    # the strokes are brighter than the line, each short: per pixel (Sato lineness) the line is below the strokes'
+    # 95th percentile; summed along one orientation it stands out much more at every angle
+    dk, br = ridges.lineness(*ridges.hessian_eigen(g, sigma=1.0))
+    sato = np.median(br[line & inner]) / np.percentile(br[far & inner], 95)
+    assert sato < 0.6 and coherent > 1.4 * sato
+
+
+def test_coherent_lines_answer_little_on_a_blob_and_dark_on_a_dark_line():
+    blob = np.zeros((31, 31), np.float32)
+    blob[14:17, 14:17] = 1.0  # a 3 px dot: as wide as the line below, not long
+    line = np.zeros((31, 31), np.float32)
+    line[15, :] = 1.0
+    bright, _ = ridges.coherent_lines(blob, sigma=1.0, length=7, angles=8)
+    assert bright.max() < 0.2 * ridges.coherent_lines(line, sigma=1.0, length=7, angles=8)[0].max()
+    bright, dark = ridges.coherent_lines(line_image(value=0.0, background=0.5), sigma=1.0, length=7, angles=4)
+    assert int(np.argmax(dark[:, 12])) == 10 and dark[10, 12] > 0 and bright[10, 12] == 0
+    with pytest.raises(ValueError, match="sigma"):
+        ridges.coherent_lines(blob, sigma=0.0, length=7)
+
+
 def test_thin_features_shape_and_refusals():
     img = np.zeros((12, 17, 3), np.uint8)
     assert ridges.thin_features(img, sigmas=(1.0, 2.0)).shape == (12, 17, 16)
     assert ridges.thin_features(img, sigmas=(1.0,), line_length=0).shape == (12, 17, 11)
+    assert ridges.thin_features(img, sigmas=(1.0,), coherent_length=7, coherent_sigmas=(1.0, 2.0)).shape == (
+        12, 17, 17)
     assert ridges.thin_features(img).dtype == np.float32
     with pytest.raises(TypeError, match="uint8 RGB"):
         ridges.thin_features(img[..., 0])
@@ -178,6 +229,8 @@ def test_pixel_segmenter_multiclass_and_refusals():
     ({"input_size": 8}, "input_size"),
     ({"sigmas": ()}, "sigmas"),
     ({"line_length": 4}, "line_length"),
+    ({"coherent_length": 30}, "coherent_length"),
+    ({"coherent_sigmas": (1.0, 0.0)}, "coherent_sigmas"),
     ({"near_frac": 1.5}, "near_frac"),
     ({"iterations": 0}, "iterations"),
 ])

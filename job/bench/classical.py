@@ -8,10 +8,14 @@ Usage::
 ``DIR`` has the common layout (``images/NAME.ext``, ``masks/NAME.png``, optional ``valid/NAME.png`` scored inside):
 the first ``--prompts`` pairs (sorted names) say what to segment, the next ``--inputs`` are segmented. The models are
 built as the job builds them (``job.models.build_coarse`` / ``build_refiner``, ``--option`` = ``backend_options``)
-and ``finedetail.execute.run_image`` runs each configuration on each input: ``single`` (scale 1, identity view, no
-crops), each stage added alone, and ``default`` (``PipelineConfig()``); ``--set`` overrides apply to every one.
+and ``finedetail.execute.run_image`` runs each configuration on each input. Each row's pipeline config is what
+``python -m job run --backend classical`` with that row's flags resolves (the backend's defaults underneath, so no
+post-processing unless the row adds it): ``single`` (scale 1, identity view, no crops), each stage added alone
+(``+post`` = the library's ``PostprocessConfig()``), and ``default`` (no flags); ``--set`` overrides apply to every
+one.
 
-Columns: pixel F1 and IoU inside ``valid`` (mean over inputs), wall and CPU seconds per image (CPU = this process's
+Columns: pixel F1, IoU and 2-px tolerance F on skeletons (``finedetail.metrics.tolerance_f``, PLD-UAV's goal)
+inside ``valid`` (mean over inputs), wall and CPU seconds per image (CPU = this process's
 time: on a busy machine wall time includes waiting for a core). ``--threads`` caps OpenCV's and OpenMP's threads
 (scikit-learn's gradient boosting uses OpenMP) before anything is imported; the issue's targets are on one core.
 The fit on the prompts (once per job and actor) is reported apart. Quality and the stages' effect through the CLI
@@ -21,18 +25,20 @@ and on every metric: ``python -m job.bench real``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 STAGES: dict[str, dict[str, Any]] = {
     "single": {"scales": [1.0], "tta": ["identity"], "crop": {"enabled": False}},
-    "+crop": {"scales": [1.0], "tta": ["identity"]},
+    "+crop": {"scales": [1.0], "tta": ["identity"], "crop": {"enabled": True}},
     "+scale2": {"scales": [1.0, 2.0], "tta": ["identity"], "crop": {"enabled": False}},
-    "+tta": {"scales": [1.0], "crop": {"enabled": False}},
+    "+tta": {"scales": [1.0], "tta": ["identity", "hflip"], "crop": {"enabled": False}},
+    "+post": {"scales": [1.0], "tta": ["identity"], "crop": {"enabled": False}, "post": "library default"},
     "default": {},
 }
 
@@ -59,14 +65,34 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path, Path | None]]:
     return out
 
 
+def row_config(name: str, overrides: Sequence[str] = ()) -> Any:
+    """The ``PipelineConfig`` of row ``name`` (a STAGES key): what ``python -m job run --backend classical`` resolves
+    from that row's flags (backend defaults < row < ``overrides``, each ``KEY=VALUE`` with a YAML value)."""
+    import yaml
+
+    from finedetail.config import PostprocessConfig
+    from job.config import job_config_from_dict
+
+    if name not in STAGES:
+        raise SystemExit(f"unknown config {name!r}; choose from {list(STAGES)}")
+    values = json.loads(json.dumps(STAGES[name]))
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        _merge(values, key, yaml.safe_load(value))
+    if values.get("post") == "library default":
+        values["post"] = dataclasses.asdict(PostprocessConfig())
+    return job_config_from_dict({"input": "/unused", "output": "/unused", "prompts": "/unused",
+                                 "backend": "classical", **values}).pipeline
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
     import numpy as np
     import yaml
 
     from finedetail.codecs import decode_image, decode_mask
-    from finedetail.config import config_from_dict
     from finedetail.execute import run_image
+    from finedetail.metrics import tolerance_f
     from finedetail.types import PromptPair
     from job.config import job_config_from_dict
     from job.models import build_coarse, build_refiner
@@ -92,14 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     refiner = build_refiner(job)
     rows = []
     for name in args.configs.split(","):
-        if name not in STAGES:
-            raise SystemExit(f"unknown config {name!r}; choose from {list(STAGES)}")
-        values = json.loads(json.dumps(STAGES[name]))
-        for kv in args.set:
-            key, _, value = kv.partition("=")
-            _merge(values, key, yaml.safe_load(value))
-        cfg = config_from_dict(values)
-        f1s, ious, wall, cpu = [], [], [], []
+        cfg = row_config(name, args.set)
+        f1s, ious, tols, wall, cpu = [], [], [], [], []
         for _, image, gt, valid in inputs:
             t0, c0 = time.perf_counter(), time.process_time()
             pred = run_image(image, coarse, refiner, cfg).mask[0]
@@ -110,8 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tp, fp, fn = int((pred & gt).sum()), int((pred & ~gt).sum()), int((~pred & gt).sum())
             f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
             ious.append(tp / max(1, tp + fp + fn))
+            tols.append(tolerance_f(pred, gt, tol=2))
         mp = float(np.mean([im.shape[0] * im.shape[1] for _, im, _, _ in inputs])) / 1e6
         rows.append({"config": name, "f1": float(np.mean(f1s)), "iou": float(np.mean(ious)),
+                     "tol_f": float(np.mean(tols)),
                      "wall_s": float(np.mean(wall)), "cpu_s": float(np.mean(cpu)), "megapixels": mp})
     return {"data": str(args.data), "prompts": [p.name for p in prompts], "inputs": [n for n, *_ in inputs],
             "threads": args.threads, "set": args.set, "options": options, "fit": fit, "rows": rows}
@@ -139,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out['data']}: prompts {out['prompts']}, {len(out['inputs'])} inputs, {out['threads']} thread(s), "
           f"set {out['set'] or '-'}, options {out['options'] or '-'}")
     print(f"fit on the prompts: {out['fit']['wall_s']:.1f} s wall, {out['fit']['cpu_s']:.1f} s CPU (once per actor)")
-    print(f"{'config':10s}{'F1':>8s}{'IoU':>8s}{'wall s/img':>12s}{'CPU s/img':>11s}{'MP':>7s}")
+    print(f"{'config':10s}{'F1':>8s}{'IoU':>8s}{'tol F':>8s}{'wall s/img':>12s}{'CPU s/img':>11s}{'MP':>7s}")
     for r in out["rows"]:
-        print(f"{r['config']:10s}{r['f1']:8.3f}{r['iou']:8.3f}{r['wall_s']:12.2f}{r['cpu_s']:11.2f}{r['megapixels']:7.2f}")
+        print(f"{r['config']:10s}{r['f1']:8.3f}{r['iou']:8.3f}{r['tol_f']:8.3f}{r['wall_s']:12.2f}{r['cpu_s']:11.2f}"
+              f"{r['megapixels']:7.2f}")
     return 0
 
 
