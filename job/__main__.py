@@ -155,19 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAG_KEYS = {
-    "input": "input", "prompts": "prompts", "coarse": "coarse", "output": "output", "limit": "limit",
-    "classes": "classes", "overlays": "overlays", "coco": "coco", "max_pixels": "max_pixels", "backend": "backend", "refiner": "refiner",
-    "sam_checkpoint": "sam_checkpoint", "sam_model_type": "sam_model_type", "sam_sha256": "sam_sha256",
-    "seggpt_checkpoint": "seggpt_checkpoint", "device": "device", "preset": "preset", "scales": "scales",
-    "tta": "tta", "ensemble": "ensemble.rule", "gpu": "resources.gpu", "coarse_gpus": "resources.coarse_gpus",
-    "refiner_gpus": "resources.refiner_gpus",
-    "max_actors": "resources.max_actors", "batch_size": "resources.batch_size",
-    "chain": "resources.chain",
-    "encode_batch": "resources.encode_batch",
-}
-
-
 def _put(d: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for p in parts[:-1]:
@@ -182,7 +169,7 @@ def config_from_args(args: argparse.Namespace):
     """YAML file (if any) overridden by the command line -> validated JobConfig."""
     import yaml
 
-    from job.config import job_config_from_dict, load_yaml
+    from job.config import FLAG_KEYS, job_config_from_dict, load_yaml
 
     from job import io as jio
     from job.errors import config_file_error
@@ -195,7 +182,7 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(config_file_error(jio.redact(args.config), exc)) from exc
         except ValueError as exc:
             raise ValueError(f"--config {jio.redact(args.config)}: {exc}") from exc
-    for attr, key in _FLAG_KEYS.items():
+    for attr, key in FLAG_KEYS.items():
         v = getattr(args, attr, None)
         if v is not None:
             _put(values, key, v)

@@ -294,3 +294,19 @@ def load_yaml(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"a config file must hold a mapping of keys, got {type(data).__name__}")
     return data
+
+
+#: the `python -m job run` flags that set a config key (argparse dest -> dotted key); job.__main__ applies them,
+#: job.configdoc names them in the reference
+FLAG_KEYS = {
+    "input": "input", "prompts": "prompts", "coarse": "coarse", "output": "output", "limit": "limit",
+    "classes": "classes", "overlays": "overlays", "coco": "coco", "max_pixels": "max_pixels", "backend": "backend",
+    "refiner": "refiner",
+    "sam_checkpoint": "sam_checkpoint", "sam_model_type": "sam_model_type", "sam_sha256": "sam_sha256",
+    "seggpt_checkpoint": "seggpt_checkpoint", "device": "device", "preset": "preset", "scales": "scales",
+    "tta": "tta", "ensemble": "ensemble.rule", "gpu": "resources.gpu", "coarse_gpus": "resources.coarse_gpus",
+    "refiner_gpus": "resources.refiner_gpus",
+    "max_actors": "resources.max_actors", "batch_size": "resources.batch_size",
+    "chain": "resources.chain",
+    "encode_batch": "resources.encode_batch",
+}

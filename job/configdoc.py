@@ -154,9 +154,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _flags() -> dict[str, str]:
     """Dotted key -> the command-line option that sets it."""
-    from job.__main__ import _FLAG_KEYS
+    from job.config import FLAG_KEYS
 
-    out = {key: "--" + attr.replace("_", "-") for attr, key in _FLAG_KEYS.items()}
+    out = {key: "--" + attr.replace("_", "-") for attr, key in FLAG_KEYS.items()}
     out.update({"overlays": "--no-overlays", "crop.enabled": "--no-crop", "selective.enabled": "--selective",
                 "ensemble.rule": "--ensemble", "preset": "--preset"})
     return out
