@@ -19,7 +19,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"finedetail", "job", "tests", "conftest", "jobkit"}
+OWN = {"finedetail", "job", "tests", "conftest", "jobkit", "faults"}
 
 
 def _norm(name: str) -> str:
