@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from job import io as jio
 
-__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "done_keys", "read_manifest", "write_part"]
+__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "Tally", "done_keys", "read_manifest", "write_part"]
 
 STAGES = ("decode", "coarse", "refine", "crop", "fuse", "write")
 #: every status a row can have: its files are whole (``ok``), or ``error`` says why there are none
@@ -90,12 +90,37 @@ def done_keys(storage: Any, config_hash: str) -> set[str]:
             if r["status"] == "ok" and r["config_hash"] == config_hash}
 
 
+class Tally:
+    """A running `summarize` that does not hold the rows (a run of millions): counts, the encoder passes of the
+    ``ok`` rows, and the first ``keep_errors`` error rows (``errors_left_out`` counts the others)."""
+
+    def __init__(self, *, keep_errors: int = 1000):
+        self.images = self.ok = self.passes = self.errors_left_out = 0
+        self.keep_errors = keep_errors
+        self.errors: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.images += 1
+        if row["status"] == "ok":
+            self.ok += 1
+            self.passes += row["encoder_passes"] or 0
+        elif row["status"] == "error":
+            if len(self.errors) < self.keep_errors:
+                self.errors.append(row)
+            else:
+                self.errors_left_out += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "ok": self.ok,
+            "errors": len(self.errors) + self.errors_left_out,
+            "encoder_passes_per_image": (self.passes / self.ok) if self.ok else 0.0,
+        }
+
+
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    rows = list(rows)
-    ok = [r for r in rows if r["status"] == "ok"]
-    return {
-        "images": len(rows),
-        "ok": len(ok),
-        "errors": sum(r["status"] == "error" for r in rows),
-        "encoder_passes_per_image": (sum(r["encoder_passes"] or 0 for r in ok) / len(ok)) if ok else 0.0,
-    }
+    tally = Tally(keep_errors=0)
+    for r in rows:
+        tally.add(r)
+    return tally.summary()

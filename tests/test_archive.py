@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -90,3 +91,134 @@ def test_done_keys_stream_sorted_latest_ok_with_the_config_hash(tmp_path):
     jc.compact(storage)
     assert list(jc.iter_done_keys(storage, "h")) == expected  # from the compacted shard
     assert sorted(jm.done_keys(storage, "h")) == expected  # the old reader agrees
+
+
+# ------------------------------------------------------------------------------------------- streaming listing
+
+from job import listing as jl  # noqa: E402
+
+
+def _touch(root, rel: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+
+
+def test_local_walk_streams_the_same_sorted_keys_as_list_files(tmp_path):
+    """Folders sort as ``name/``: ``a-b.png`` < ``a.png`` < ``a/x.png`` < ``a0.png``, exactly S3's (and sorted()'s)
+    order, which the merge with the sorted done set relies on. Hidden entries, other extensions, the excluded
+    folder and symlinked folders are left out as `jio.list_files` leaves them out."""
+    for rel in ("a-b.png", "a.png", "a/x.png", "a/b/y.JPG", "a0.png", "z/.hidden.png", ".h/q.png", "out/m.png",
+                "b/readme.txt", "b/c/d/e.webp", "é.png", "Z.png"):
+        _touch(tmp_path, rel)
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    storage = jio.open_storage(str(tmp_path))[0]
+    got = list(jl.iter_keys(storage, extensions=jio.IMAGE_EXTS, exclude=("out",)))
+    assert got == sorted(got) == jio.list_files(storage, "", exclude=("out",))
+    assert got == ["Z.png", "a-b.png", "a.png", "a/b/y.JPG", "a/x.png", "a0.png", "b/c/d/e.webp", "é.png"]
+
+
+def test_a_missing_folder_lists_empty_and_a_file_root_is_a_storage_error(tmp_path):
+    assert list(jl.iter_keys(jio.open_storage(str(tmp_path / "nope"))[0], extensions=(".png",))) == []
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(jio.StorageError, match="cannot list"):
+        list(jl.iter_keys(jio.open_storage(str(tmp_path / "f.png"))[0], extensions=(".png",)))
+
+
+@pytest.mark.parametrize("keys, clashes", [
+    (["a.jpg", "a.png"], [("a.png", "a.jpg")]),
+    (["a.b.png", "a.jpg", "a.png", "ab.png"], [("a.png", "a.jpg")]),  # a.b.png sorts between: not a clash
+    (["a.jpg", "a.x.png", "a.x.tif", "a/a.png", "b.png"], [("a.x.tif", "a.x.png")]),
+    (["x/a.png", "x/b.png", "y/a.png"], []),
+])
+def test_stem_check_finds_inputs_that_would_write_the_same_mask(keys, clashes):
+    check = jl.StemCheck()
+    found = [(k, check.clash(k)) for k in keys]
+    assert [(k, e) for k, e in found if e is not None] == clashes
+
+
+def test_limit_stops_the_listing_and_done_keys_are_skipped():
+    pulled = []
+
+    def keys():
+        for i in range(1_000_000):
+            pulled.append(i)
+            yield f"k{i:07d}.png"
+
+    counts = jl.ListingCounts()
+    done = [f"k{i:07d}.png" for i in (0, 2, 3)]
+    todo = list(jl.iter_todo(keys(), done, counts, limit=4))
+    assert todo == ["k0000001.png", "k0000004.png", "k0000005.png", "k0000006.png"]
+    assert len(pulled) == 8 and (counts.listed, counts.done, counts.todo, counts.cut) == (7, 3, 4, True)
+
+
+def test_s3_listing_goes_page_by_page_in_key_order(s3_env):
+    """1100 objects: two ListObjectsV2 pages, the same keys and order as `jio.list_files`; the first key comes
+    after one page."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = s3_env.client()
+    bucket = s3_env.make_bucket("archive-listing")
+    names = [f"in/{i % 7}/{i:05d}.png" for i in range(1100)] + ["in/notes.txt", "other/x.png"]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), names))
+    storage = jio.open_storage(f"s3://{bucket}/in")[0]
+    calls = []
+    real = jl._s3_client
+
+    def counting(storage):
+        c = real(storage)
+        c.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(1))
+        return c
+
+    jl._s3_client = counting
+    try:
+        it = jl.iter_keys(storage, extensions=(".png",))
+        assert next(it) == "0/00000.png" and len(calls) == 1
+        got = ["0/00000.png", *it]
+    finally:
+        jl._s3_client = real
+    assert len(calls) == 2 and got == jio.list_files(storage, "", extensions=(".png",)) and len(got) == 1100
+
+
+# ----------------------------------------------------------------------------------------------- the job, resumed
+
+MINIMAL = {"backend": "proxy", "scales": [1.0], "tta": ["identity"], "crop": {"enabled": False}}
+
+
+def _cfg(**values):
+    from job.config import job_config_from_dict
+
+    return job_config_from_dict({**MINIMAL, **values})
+
+
+def _mask_stamps(out) -> dict[str, int]:
+    return {p.relative_to(out / "masks").as_posix(): p.stat().st_mtime_ns for p in (out / "masks").rglob("*.png")}
+
+
+def test_resume_after_a_half_done_run_writes_each_missing_mask_once(ray_local, tmp_path):
+    """A ``--limit`` run does half, the rerun does the rest: each missing mask is written once (the done ones are
+    not touched), and the manifest ends compacted, one ok row per key."""
+    from jobkit import read_manifest_rows, write_inputs, write_prompts
+
+    from job.run import run_job
+
+    keys = write_inputs(tmp_path / "in", n_good=6, corrupt=False)
+    write_prompts(tmp_path / "prompts")
+    out = tmp_path / "out"
+    cfg = _cfg(input=str(tmp_path / "in"), output=str(out), prompts=str(tmp_path / "prompts"))
+    log = io.StringIO()
+    first = run_job(dataclasses.replace(cfg, limit=3), out=log)
+    assert (first["ok"], first["skipped"]) == (3, 0) and "(listing stopped at --limit 3)" in log.getvalue()
+    half = _mask_stamps(out)
+    assert sorted(half) == [jio.mask_key(k) for k in keys[:3]]  # the listing's order: the first three keys
+    parts, shards = jc.manifest_files(jio.open_storage(str(out))[0])
+    assert parts == [] and len(shards) == 1
+    log = io.StringIO()
+    second = run_job(cfg, out=log)
+    assert (second["ok"], second["images"], second["skipped"]) == (3, 3, 3), log.getvalue()
+    assert "6 inputs, 3 already done" in log.getvalue()
+    stamps = _mask_stamps(out)
+    assert {k: stamps[k] for k in half} == half and len(stamps) == 6
+    rows = read_manifest_rows(out)
+    assert sorted(r["key"] for r in rows) == keys and {r["status"] for r in rows} == {"ok"}

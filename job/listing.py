@@ -1,0 +1,310 @@
+"""Streaming input listing: the inputs in key order, page by page, merged with the done set, fed to Ray Data while
+the listing goes on.
+
+An archive of millions is never listed whole before work starts: S3 is read one ``ListObjectsV2`` page (1000 keys)
+at a time, a local tree one folder at a time (``os.scandir``, entries sorted so keys come out in the same order as
+S3's: Python str order = UTF-8 byte order). Keys are merged on the fly with the sorted done set
+(`job.compact.iter_done_keys`), cut at ``--limit`` (``--limit 8`` lists one page, not the archive), and handed to the
+dataset through a bounded queue (`KeyFeed`): the driver holds a few pages, whatever the archive's size.
+
+Memory: a local folder's entries are sorted in memory, so the driver holds the names of the largest single folder;
+everything else is bounded by a few pages.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from job import io as jio
+
+__all__ = ["KeyFeed", "ListingCounts", "StemCheck", "iter_keys", "iter_todo", "pages"]
+
+#: keys per page handed to the pipeline (S3's own page size)
+PAGE_KEYS = 1000
+#: pages the listing may run ahead of the pipeline
+QUEUE_PAGES = 4
+
+
+def _walk_local(root: str, exclude: frozenset[str]) -> Iterator[str]:
+    """Relative keys of the files under ``root`` in sorted key order, one folder's entries in memory at a time.
+    A folder sorts as ``name/`` so that its files come where their keys sort (``a-b`` < ``a.png`` < ``a/x``).
+    Symlinked folders are not entered (no cycles); symlinked files are listed (reading one outside the root is
+    refused later). Hidden entries and ``exclude`` folders are not entered."""
+    if not os.path.exists(root):
+        return
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"not a folder: {root}")
+
+    def entries(rel: str) -> Iterator[tuple[str, bool]]:
+        items = []
+        with os.scandir(os.path.join(root, rel) if rel else root) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                key = f"{rel}/{e.name}" if rel else e.name
+                if e.is_dir():
+                    if not e.is_symlink() and key not in exclude:
+                        items.append((f"{key}/", True))
+                else:
+                    items.append((key, False))
+        items.sort()
+        return iter(items)
+
+    stack = [entries("")]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif item[1]:
+            stack.append(entries(item[0][:-1]))
+        else:
+            yield item[0]
+
+
+def _s3_client(storage: jio.Storage):
+    import boto3
+    from botocore.config import Config
+
+    s = storage.s3
+    endpoint = f"{s.scheme}://{s.endpoint}" if s.endpoint else None
+    config = Config(retries={"max_attempts": max(3, storage.retry.max_tries), "mode": "standard"},
+                    connect_timeout=s.connect_timeout, read_timeout=s.request_timeout,
+                    s3={"addressing_style": "path" if endpoint else "auto"})
+    return boto3.client("s3", endpoint_url=endpoint, region_name=s.region, config=config)
+
+
+def _walk_s3(storage: jio.Storage) -> Iterator[str]:
+    """Relative keys under the storage's bucket/prefix in S3's order, one ``ListObjectsV2`` page at a time
+    (pyarrow's S3 filesystem lists a whole tree before returning, so the paging is boto3's)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = storage.root.partition("/")
+    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    pager = _s3_client(storage).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    pages_ = iter(pager)
+    while True:
+        try:
+            page = next(pages_, None)
+        except (BotoCoreError, ClientError) as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            raise jio.StorageError(
+                f"cannot list {storage.uri}: {jio.redact(f'{type(exc).__name__}: {exc}')}; "
+                + ("the bucket does not exist: check the URI" if code == "NoSuchBucket"
+                   else "check the URI, the endpoint and the credentials"),
+                uri=storage.uri, op="list", attempts=1) from None
+        if page is None:
+            return
+        for obj in page.get("Contents", ()):
+            key = obj["Key"][len(prefix):]
+            if key and not key.endswith("/"):
+                yield key
+
+
+def iter_keys(storage: jio.Storage, *, extensions: tuple[str, ...], exclude: Iterable[str] = (),
+              refused: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The input keys under ``storage``, sorted, streamed: the filter of `jio.list_files` (hidden names skipped,
+    ``extensions`` case-insensitive, ``exclude`` folders left out, names `jio.safe_key` refuses passed to
+    ``refused``) over a paged listing."""
+    skip = frozenset(jio.safe_key(e.rstrip("/")) for e in exclude)
+    exts = tuple(e.lower() for e in extensions)
+    if storage.kind == "local":
+        try:
+            raw = _walk_local(storage.root, skip)
+            first = next(raw, None)  # errors of the root itself (a file, unreadable) as the listing's error
+        except OSError as exc:
+            raise jio.StorageError(f"cannot list {storage.uri}: {jio.redact(exc)}; check the path and its "
+                                   "permissions", uri=storage.uri, op="list", attempts=1) from None
+        raw = iter(()) if first is None else _chain_first(first, raw)
+    else:
+        raw = _walk_s3(storage)
+    for key in raw:
+        if skip and any(key.startswith(f"{e}/") for e in skip):
+            continue
+        if any(seg.startswith(".") and seg not in (".", "..") for seg in key.split("/")):
+            continue
+        if not key.lower().endswith(exts):
+            continue
+        try:
+            yield jio.safe_key(key)
+        except ValueError:
+            if refused is not None:
+                refused(key)
+
+
+def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+class StemCheck:
+    """Finds inputs that would write the same mask (``a.jpg`` and ``a.png`` -> ``masks/a.png``) in a sorted key
+    stream, holding only the stems whose ``stem.`` prefix the current key still has (nested, so at most one per
+    dot in the key): keys of one stem all start with ``stem.`` and are therefore contiguous in sorted order."""
+
+    def __init__(self) -> None:
+        self._open: list[tuple[str, str]] = []  # (stem, first key), each stem + "." a prefix of the next
+
+    def clash(self, key: str) -> str | None:
+        """The earlier key with the same stem as ``key``, or None. Keys must come sorted."""
+        while self._open and not key.startswith(f"{self._open[-1][0]}."):
+            self._open.pop()
+        stem = os.path.splitext(key)[0]
+        for s, first in self._open:
+            if s == stem:
+                return first
+        self._open.append((stem, key))
+        return None
+
+
+@dataclass
+class ListingCounts:
+    """What the listing saw so far: ``listed`` inputs, ``done`` (skipped: already ok), ``todo`` handed to the
+    pipeline, and whether it stopped early at ``--limit`` (``cut``) or ran to the end (``finished``)."""
+
+    listed: int = 0
+    done: int = 0
+    todo: int = 0
+    cut: bool = False
+    finished: bool = False
+
+
+def iter_todo(keys: Iterable[str], done: Iterable[str], counts: ListingCounts, *, limit: int | None = None,
+              clash: Callable[[str, str], None] | None = None) -> Iterator[str]:
+    """Keys (sorted) that are not in ``done`` (sorted), walked side by side; at most ``limit``. A key with the stem
+    of an earlier one is passed to ``clash(key, earlier)`` instead. Updates ``counts`` as it goes."""
+    stems = StemCheck()
+    done_it = iter(done)
+    nxt = next(done_it, None)
+    for key in keys:
+        if limit is not None and counts.todo >= limit:
+            counts.cut = True
+            return
+        counts.listed += 1
+        while nxt is not None and nxt < key:
+            nxt = next(done_it, None)
+        earlier = stems.clash(key)
+        if nxt == key:
+            counts.done += 1
+            continue
+        if earlier is not None and clash is not None:
+            clash(key, earlier)
+            continue
+        counts.todo += 1
+        yield key
+    counts.finished = True
+
+
+def pages(keys: Iterable[str], size: int = PAGE_KEYS) -> Iterator[list[str]]:
+    page: list[str] = []
+    for k in keys:
+        page.append(k)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+@dataclass
+class KeyFeed:
+    """Pages of keys, from a driver thread to the dataset's read tasks, through a bounded queue actor on the
+    driver's node (`ray.util.queue.Queue`): the listing runs while the pipeline works, at most `QUEUE_PAGES` pages
+    ahead. `dataset` is a Ray dataset of ``{"key"}`` rows of ``block_rows`` keys each; its read task also runs on
+    the driver's node, so a worker node lost mid-run loses no key that was taken from the queue. `start` the thread
+    before consuming the dataset; `error` holds what stopped the listing (re-raise it after the run)."""
+
+    source: Iterator[list[str]]
+    block_rows: int
+    error: BaseException | None = None
+    _queue: Any = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {self.block_rows=}")
+
+    def dataset(self):
+        import ray
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._queue = Queue(maxsize=QUEUE_PAGES, actor_options={"num_cpus": 0, "scheduling_strategy": here})
+        return ray.data.read_datasource(_QueueDatasource(self._queue, self.block_rows), override_num_blocks=1,
+                                        ray_remote_args={"num_cpus": 0, "scheduling_strategy": here})
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="finedetail-listing", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: list[str] | None) -> bool:
+        from ray.util.queue import Full
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=1.0)
+                return True
+            except Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for page in self.source:
+                if not self._put(page):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread, which re-raises it
+            self.error = exc
+        self._put(None)
+
+    def close(self) -> None:
+        """Stop the listing thread and drop the queue (after the run, or when it failed)."""
+        import ray
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self._queue is not None:
+            ray.kill(self._queue.actor)
+            self._queue = None
+
+
+def _queue_read(queue: Any, block_rows: int):
+    import pyarrow as pa
+
+    while True:
+        page = queue.get(block=True)
+        if page is None:
+            return
+        for i in range(0, len(page), block_rows):
+            yield pa.table({"key": pa.array(page[i:i + block_rows], pa.string())})
+
+
+def _datasource_class():
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class QueueDatasource(Datasource):
+        """One read task that yields the queue's pages as blocks of ``block_rows`` keys until the end marker."""
+
+        def __init__(self, queue: Any, block_rows: int):
+            super().__init__()
+            self._queue, self._rows = queue, block_rows
+
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            queue, rows = self._queue, self._rows
+            meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
+            return [ReadTask(lambda: _queue_read(queue, rows), meta)]
+
+    return QueueDatasource
+
+
+def _QueueDatasource(queue: Any, block_rows: int):  # noqa: N802 - a class built on first use (Ray imported late)
+    return _datasource_class()(queue, block_rows)
