@@ -54,9 +54,11 @@ DONE_COLUMNS = ("key", "status", "config_hash", "finished_at")
 
 @dataclass(frozen=True)
 class CompactStats:
-    """What one `compact` call did: ``rows`` written (one per key), ``shards`` written, ``parts`` and ``old_shards``
-    read and removed, ``seconds`` taken; all zero but ``shards_kept`` when there was nothing to do."""
+    """What one `compact` call did: ``rows_read`` (every version of every key), ``rows`` written (one per key),
+    ``shards`` written, ``parts`` and ``old_shards`` read and removed, ``seconds`` taken; all zero but
+    ``shards_kept`` when there was nothing to do."""
 
+    rows_read: int = 0
     rows: int = 0
     shards: int = 0
     parts: int = 0
@@ -87,7 +89,8 @@ def _sort(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table, [("key", "ascending"), ("finished_at", "ascending")]))
 
 
-def _spill_runs(storage: jio.Storage, parts: Sequence[str], tmp: str, columns: Sequence[str] | None) -> list[str]:
+def _spill_runs(storage: jio.Storage, parts: Sequence[str], tmp: str, columns: Sequence[str] | None
+                ) -> list[str]:
     """Read the parts (a thread pool), sort them in runs of about `RUN_ROWS` rows, write each run to a local
     Parquet file under ``tmp``; returns the run files."""
     runs: list[str] = []
@@ -214,7 +217,7 @@ def compact(storage: jio.Storage | str, *, shard_rows: int = SHARD_ROWS) -> Comp
     gen = f"{time.time_ns() // 1_000_000:013d}"
     while any(s.startswith(f"manifest/{SHARD_PREFIX}{gen}-") for s in shards):  # same ms as a crashed one: next
         gen = f"{int(gen) + 1:013d}"
-    rows = written = 0
+    rows = written = read = 0
     with _sorted_sources(storage, parts, shards, None) as paths, \
             tempfile.TemporaryDirectory(prefix="fd-shard-") as tmp:
         writer, local, in_shard = None, os.path.join(tmp, "shard.parquet"), 0
@@ -226,6 +229,7 @@ def compact(storage: jio.Storage | str, *, shard_rows: int = SHARD_ROWS) -> Comp
                 jio.write_file(storage, _shard_key(gen, written), local)
                 written, writer, in_shard = written + 1, None, 0
 
+        read = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
         for chunk in merge_latest(_batches(p, None) for p in paths):
             while chunk.num_rows:
                 if writer is None:
@@ -240,7 +244,7 @@ def compact(storage: jio.Storage | str, *, shard_rows: int = SHARD_ROWS) -> Comp
         finish()
     # Every row read is now in the new generation: only now may its sources go (a crash before: duplicates only).
     _delete_all(storage, [*parts, *shards])
-    return CompactStats(rows=rows, shards=written, parts=len(parts), old_shards=len(shards),
+    return CompactStats(rows_read=read, rows=rows, shards=written, parts=len(parts), old_shards=len(shards),
                         seconds=round(time.perf_counter() - t0, 3))
 
 

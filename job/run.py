@@ -471,7 +471,10 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
         from job.coco import write_dataset_coco
 
         write_dataset_coco(cfg)
-    compact(out_storage)  # one row per key, sorted: the next run's done set streams from it
+    packed = compact(out_storage)  # one row per key, sorted: the next run's done set streams from it
+    if packed.shards:
+        print(f"finedetail: manifest compacted: {packed.rows_read} rows ({packed.parts} new parts) -> {packed.rows} "
+              f"keys in {packed.shards} shard(s), {packed.seconds:.1f} s", file=out, flush=True)
     elapsed = time.perf_counter() - t0
     summary = tally.summary()
     summary.update(skipped=counts.done, seconds=round(elapsed, 2),

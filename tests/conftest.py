@@ -412,7 +412,7 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int = 2,
+def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int = 2, num_gpus: int = 1,
                      env_extra: dict[str, str] | None = None):
     """Start a Ray head (in ``cwd``, default its temp folder; ``env_extra`` added to its environment) and wait until
     its dashboard answers; end its process group on exit. It dies with this process (`die_with_parent`)."""
@@ -421,7 +421,7 @@ def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int =
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)
     ray_bin = Path(sys.executable).parent / "ray"
-    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}", "--num-gpus=1",
+    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
            f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
@@ -457,3 +457,44 @@ def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int =
                 pass
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_worker_process(head: RayHead, log_path: Path, *, num_cpus: int, num_gpus: int = 0):
+    """Start a worker node of ``head`` on this machine (``ray start --address --block``, every port chosen free, its
+    own resources) and wait until the cluster counts it; yields its process, the leader of its process group (kill
+    that group to lose the node). Ended with its group on exit; dies with this process."""
+    agent_http, agent_grpc, runtime_env, metrics, node_mgr, obj_mgr = free_ports(6)
+    ray_bin = Path(sys.executable).parent / "ray"
+    cmd = [str(ray_bin), "start", f"--address={head.gcs}", "--block", f"--num-cpus={num_cpus}",
+           f"--num-gpus={num_gpus}", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}",
+           f"--object-manager-port={obj_mgr}", "--disable-usage-stats"]
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=head.env, cwd=head.cwd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+    try:
+        deadline = time.time() + 300  # "Ray runtime started." once the raylet registered with the head
+        while not _node_up(log_path):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray worker did not come up:\n{Path(log_path).read_text()[-3000:]}")
+            time.sleep(1)
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+def _node_up(log_path: Path) -> bool:
+    try:
+        return "Ray runtime started" in Path(log_path).read_text(errors="replace")
+    except OSError:
+        return False

@@ -52,7 +52,7 @@ def test_compaction_twice_equals_once_and_one_row_per_key(tmp_path, monkeypatch)
     before = _latest(storage)
     monkeypatch.setattr(jc, "RUN_ROWS", 10)  # several spilled runs, several shards: the external-sort path
     first = jc.compact(storage, shard_rows=16)
-    assert (first.rows, first.shards, first.old_shards) == (50, 4, 0) and first.parts > 10
+    assert (first.rows_read, first.rows, first.shards, first.old_shards) == (58, 50, 4, 0) and first.parts > 10
     parts, shards = jc.manifest_files(storage)
     assert parts == [] and len(shards) == 4
     table = jm.read_manifest(storage)
@@ -77,7 +77,7 @@ def test_a_compaction_killed_before_its_deletes_leaves_duplicates_only_and_the_r
     assert _latest(storage) == before  # duplicates only: every reader still sees the same latest rows
     monkeypatch.undo()
     stats = jc.compact(storage)
-    assert (stats.rows, stats.shards, stats.parts, stats.old_shards) == (21, 1, 2, 2)
+    assert (stats.rows_read, stats.rows, stats.shards, stats.parts, stats.old_shards) == (20 + 2 + 21, 21, 1, 2, 2)
     assert _latest(storage) == before and jc.manifest_files(storage)[0] == []
 
 
