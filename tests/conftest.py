@@ -466,13 +466,25 @@ def ray_worker_process(head: RayHead, log_path: Path, *, num_cpus: int, num_gpus
     that group to lose the node). Ended with its group on exit; dies with this process."""
     agent_http, agent_grpc, runtime_env, metrics, node_mgr, obj_mgr = free_ports(6)
     ray_bin = Path(sys.executable).parent / "ray"
-    cmd = [str(ray_bin), "start", f"--address={head.gcs}", "--block", f"--num-cpus={num_cpus}",
+    # A joining node rewrites the address 127.0.0.1 to the machine's outward one (where the loopback-only head does
+    # not listen): name loopback by a host name that resolves to it instead
+    host = socket.gethostname()
+    try:
+        if not socket.gethostbyname(host).startswith("127."):
+            raise OSError(f"{host} resolves to {socket.gethostbyname(host)}")
+    except OSError as exc:
+        pytest.skip(f"a worker node on loopback needs a host name that resolves to 127.x ({exc})")
+    gcs = f"{host}:{head.gcs.rsplit(':', 1)[1]}"
+    cmd = [str(ray_bin), "start", f"--address={gcs}", "--block", f"--num-cpus={num_cpus}",
            f"--num-gpus={num_gpus}", f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
            f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}",
-           f"--object-manager-port={obj_mgr}", "--disable-usage-stats"]
+           f"--object-manager-port={obj_mgr}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    # "=0" (loopback only, see the top of this file) also makes `ray start --address` refuse to join; the explicit
+    # node address keeps the worker on loopback
+    env = {**head.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, env=head.env, cwd=head.cwd, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, env=env, cwd=head.cwd, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
     try:
         deadline = time.time() + 300  # "Ray runtime started." once the raylet registered with the head
