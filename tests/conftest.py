@@ -411,6 +411,18 @@ class RayHead:
     cwd: Path  # the head's working directory (its workers' too)
 
 
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group led by ``proc`` (``ray start --block`` then stops its node), SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextlib.contextmanager
 def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int = 2, num_gpus: int = 1,
                      env_extra: dict[str, str] | None = None):
@@ -447,14 +459,7 @@ def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int =
                 time.sleep(1)
         yield RayHead(dashboard=address, gcs=f"127.0.0.1:{gcs}", env=env, proc=proc, cwd=cwd)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _end_group(proc)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -494,14 +499,7 @@ def ray_worker_process(head: RayHead, log_path: Path, *, num_cpus: int, num_gpus
             time.sleep(1)
         yield proc
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _end_group(proc)
         log.close()
 
 

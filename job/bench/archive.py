@@ -3,7 +3,7 @@
 Usage: ``python -m job.bench archive [--keys 1000,100000,1000000] [--store local,s3] [--work DIR] [--json]``.
 
 For each size N and store it builds an archive of N tiny PNGs (local: a folder tree of 1000 files per folder, hard
-links of one 16x16 PNG; s3: a SeaweedFS bucket on loopback, ``weed mini`` started here as the tests start it, one
+links of a few copies of one 16x16 PNG; s3: a SeaweedFS bucket on loopback, ``weed mini`` started here as the tests start it, one
 tiny object put N times by 64 threads; ``--s3-max`` caps the S3 sizes, the put rate is reported so the rest can be
 extrapolated), then measures, each in a fresh driver process with its own local Ray (started before the clock):
 
@@ -39,6 +39,7 @@ from typing import Any
 __all__ = ["build_local", "main"]
 
 PER_FOLDER = 1000
+LINKS_PER_FILE = 50_000
 PUT_THREADS = 64
 
 
@@ -63,9 +64,11 @@ def build_local(root: Path, n: int) -> float:
     t0 = time.perf_counter()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    seed = root.parent / f".seed-{root.name}.png"
-    seed.write_bytes(_tiny_png())
+    png = _tiny_png()
     for i in range(n):
+        if i % LINKS_PER_FILE == 0:  # filesystems cap the links of one file (ext4: 65 000)
+            seed = root / f".seed-{i // LINKS_PER_FILE}.png"
+            seed.write_bytes(png)
         if i % PER_FOLDER == 0:
             (root / key_of(i)).parent.mkdir()
         os.link(seed, root / key_of(i))
@@ -280,8 +283,8 @@ def run(sizes: list[int], stores: list[str], work: Path, s3_max: int) -> list[di
                     os.environ.clear()
                     os.environ.update(old)
                 row["trial"] = _measure("trial", inp, out_root + "-trial", prompts, 8, env)
-                row["resume"] = _measure("trial", inp, out_root + "-resume", prompts, 8, env)
                 row["listing"] = _measure("listing", inp, out_root + "-resume", prompts, None, env)
+                row["resume"] = _measure("trial", inp, out_root + "-resume", prompts, 8, env)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 results.append(row)
                 if store == "local":
