@@ -2,8 +2,11 @@
 
 The write stage adds one small Parquet part per written batch (``job.manifest``): a million images leave a quarter
 of a million parts, and a resume that reads them all into one table holds every row in the driver. Compaction
-rewrites the manifest as a few **shards sorted by key, one row per key** (its latest, by ``finished_at``), named
-``manifest/compact-<generation>-<shard>.parquet``, and only then deletes the parts and older shards it read.
+rewrites parts as a generation of a few **shards sorted by key, one row per key** (its latest, by ``finished_at``),
+named ``manifest/compact-<generation>-<shard>.parquet``, and only then deletes the parts it read. It is tiered (an
+LSM tree's levels, flattened): a run's new parts make a generation of their own, so a ``--limit 8`` trial on a
+compacted million does not rewrite the million; when `MAX_GENERATIONS` would be exceeded (or ``full=True``) every
+generation is merged into one, one row per key overall.
 
 Crash safety rests on one property of the manifest: readers keep each key's latest row, so a row present twice is
 harmless. A compaction killed at any point leaves old inputs and some new shards side by side (duplicates only);
@@ -15,7 +18,7 @@ local temp file; the runs and the existing shards (each sorted) are then merged 
 (`merge_latest`), holding one Arrow batch per source. The done set (`iter_done_keys`) streams keys in sorted
 order from that merge, so the job can walk it side by side with a sorted listing (`job.listing`)::
 
-    compact(storage)                                # under the lease; a no-op when already one generation
+    compact(storage)                                # under the lease; a no-op when there are no parts
     for key in iter_done_keys(storage, "cfg-hash"):  # sorted, each once
         ...
 """
@@ -44,6 +47,8 @@ __all__ = ["CompactStats", "compact", "iter_done_keys", "manifest_files", "merge
 RUN_ROWS = 100_000
 #: rows per compacted shard
 SHARD_ROWS = 250_000
+#: generations kept side by side before a compaction merges them all (`compact`)
+MAX_GENERATIONS = 8
 #: rows per batch read from a sorted source during the merge
 BATCH_ROWS = 16_384
 #: parallel reads / deletes of small objects (IO bound)
@@ -203,17 +208,23 @@ def _delete_all(storage: jio.Storage, keys: Sequence[str]) -> None:
         list(pool.map(lambda k: jio.delete(storage, k), keys))
 
 
-def compact(storage: jio.Storage | str, *, shard_rows: int = SHARD_ROWS) -> CompactStats:
-    """Rewrite the manifest under ``storage`` as one generation of key-sorted shards holding each key's latest row;
-    then delete the parts and older shards it read. A no-op when the manifest already is one generation and no part.
-    Crash-safe and repeatable (module docstring); call it only while holding the output's lease."""
+def compact(storage: jio.Storage | str, *, shard_rows: int = SHARD_ROWS, full: bool = False) -> CompactStats:
+    """Compact the manifest under ``storage`` into a new generation of key-sorted shards holding each key's latest
+    row, then delete the parts and shards it read. Tiered, so that a short run on a big archive does not rewrite
+    it: the new parts alone make the new generation while there are fewer than `MAX_GENERATIONS`; every
+    generation and part are merged into one when there would be more, or with ``full``. A no-op when there is no
+    part (and, with ``full``, at most one generation). Crash-safe and repeatable (module docstring); call it only
+    while holding the output's lease."""
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows=}")
     storage = storage if isinstance(storage, jio.Storage) else jio.open_storage(storage)[0]
     t0 = time.perf_counter()
     parts, shards = manifest_files(storage)
-    if not parts and len(_generations(shards)) <= 1:
+    gens = _generations(shards)
+    merge_all = full or len(gens) >= MAX_GENERATIONS
+    if not parts and (len(gens) <= 1 or not merge_all):
         return CompactStats(shards_kept=len(shards))
+    shards, kept = (shards, 0) if merge_all else ([], len(shards))
     gen = f"{time.time_ns() // 1_000_000:013d}"
     while any(s.startswith(f"manifest/{SHARD_PREFIX}{gen}-") for s in shards):  # same ms as a crashed one: next
         gen = f"{int(gen) + 1:013d}"
@@ -245,7 +256,7 @@ def compact(storage: jio.Storage | str, *, shard_rows: int = SHARD_ROWS) -> Comp
     # Every row read is now in the new generation: only now may its sources go (a crash before: duplicates only).
     _delete_all(storage, [*parts, *shards])
     return CompactStats(rows_read=read, rows=rows, shards=written, parts=len(parts), old_shards=len(shards),
-                        seconds=round(time.perf_counter() - t0, 3))
+                        shards_kept=kept, seconds=round(time.perf_counter() - t0, 3))
 
 
 def iter_done_keys(storage: jio.Storage | str, config_hash: str) -> Iterator[str]:

@@ -76,9 +76,28 @@ def test_a_compaction_killed_before_its_deletes_leaves_duplicates_only_and_the_r
     assert len(parts) == 2 and len(jc._generations(shards)) == 2
     assert _latest(storage) == before  # duplicates only: every reader still sees the same latest rows
     monkeypatch.undo()
-    stats = jc.compact(storage)
-    assert (stats.rows_read, stats.rows, stats.shards, stats.parts, stats.old_shards) == (20 + 2 + 21, 21, 1, 2, 2)
+    stats = jc.compact(storage, full=True)
+    assert (stats.rows_read, stats.rows, stats.shards, stats.parts, stats.old_shards) == (20 + 2 + 2, 21, 1, 2, 2)
     assert _latest(storage) == before and jc.manifest_files(storage)[0] == []
+
+
+def test_compaction_is_tiered_new_parts_make_a_generation_until_too_many(tmp_path, monkeypatch):
+    """A short run on a compacted archive does not rewrite it: its parts make a new generation; the generation
+    that would exceed MAX_GENERATIONS merges everything into one."""
+    monkeypatch.setattr(jc, "MAX_GENERATIONS", 3)
+    storage = jio.open_storage(str(tmp_path))[0]
+    _write_parts(storage, [_row(f"k{i}.png", float(i)) for i in range(10)], per_part=5)
+    assert jc.compact(storage).rows == 10
+    _write_parts(storage, [_row("k1.png", 20.0, "error")], per_part=1)
+    small = jc.compact(storage)
+    assert (small.rows_read, small.rows, small.old_shards, small.shards_kept) == (1, 1, 0, 1)
+    assert jc.compact(storage).rows == 0  # no parts: nothing to do, two generations stay
+    _write_parts(storage, [_row("k2.png", 21.0)], per_part=1)
+    jc.compact(storage)
+    _write_parts(storage, [_row("new.png", 22.0)], per_part=1)
+    merged = jc.compact(storage)  # a fourth generation would be one too many
+    assert (merged.rows, merged.old_shards) == (11, 3) and len(jc._generations(jc.manifest_files(storage)[1])) == 1
+    assert list(jc.iter_done_keys(storage, "h")) == ["k0.png", *[f"k{i}.png" for i in range(2, 10)], "new.png"]
 
 
 def test_done_keys_stream_sorted_latest_ok_with_the_config_hash(tmp_path):
