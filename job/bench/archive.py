@@ -15,7 +15,7 @@ extrapolated), then measures, each in a fresh driver process with its own local 
   full archive spends listing.
 
 Reported per run: ``first_mask_s`` (from ``run_job`` to the first file under ``masks/``, polled every 50 ms),
-``total_s``, ``driver_rss_mb`` (the driver's peak RSS, ``getrusage``), ``store_peak_mb`` (the object store's
+``total_s``, ``driver_rss_mb`` (the driver's peak RSS, sampled every 20 ms), ``store_peak_mb`` (the object store's
 peak use, polled from the raylet every 0.5 s; Ray's private ``get_memory_info_reply``, the number ``ray memory``
 prints). Goal (issue 18): first mask and driver RSS within 1.5x from 1 000 to 1 000 000 keys; the listing of a
 1 M archive with 500 k done under a minute.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -169,11 +168,34 @@ def _store_used() -> tuple[int, int]:
     return int(stats.object_store_bytes_used), int(getattr(stats, "spilled_bytes_total", 0))
 
 
+class _PeakRss:
+    """The process's peak RSS, sampled every 20 ms (``getrusage``'s ru_maxrss is no good here: Linux keeps it across
+    ``execve``, so a driver started by a big parent reports the parent's peak)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return round(max(self.peak, self._proc.memory_info().rss) / 2**20, 1)
+
+
 def child(mode: str, inp: str, out: str, prompts: str, limit: int | None) -> dict[str, Any]:
     import io
 
     import ray
 
+    rss = _PeakRss()
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -221,7 +243,7 @@ def child(mode: str, inp: str, out: str, prompts: str, limit: int | None) -> dic
         res.update(first_mask_s=None if first[0] is None else round(first[0], 2), total_s=round(total, 2),
                    ok=summary["ok"], skipped=summary["skipped"], store_peak_mb=round(peak[0] / 2**20, 1),
                    spilled_mb=round(spilled[0] / 2**20, 1))
-    res["driver_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    res["driver_rss_mb"] = rss.stop()
     ray.shutdown()
     return res
 
