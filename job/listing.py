@@ -64,6 +64,15 @@ def _walk_local(root: str, exclude: frozenset[str]) -> Iterator[str]:
             yield item[0]
 
 
+def _walk_local_checked(storage: jio.Storage, skip: frozenset[str]) -> Iterator[str]:
+    """`_walk_local` with its OS errors (a root that is a file, a folder that cannot be read) as `jio.StorageError`."""
+    try:
+        yield from _walk_local(storage.root, skip)
+    except OSError as exc:
+        raise jio.StorageError(f"cannot list {storage.uri}: {jio.redact(exc)}; check the path and its permissions",
+                               uri=storage.uri, op="list", attempts=1) from None
+
+
 def _s3_client(storage: jio.Storage):
     import boto3
     from botocore.config import Config
@@ -110,16 +119,7 @@ def iter_keys(storage: jio.Storage, *, extensions: tuple[str, ...], exclude: Ite
     ``refused``) over a paged listing."""
     skip = frozenset(jio.safe_key(e.rstrip("/")) for e in exclude)
     exts = tuple(e.lower() for e in extensions)
-    if storage.kind == "local":
-        try:
-            raw = _walk_local(storage.root, skip)
-            first = next(raw, None)  # errors of the root itself (a file, unreadable) as the listing's error
-        except OSError as exc:
-            raise jio.StorageError(f"cannot list {storage.uri}: {jio.redact(exc)}; check the path and its "
-                                   "permissions", uri=storage.uri, op="list", attempts=1) from None
-        raw = iter(()) if first is None else _chain_first(first, raw)
-    else:
-        raw = _walk_s3(storage)
+    raw = _walk_local_checked(storage, skip) if storage.kind == "local" else _walk_s3(storage)
     for key in raw:
         if skip and any(key.startswith(f"{e}/") for e in skip):
             continue
@@ -132,11 +132,6 @@ def iter_keys(storage: jio.Storage, *, extensions: tuple[str, ...], exclude: Ite
         except ValueError:
             if refused is not None:
                 refused(key)
-
-
-def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 class StemCheck:
@@ -234,7 +229,7 @@ class KeyFeed:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._queue = Queue(maxsize=QUEUE_PAGES, actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        return ray.data.read_datasource(_QueueDatasource(self._queue, self.block_rows), override_num_blocks=1,
+        return ray.data.read_datasource(_queue_datasource(self._queue, self.block_rows), override_num_blocks=1,
                                         ray_remote_args={"num_cpus": 0, "scheduling_strategy": here})
 
     def start(self) -> None:
@@ -306,5 +301,6 @@ def _datasource_class():
     return QueueDatasource
 
 
-def _QueueDatasource(queue: Any, block_rows: int):  # noqa: N802 - a class built on first use (Ray imported late)
+def _queue_datasource(queue: Any, block_rows: int) -> Any:
+    """The `QueueDatasource` (its class is built on first use: Ray is imported late)."""
     return _datasource_class()(queue, block_rows)
