@@ -269,3 +269,33 @@ def iter_done_keys(storage: jio.Storage | str, config_hash: str) -> Iterator[str
         for chunk in merge_latest(_batches(p, DONE_COLUMNS) for p in paths):
             ok = pc.and_(pc.equal(chunk["status"], "ok"), pc.equal(chunk["config_hash"], config_hash))
             yield from chunk["key"].filter(ok).to_pylist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m job.compact OUTPUT [--full]``: compact an output's manifest now, holding its lease (refused while
+    a job runs there). The job does this itself at its start and end; ``--full`` merges every generation."""
+    import argparse
+    import uuid
+
+    from job import lease as jl
+
+    p = argparse.ArgumentParser(prog="python -m job.compact", description=main.__doc__)
+    p.add_argument("output", help="the job's --output (local folder or s3://bucket/prefix)")
+    p.add_argument("--full", action="store_true", help="merge every generation into one (one row per key)")
+    args = p.parse_args(argv)
+    storage = jio.open_storage(args.output)[0]
+    try:
+        lease = jl.acquire(storage, f"compact-{uuid.uuid4().hex[:8]}")
+    except (jl.LeaseHeld, jio.StorageError) as exc:
+        p.exit(2, f"finedetail: error: {' '.join(jio.redact(exc).split())}\n")
+    try:
+        stats = compact(storage, full=args.full)
+    finally:
+        lease.release()
+    print(f"compacted {stats.rows_read} rows ({stats.parts} parts, {stats.old_shards} shards) -> {stats.rows} keys "
+          f"in {stats.shards} shard(s), {stats.shards_kept} kept, {stats.seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

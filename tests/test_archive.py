@@ -241,3 +241,21 @@ def test_resume_after_a_half_done_run_writes_each_missing_mask_once(ray_local, t
     assert {k: stamps[k] for k in half} == half and len(stamps) == 6
     rows = read_manifest_rows(out)
     assert sorted(r["key"] for r in rows) == keys and {r["status"] for r in rows} == {"ok"}
+
+
+def test_compact_command_holds_the_lease_and_merges_all_with_full(tmp_path, capsys):
+    from job import lease as jlease
+
+    storage = jio.open_storage(str(tmp_path))[0]
+    _write_parts(storage, [_row("a.png", 1.0)], per_part=1)
+    jc.compact(storage)
+    _write_parts(storage, [_row("a.png", 2.0, "error")], per_part=1)
+    assert jc.main([str(tmp_path), "--full"]) == 0
+    assert "compacted 2 rows (1 parts, 1 shards) -> 1 keys in 1 shard(s)" in capsys.readouterr().out
+    held = jlease.acquire(storage, "someone-else")
+    try:
+        with pytest.raises(SystemExit) as stop:
+            jc.main([str(tmp_path)])
+        assert stop.value.code == 2 and "someone-else" in capsys.readouterr().err
+    finally:
+        held.release()
