@@ -14,7 +14,10 @@ everything else is bounded by a few pages.
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,6 +29,8 @@ __all__ = ["KeyFeed", "ListingCounts", "StemCheck", "iter_keys", "iter_todo", "p
 PAGE_KEYS = 1000
 #: pages the listing may run ahead of the pipeline
 QUEUE_PAGES = 4
+#: S3 folders of the first level listed ahead, in parallel (`_walk_s3`)
+S3_LOOKAHEAD = 8
 
 
 def _walk_local(root: str, exclude: frozenset[str]) -> Iterator[str]:
@@ -80,36 +85,111 @@ def _s3_client(storage: jio.Storage):
     s = storage.s3
     endpoint = f"{s.scheme}://{s.endpoint}" if s.endpoint else None
     config = Config(retries={"max_attempts": max(3, storage.retry.max_tries), "mode": "standard"},
+                    max_pool_connections=S3_LOOKAHEAD + 2,
                     connect_timeout=s.connect_timeout, read_timeout=s.request_timeout,
                     s3={"addressing_style": "path" if endpoint else "auto"})
     return boto3.client("s3", endpoint_url=endpoint, region_name=s.region, config=config)
 
 
-def _walk_s3(storage: jio.Storage) -> Iterator[str]:
-    """Relative keys under the storage's bucket/prefix in S3's order, one ``ListObjectsV2`` page at a time
-    (pyarrow's S3 filesystem lists a whole tree before returning, so the paging is boto3's)."""
+def _list_error(storage: jio.Storage, exc: BaseException) -> jio.StorageError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return jio.StorageError(
+        f"cannot list {storage.uri}: {jio.redact(f'{type(exc).__name__}: {exc}')}; "
+        + ("the bucket does not exist: check the URI" if code == "NoSuchBucket"
+           else "check the URI, the endpoint and the credentials"),
+        uri=storage.uri, op="list", attempts=1)
+
+
+def _s3_pages(storage: jio.Storage, client: Any, bucket: str, prefix: str, *, delimiter: bool = False
+              ) -> Iterator[dict[str, Any]]:
+    """``ListObjectsV2`` pages under ``prefix`` (with ``Delimiter='/'``: one level), errors as `jio.StorageError`."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, _, prefix = storage.root.partition("/")
-    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
-    pager = _s3_client(storage).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    pages_ = iter(pager)
+    args = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
+    pages_ = iter(client.get_paginator("list_objects_v2").paginate(**args))
     while True:
         try:
             page = next(pages_, None)
         except (BotoCoreError, ClientError) as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            raise jio.StorageError(
-                f"cannot list {storage.uri}: {jio.redact(f'{type(exc).__name__}: {exc}')}; "
-                + ("the bucket does not exist: check the URI" if code == "NoSuchBucket"
-                   else "check the URI, the endpoint and the credentials"),
-                uri=storage.uri, op="list", attempts=1) from None
+            raise _list_error(storage, exc) from None
         if page is None:
             return
-        for obj in page.get("Contents", ()):
-            key = obj["Key"][len(prefix):]
-            if key and not key.endswith("/"):
-                yield key
+        yield page
+
+
+def _top_level(storage: jio.Storage, client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, bool]]:
+    """(key, is_folder) of the first level under ``prefix``, in S3's order (a folder ``p/`` where its keys sort)."""
+    for page in _s3_pages(storage, client, bucket, prefix, delimiter=True):
+        files = [(o["Key"], False) for o in page.get("Contents", ())]
+        folders = [(c["Prefix"], True) for c in page.get("CommonPrefixes", ())]
+        yield from sorted(files + folders)
+
+
+def _folder_feed(storage: jio.Storage, client: Any, bucket: str, folder: str, out: queue.Queue,
+                 stop: threading.Event) -> None:
+    """Thread body: the keys of ``folder`` page by page into ``out`` (bounded), then None; an error is put instead.
+    Returns as soon as ``stop`` is set (the consumer is gone)."""
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for page in _s3_pages(storage, client, bucket, folder):
+            if not offer([o["Key"] for o in page.get("Contents", ())]):
+                return
+        offer(None)
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer, in order
+        offer(exc)
+
+
+def _walk_s3(storage: jio.Storage, *, lookahead: int | None = None) -> Iterator[str]:
+    """Relative keys under the storage's bucket/prefix in S3's order, page by page (pyarrow's S3 filesystem lists a
+    whole tree before returning, so the paging is boto3's). The first level is listed with ``Delimiter='/'`` and
+    the next ``lookahead`` folders (default `S3_LOOKAHEAD`) are listed by threads while the current one is read,
+    each at most 2 pages ahead: one ``ListObjectsV2`` round trip at a time is the listing's whole cost otherwise."""
+    lookahead = S3_LOOKAHEAD if lookahead is None else lookahead
+    bucket, _, prefix = storage.root.partition("/")
+    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    client = _s3_client(storage)
+    stop = threading.Event()
+    pending: deque[tuple[str, queue.Queue | None]] = deque()
+
+    def drain(key: str, pages_q: queue.Queue | None) -> Iterator[str]:
+        if pages_q is None:
+            yield key
+            return
+        while True:
+            item = pages_q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+
+    with ThreadPoolExecutor(max(1, lookahead + 1), thread_name_prefix="finedetail-list") as pool:
+        try:
+            for key, is_folder in _top_level(storage, client, bucket, prefix):
+                pages_q = None
+                if is_folder:
+                    pages_q = queue.Queue(maxsize=2)
+                    pool.submit(_folder_feed, storage, client, bucket, key, pages_q, stop)
+                pending.append((key, pages_q))
+                while len(pending) > lookahead:
+                    for k in drain(*pending.popleft()):
+                        if not k.endswith("/"):
+                            yield k[len(prefix):]
+            while pending:
+                for k in drain(*pending.popleft()):
+                    if not k.endswith("/"):
+                        yield k[len(prefix):]
+        finally:
+            stop.set()
 
 
 def iter_keys(storage: jio.Storage, *, extensions: tuple[str, ...], exclude: Iterable[str] = (),

@@ -172,13 +172,13 @@ def test_limit_stops_the_listing_and_done_keys_are_skipped():
 
 
 def test_s3_listing_goes_page_by_page_in_key_order(s3_env):
-    """1100 objects: two ListObjectsV2 pages, the same keys and order as `jio.list_files`; the first key comes
-    after one page."""
+    """1100 objects in one folder: two ListObjectsV2 pages, the same keys and order as `jio.list_files`; the first
+    key comes after one page."""
     from concurrent.futures import ThreadPoolExecutor
 
     client = s3_env.client()
     bucket = s3_env.make_bucket("archive-listing")
-    names = [f"in/{i % 7}/{i:05d}.png" for i in range(1100)] + ["in/notes.txt", "other/x.png"]
+    names = [f"in/{i:05d}.png" for i in range(1100)] + ["in/notes.txt", "other/x.png"]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), names))
     storage = jio.open_storage(f"s3://{bucket}/in")[0]
@@ -193,8 +193,8 @@ def test_s3_listing_goes_page_by_page_in_key_order(s3_env):
     jl._s3_client = counting
     try:
         it = jl.iter_keys(storage, extensions=(".png",))
-        assert next(it) == "0/00000.png" and len(calls) == 1
-        got = ["0/00000.png", *it]
+        assert next(it) == "00000.png" and len(calls) == 1
+        got = ["00000.png", *it]
     finally:
         jl._s3_client = real
     assert len(calls) == 2 and got == jio.list_files(storage, "", extensions=(".png",)) and len(got) == 1100
@@ -259,3 +259,26 @@ def test_compact_command_holds_the_lease_and_merges_all_with_full(tmp_path, caps
         assert stop.value.code == 2 and "someone-else" in capsys.readouterr().err
     finally:
         held.release()
+
+
+def test_s3_folders_listed_ahead_in_parallel_keep_the_order_and_stop_early(s3_env):
+    """The first level's folders are listed by threads ahead of the reader: same keys, same order as a listing one
+    page at a time; a reader that stops early (``--limit``) ends the threads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = s3_env.client()
+    bucket = s3_env.make_bucket("archive-fanout")
+    names = ([f"in/f{i % 5}/{i:04d}.png" for i in range(300)] + ["in/f1.png", "in/a.png", "in/f4/", "in/z/x.png"]
+             + [f"in/f2/deep/{i}.png" for i in range(3)])
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), names))
+    storage = jio.open_storage(f"s3://{bucket}/in")[0]
+    expected = sorted(n[len("in/"):] for n in names if not n.endswith("/"))
+    for ahead in (0, 2, 8):
+        assert list(jl._walk_s3(storage, lookahead=ahead)) == expected, ahead
+    before = threading.active_count()
+    it = jl._walk_s3(storage, lookahead=3)
+    assert [next(it) for _ in range(3)] == expected[:3]
+    it.close()
+    assert threading.active_count() <= before
