@@ -287,13 +287,18 @@ def pages(keys: Iterable[str], size: int = PAGE_KEYS) -> Iterator[list[str]]:
 class KeyFeed:
     """Pages of keys, from a driver thread to the dataset's read tasks, through a bounded queue actor on the
     driver's node (`ray.util.queue.Queue`): the listing runs while the pipeline works, at most `QUEUE_PAGES` pages
-    ahead. `dataset` is a Ray dataset of ``{"key"}`` rows of ``block_rows`` keys each; its read task also runs on
-    the driver's node, so a worker node lost mid-run loses no key that was taken from the queue. `start` the thread
+    ahead, and at most ``max_in_flight`` keys beyond those whose rows came back (`done`). `dataset` is a Ray
+    dataset of ``{"key"}`` rows of ``block_rows`` keys each; its read task also runs on the driver's node, so a worker node lost mid-run loses no key that was taken from the queue. `start` the thread
     before consuming the dataset; `error` holds what stopped the listing (re-raise it after the run)."""
 
     source: Iterator[list[str]]
     block_rows: int
+    #: keys handed to the pipeline and not yet back as rows (`done`) before the listing waits: Ray Data's
+    #: backpressure counts bytes, and blocks of a few keys are too small for it to ever hold the read back
+    max_in_flight: int = 4 * PAGE_KEYS
     error: BaseException | None = None
+    fed: int = 0
+    returned: int = 0
     _queue: Any = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -327,11 +332,18 @@ class KeyFeed:
                 continue
         return False
 
+    def done(self, n: int) -> None:
+        """``n`` more rows came back from the pipeline (the driver's loop calls this)."""
+        self.returned += n
+
     def _run(self) -> None:
         try:
             for page in self.source:
+                while self.fed - self.returned > self.max_in_flight and not self._stop.is_set():
+                    self._stop.wait(0.05)
                 if not self._put(page):
                     return
+                self.fed += len(page)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread, which re-raises it
             self.error = exc
         self._put(None)

@@ -410,7 +410,7 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
     import ray
 
     from job.compact import compact
-    from job.listing import KeyFeed, ListingCounts
+    from job.listing import PAGE_KEYS, KeyFeed, ListingCounts
 
     _remove_leftovers(out_storage)
     compact(out_storage)  # the parts a killed run left: into the sorted shards the done set streams from
@@ -426,11 +426,14 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
         from job.stages import WINDOWED, AttemptLog
 
         attempts = AttemptLog(output=cfg.output, run_id=run_id, max_tries=cfg.max_tries)
-        feed = KeyFeed(itertools.chain(first, todo_pages), block_rows=cfg.resources.read_batch)
+        r = cfg.resources
+        feed = KeyFeed(itertools.chain(first, todo_pages), block_rows=r.read_batch,  # never short of a batch:
+                       max_in_flight=max(4 * PAGE_KEYS, 16 * max(r.read_batch, r.batch_size)))
         ds = build_dataset(cfg, feed, plan, attempts=attempts)
         try:
             feed.start()
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                feed.done(len(batch["key"]))
                 for i in range(len(batch["key"])):
                     row = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
                     if row["status"] == WINDOWED:  # too large for one row (its header said): by window below

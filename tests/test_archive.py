@@ -282,3 +282,32 @@ def test_s3_folders_listed_ahead_in_parallel_keep_the_order_and_stop_early(s3_en
     assert [next(it) for _ in range(3)] == expected[:3]
     it.close()
     assert threading.active_count() <= before
+
+
+def test_the_key_feed_waits_while_too_many_keys_are_in_flight(ray_local):
+    """Ray Data's backpressure counts bytes and blocks of keys weigh nothing: the feed itself stops listing while
+    ``max_in_flight`` keys have not come back as rows, and goes on as they do."""
+    import time
+
+    source = ([f"p{p:02d}k{k}" for k in range(10)] for p in range(50))
+    feed = jl.KeyFeed(source, block_rows=5, max_in_flight=25)
+    feed.dataset()  # makes the queue the read task would take pages from
+    q = feed._queue
+    feed.start()
+    try:
+        taken = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(taken) < 30:
+            if not q.empty():
+                taken += q.get()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert len(taken) == 30 and q.empty() and feed.fed == 30  # 3 pages: the 4th waits for rows to return
+        feed.done(20)
+        while time.monotonic() < deadline and len(taken) < 50:
+            if not q.empty():
+                taken += q.get()
+            time.sleep(0.05)
+        assert taken == [f"p{p:02d}k{k}" for p in range(5) for k in range(10)]
+    finally:
+        feed.close()
