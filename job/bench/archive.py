@@ -1,6 +1,8 @@
 """Archive scale: does the job start as fast and hold as little on a million inputs as on a thousand?
 
-Usage: ``python -m job.bench archive [--keys 1000,100000,1000000] [--store local,s3] [--work DIR] [--json]``.
+Usage: ``python -m job.bench archive [--keys 1000,100000,1000000] [--store local,s3] [--work DIR] [--json]``;
+``python -m job.bench archive --low-store 200 [--large 8x3000x4000]``: the whole job on large generated scenes with
+the object store capped (finishes? store peak, bytes spilled).
 
 For each size N and store it builds an archive of N tiny PNGs (local: a folder tree of 1000 files per folder, hard
 links of a few copies of one 16x16 PNG; s3: a SeaweedFS bucket on loopback, ``weed mini`` started here as the tests start it, one
@@ -197,7 +199,9 @@ def child(mode: str, inp: str, out: str, prompts: str, limit: int | None) -> dic
 
     rss = _PeakRss()
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    store_mb = int(os.environ.get("FD_BENCH_STORE_MB", "0"))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             **({"object_store_memory": store_mb * 2**20} if store_mb else {}))
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_s = time.perf_counter() - t0
     cfg = _cfg(inp, out, prompts, limit)
@@ -319,6 +323,26 @@ def run(sizes: list[int], stores: list[str], work: Path, s3_max: int) -> list[di
     return results
 
 
+def low_store(work: Path, *, store_mb: int, n: int, hw: tuple[int, int]) -> dict[str, Any]:
+    """The whole job on ``n`` generated scenes of ``hw`` pixels with the object store capped at ``store_mb`` MB:
+    does it finish, how high does the store get, how much is spilled."""
+    from finedetail import synthetic
+    from finedetail.codecs import encode_png
+
+    inp = work / f"large-{n}-{hw[0]}x{hw[1]}"
+    if not (inp / ".count").is_file():
+        inp.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            scene = synthetic.make_scene(synthetic.KINDS[i % len(synthetic.KINDS)], seed=i, size=hw)
+            (inp / f"img_{i:03d}.png").write_bytes(encode_png(scene.image))
+        (inp / ".count").write_text(str(n))
+    out = work / f"out-large-{store_mb}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "FD_BENCH_STORE_MB": str(store_mb)}
+    res = _measure("trial", str(inp), str(out), str(_prompts(work / "prompts")), None, env)
+    return {"store_mb": store_mb, "images": n, "size": f"{hw[0]}x{hw[1]}", **res}
+
+
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [f"{'store':6} {'keys':>9} {'build s':>8} | {'trial: 1st mask':>15} {'total':>6} {'rss MB':>7} "
              f"{'store MB':>8} | {'resume: 1st mask':>16} {'total':>6} {'rss MB':>7} | {'compact s':>9} "
@@ -344,8 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default="local,s3", help="local, s3 or both")
     p.add_argument("--s3-max", type=int, default=1_000_000, help="largest S3 archive to build (puts take time)")
     p.add_argument("--work", type=Path, default=Path("/tmp/fd-bench-archive"), help="scratch folder (kept)")
+    p.add_argument("--low-store", type=int, metavar="MB",
+                   help="instead: the whole job on --large images with the object store capped at MB")
+    p.add_argument("--large", default="8x3000x4000", help="COUNTxHxW of the --low-store images")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.low_store:
+        n, h, w = (int(x) for x in args.large.lower().split("x"))
+        print(json.dumps(low_store(args.work, store_mb=args.low_store, n=n, hw=(h, w)), indent=1))
+        return 0
     sizes = [int(x) for x in args.keys.split(",") if x]
     stores = [s for s in args.store.split(",") if s]
     if not sizes or min(sizes) < 16 or set(stores) - {"local", "s3"}:
