@@ -48,9 +48,11 @@ SCHEMA = pa.schema([pa.field(name, dtype, metadata={"description": text})
                     for name, (dtype, text) in COLUMNS.items()])
 
 
-def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
+def write_part(storage: Any, rows: list[dict[str, Any]], *, tag: int | None = None) -> str:
     """Write rows as one new Parquet part, ``manifest/part-<digest of the keys>-<first row's finished_at in ms>``;
-    returns its key. Writing the same batch again adds a second part (the later rows win when read)."""
+    returns its key. Writing the same batch again adds a second part (the later rows win when read). With ``tag``
+    (the run's start in ms) instead of the time: the same batch written again in the same run replaces its part
+    (Ray re-runs a finished write task whose output was on a lost node: that must not add rows)."""
     odd = sorted({str(r.get("status")) for r in rows} - set(STATUSES))
     if odd:
         raise ValueError(f"manifest status must be one of {STATUSES}, got {odd[0]!r}")
@@ -58,7 +60,7 @@ def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     digest = hashlib.sha256("\n".join(sorted(r["key"] for r in rows)).encode()).hexdigest()[:20]
-    name = f"manifest/part-{digest}-{int(rows[0]['finished_at'] * 1000)}.parquet"
+    name = f"manifest/part-{digest}-{int(rows[0]['finished_at'] * 1000) if tag is None else int(tag)}.parquet"
     jio.write_bytes_atomic(storage, name, buf.getvalue())
     return name
 

@@ -198,11 +198,13 @@ def method_plan(cfg: JobConfig) -> Any:
     return build_plan(cfg.pipeline, coarse_given=cfg.coarse is not None)
 
 
-def build_dataset(cfg: JobConfig, keys: Any, plan: Plan, *, attempts: Any = None):
+def build_dataset(cfg: JobConfig, keys: Any, plan: Plan, *, attempts: Any = None, part_tag: int | None = None):
     """The lazy Ray dataset of manifest rows (nothing runs until it is consumed). ``keys``: a list of input keys,
     or a `job.listing.KeyFeed` streaming them (the job's own way).
 
     ``attempts``: the run's `job.stages.AttemptLog` (bounds the tries of inputs that kill workers); None = none.
+    ``part_tag``: the run's start (ms) in its manifest parts' names, so a write task Ray runs again (its output was
+    lost with a node) replaces its part instead of adding rows; None = each part named by its time.
     """
     import ray
 
@@ -219,7 +221,8 @@ def build_dataset(cfg: JobConfig, keys: Any, plan: Plan, *, attempts: Any = None
                         **_test_env())
     ds = model_stages(ds, cfg, plan, attempts=attempts)
     ds = ds.map_batches(stages.write_outputs, batch_size=cfg.resources.batch_size, num_cpus=plan.io_cpus,
-                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash, **track},
+                        batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash,
+                                                         "part_tag": part_tag, **track},
                         **_test_env())
     return ds
 
@@ -429,7 +432,7 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
         r = cfg.resources
         feed = KeyFeed(itertools.chain(first, todo_pages), block_rows=r.read_batch,  # never short of a batch:
                        max_in_flight=max(4 * PAGE_KEYS, 16 * max(r.read_batch, r.batch_size)))
-        ds = build_dataset(cfg, feed, plan, attempts=attempts)
+        ds = build_dataset(cfg, feed, plan, attempts=attempts, part_tag=time.time_ns() // 1_000_000)
         try:
             feed.start()
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

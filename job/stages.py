@@ -442,7 +442,7 @@ def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], tot
 
 
 def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: str,
-                  attempts: AttemptLog | None = None) -> dict[str, np.ndarray]:
+                  attempts: AttemptLog | None = None, part_tag: int | None = None) -> dict[str, np.ndarray]:
     """CPU task: write each row's files atomically, then one manifest part for the batch (last), and return the
     manifest rows only (the big columns stop here). A `jio.StorageError` (a write still failing after its retries)
     fails the task and so the job: the batch's manifest part is then never written, so no row claims outputs
@@ -486,5 +486,5 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
         manifest.append(m)
     done = [m for m in manifest if m["status"] != WINDOWED]
     if done:
-        write_part(storage, done)
+        write_part(storage, done, tag=part_tag)  # part_tag: the run's; a re-run of this task replaces the part
     return _batch(manifest)

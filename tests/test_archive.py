@@ -311,3 +311,15 @@ def test_the_key_feed_waits_while_too_many_keys_are_in_flight(ray_local):
         assert taken == [f"p{p:02d}k{k}" for p in range(5) for k in range(10)]
     finally:
         feed.close()
+
+
+def test_a_batch_written_again_in_the_same_run_replaces_its_part(tmp_path):
+    """Ray re-runs a finished write task whose output block was lost with its node: with the run's tag the part
+    is replaced, so the manifest gains no row; without a tag (another run) the part is added."""
+    storage = jio.open_storage(str(tmp_path))[0]
+    first = jm.write_part(storage, [_row("a.png", 1.0), _row("b.png", 1.0)], tag=123)
+    again = jm.write_part(storage, [_row("b.png", 2.0), _row("a.png", 2.0)], tag=123)
+    assert first == again == jm.write_part(storage, [_row("a.png", 3.0), _row("b.png", 3.0)], tag=123)
+    assert len(jm.read_manifest(storage)) == 2
+    jm.write_part(storage, [_row("a.png", 4.0), _row("b.png", 4.0)])
+    assert len(jm.read_manifest(storage)) == 4
