@@ -28,16 +28,17 @@ def _ray(*args: str, env: dict[str, str], timeout: float = 60) -> str:
 
 @pytest.mark.slow
 def test_a_worker_node_lost_mid_run_every_input_ends_with_one_ok_row_and_one_mask(tmp_path):
-    """Head (1 CPU, no GPU; the driver and the key feed live here), worker A (1 CPU + a fake GPU: the model
-    pools), worker B (2 CPUs: reads, fuse, writes). B's processes are killed once the first rows are written; Ray
+    """Head (2 CPUs, no GPU; the driver and the key feed live here), worker A (2 CPUs + a fake GPU: the model
+    pools), worker B (2 CPUs: reads, fuse, writes). The survivors keep room for what Ray re-runs (with a CPU each
+    the write task waiting for a lost block and the actor that must rebuild it could wait for each other). B's processes are killed once the first rows are written; Ray
     restarts its actors and re-runs its tasks elsewhere. The job succeeds, every input has one ok row and its mask,
     and the manifest's compaction finds no row written twice."""
     keys = write_inputs(tmp_path / "in", n_good=16, corrupt=False)
     write_prompts(tmp_path / "prompts")
     out = tmp_path / "out"
-    with ray_head_process(tmp_path / "head.log", num_cpus=1, num_gpus=0,
+    with ray_head_process(tmp_path / "head.log", num_cpus=2, num_gpus=0,
                           env_extra={"PYTHONPATH": str(ROOT)}) as head, \
-            ray_worker_process(head, tmp_path / "a.log", num_cpus=1, num_gpus=1), \
+            ray_worker_process(head, tmp_path / "a.log", num_cpus=2, num_gpus=1), \
             ray_worker_process(head, tmp_path / "b.log", num_cpus=2) as b:
         entry = (f"{sys.executable} -m job run --input {tmp_path / 'in'} --prompts {tmp_path / 'prompts'} "
                  f"--output {out} --backend proxy --scales 1 --tta identity --no-crop --gpu on --batch-size 1 "
