@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from job import io as jio
 
-__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "done_keys", "mask_columns", "read_manifest", "write_part"]
+__all__ = ["COLUMNS", "SCHEMA", "STAGES", "STATUSES", "Tally", "done_keys", "mask_columns", "read_manifest",
+           "write_part"]
 
 STAGES = ("decode", "coarse", "refine", "crop", "fuse", "write")
 #: every status a row can have: its files are whole (``ok``), or ``error`` says why there are none
@@ -73,10 +74,12 @@ def mask_columns(prob: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
+def write_part(storage: Any, rows: list[dict[str, Any]], *, tag: int | None = None) -> str:
     """Write rows as one new Parquet part, ``manifest/part-<digest of the keys>-<first row's finished_at in ms>``;
-    returns its key. Writing the same batch again adds a second part (the later rows win when read). An ok row
-    without ``empty`` (a raster scene's, a window's) gets it from its ``mask_area``."""
+    returns its key. Writing the same batch again adds a second part (the later rows win when read). With ``tag``
+    (the run's start in ms) instead of the time: the same batch written again in the same run replaces its part
+    (Ray re-runs a finished write task whose output was on a lost node: that must not add rows). An ok row without
+    ``empty`` (a raster scene's, a window's) gets it from its ``mask_area``."""
     odd = sorted({str(r.get("status")) for r in rows} - set(STATUSES))
     if odd:
         raise ValueError(f"manifest status must be one of {STATUSES}, got {odd[0]!r}")
@@ -90,7 +93,7 @@ def write_part(storage: Any, rows: list[dict[str, Any]]) -> str:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     digest = hashlib.sha256("\n".join(sorted(r["key"] for r in rows)).encode()).hexdigest()[:20]
-    name = f"manifest/part-{digest}-{int(rows[0]['finished_at'] * 1000)}.parquet"
+    name = f"manifest/part-{digest}-{int(rows[0]['finished_at'] * 1000) if tag is None else int(tag)}.parquet"
     jio.write_bytes_atomic(storage, name, buf.getvalue())
     return name
 
@@ -131,13 +134,39 @@ def done_keys(storage: Any, config_hash: str) -> set[str]:
             if r["status"] == "ok" and r["config_hash"] == config_hash}
 
 
+class Tally:
+    """A running `summarize` that does not hold the rows (a run of millions): counts, the encoder passes of the
+    ``ok`` rows, and the first ``keep_errors`` error rows (``errors_left_out`` counts the others)."""
+
+    def __init__(self, *, keep_errors: int = 1000):
+        self.images = self.ok = self.passes = self.errors_left_out = self.empty = 0
+        self.keep_errors = keep_errors
+        self.errors: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.images += 1
+        if row["status"] == "ok":
+            self.ok += 1
+            self.passes += row["encoder_passes"] or 0
+            self.empty += bool(row.get("empty"))
+        elif row["status"] == "error":
+            if len(self.errors) < self.keep_errors:
+                self.errors.append(row)
+            else:
+                self.errors_left_out += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "ok": self.ok,
+            "errors": len(self.errors) + self.errors_left_out,
+            "empty": self.empty,
+            "encoder_passes_per_image": (self.passes / self.ok) if self.ok else 0.0,
+        }
+
+
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    rows = list(rows)
-    ok = [r for r in rows if r["status"] == "ok"]
-    return {
-        "images": len(rows),
-        "ok": len(ok),
-        "errors": sum(r["status"] == "error" for r in rows),
-        "empty": sum(bool(r.get("empty")) for r in ok),
-        "encoder_passes_per_image": (sum(r["encoder_passes"] or 0 for r in ok) / len(ok)) if ok else 0.0,
-    }
+    tally = Tally(keep_errors=0)
+    for r in rows:
+        tally.add(r)
+    return tally.summary()

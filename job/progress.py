@@ -58,7 +58,8 @@ class Progress:
     def __init__(self, *, out: TextIO, options: ProgressOptions = ProgressOptions(),
                  clock: Callable[[], float] = time.monotonic):
         self.out, self.options, self.clock = out, options, clock
-        self.total = self.done = self.errors = 0
+        self.total: int | None = 0
+        self.done = self.errors = 0
         self.bar = options.bar if options.bar is not None else bool(getattr(out, "isatty", lambda: False)())
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -68,18 +69,24 @@ class Progress:
         self._first: tuple[float, int] | None = None  # (when the first rows came, how many came then)
         self._drawn = False
 
-    def start(self, total: int) -> None:
-        """Start counting ``total`` images (nothing is printed for 0)."""
-        if not self.options.enabled or total <= 0:
+    def start(self, total: int | None) -> None:
+        """Start counting ``total`` images (nothing is printed for 0); None: not known yet, the listing still goes
+        on (`set_total` when it ends; until then lines say ``N/? images`` and give no ETA)."""
+        if not self.options.enabled or (total is not None and total <= 0):
             return
         self.total, self._t0 = total, self.clock()
         self._last_line = self._t0
         self._thread = threading.Thread(target=self._tick, name="finedetail-progress", daemon=True)
         self._thread.start()
 
+    def set_total(self, total: int) -> None:
+        """The listing ended: ``total`` images in all."""
+        with self._lock:
+            self.total = total
+
     @property
     def every(self) -> int:
-        return self.options.every or max(1, -(-self.total // 20))
+        return self.options.every or (10 if self.total is None else max(1, -(-self.total // 20)))
 
     def add(self, row: dict[str, Any]) -> None:
         """One image done (its manifest row: ``status`` ok or error)."""
@@ -100,9 +107,10 @@ class Progress:
         """The current state in one line (no newline)."""
         elapsed = self.clock() - self._t0
         errors = f" ({self.errors} error{'s' * (self.errors != 1)})" if self.errors else ""
-        head = f"{self.done}/{self.total} images{errors}"
+        known = self.total is not None
+        head = f"{self.done}/{self.total if known else '?'} images{errors}"
         if self.bar:
-            filled = self.BAR_WIDTH * self.done // max(1, self.total)
+            filled = self.BAR_WIDTH * self.done // max(1, self.total) if known else 0
             head = f"[{'#' * filled}{'.' * (self.BAR_WIDTH - filled)}] {head}"
         if self.done == 0 or elapsed <= 0:
             return f"progress: {head}, {format_seconds(elapsed)} elapsed, first images still running"
@@ -111,7 +119,7 @@ class Progress:
         if self.done <= before:  # only the first rows so far: no pace yet
             return f"progress: {head}, {format_seconds(elapsed)} elapsed"
         rate = (self.done - before) / (self.clock() - since)
-        eta = "" if self.done >= self.total else f", ETA {format_seconds((self.total - self.done) / rate)}"
+        eta = "" if not known or self.done >= self.total else f", ETA {format_seconds((self.total - self.done) / rate)}"
         return f"progress: {head}, {rate:.3g} img/s, {format_seconds(elapsed)} elapsed{eta}"
 
     def _print_line(self) -> None:

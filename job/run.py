@@ -41,27 +41,44 @@ class JobRefused(ValueError):
     The message names the problem; the command line prints it and exits with status 2."""
 
 
-def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str]:
-    """Input keys, sorted. Names that could write outside ``--output`` (``..``, absolute, control characters,
-    bytes that are not UTF-8, ...) are left out and, when ``refused`` is given, appended to it. An output inside the
-    input (``--input photos --output photos/out``) is left out whole: the job never segments its own outputs."""
+def _input_keys(cfg: JobConfig, refused: Any = None):
+    """The input keys, sorted and streamed (`job.listing.iter_keys`): unsafe names go to ``refused`` (a callable),
+    an output inside the input is left out whole (the job never segments its own outputs)."""
+    from job.listing import iter_keys
+
     storage = jio.open_storage(cfg.input)[0]
     inside = jio.relative_root(cfg.output, storage)
-    keys = jio.list_files(storage, "", extensions=IMAGE_EXTS, refused=refused, exclude=(inside,) if inside else ())
-    seen: dict[str, str] = {}
-    for k in keys:
-        stem = os.path.splitext(k)[0]
-        if stem in seen:
-            raise ValueError(f"inputs {seen[stem]!r} and {k!r} would both write masks/{stem}.png; "
-                             "rename one of them or run them as separate jobs")
-        seen[stem] = k
+    return iter_keys(storage, extensions=IMAGE_EXTS, exclude=(inside,) if inside else (), refused=refused)
+
+
+def list_inputs(cfg: JobConfig, *, refused: list[str] | None = None) -> list[str]:
+    """Input keys, sorted, as one list (small inputs, benchmarks; the job itself streams them). Names that could
+    write outside ``--output`` (``..``, absolute, control characters, bytes that are not UTF-8, ...) are left out
+    and, when ``refused`` is given, appended to it. An output inside the input (``--input photos --output
+    photos/out``) is left out whole."""
+    from job.listing import StemCheck
+
+    stems, keys = StemCheck(), []
+    for k in _input_keys(cfg, None if refused is None else refused.append):
+        earlier = stems.clash(k)
+        if earlier is not None:
+            raise ValueError(_clash_message(k, earlier))
+        keys.append(k)
     return keys
 
 
-def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any = None):
-    """The lazy Ray dataset of manifest rows (nothing runs until it is consumed).
+def _clash_message(key: str, earlier: str) -> str:
+    return (f"inputs {earlier!r} and {key!r} would both write masks/{os.path.splitext(key)[0]}.png; "
+            "rename one of them or run them as separate jobs")
+
+
+def build_dataset(cfg: JobConfig, keys: Any, plan: Plan, *, attempts: Any = None, part_tag: int | None = None):
+    """The lazy Ray dataset of manifest rows (nothing runs until it is consumed). ``keys``: a list of input keys,
+    or a `job.listing.KeyFeed` streaming them (the job's own way).
 
     ``attempts``: the run's `job.stages.AttemptLog` (bounds the tries of inputs that kill workers); None = none.
+    ``part_tag``: the run's start (ms) in its manifest parts' names, so a write task Ray runs again (its output was
+    lost with a node) replaces its part instead of adding rows; None = each part named by its time.
     """
     import ray
 
@@ -73,14 +90,17 @@ def build_dataset(cfg: JobConfig, keys: list[str], plan: Plan, *, attempts: Any 
     # hide; a model's batch on CPU buys little. Elsewhere blocks of read_batch inputs and batches of batch_size rows.
     single = plan.chain and not plan.use_gpu
     read_batch, batch_size = (1, 1) if single else (cfg.resources.read_batch, cfg.resources.batch_size)
-    nblocks = max(1, min(len(keys), -(-len(keys) // read_batch)))
-    ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
+    if isinstance(keys, list):
+        nblocks = max(1, min(len(keys), -(-len(keys) // read_batch)))
+        ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
+    else:  # a job.listing.KeyFeed: keys stream in while the listing goes on
+        ds = keys.dataset()
     ds = ds.map_batches(stages.read_decode, batch_size=read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy")
     ds = model_stages(ds, cfg, plan, attempts=attempts, batch_size=batch_size, fuse=False)  # the write task fuses
     ds = ds.map_batches(stages.write_outputs, batch_size=batch_size, num_cpus=plan.io_cpus,
                         batch_format="numpy", fn_kwargs={"cfg": cfg, "config_hash": cfg.config_hash,
-                                                         "steps": write_steps(cfg), **track})
+                                                         "steps": write_steps(cfg), "part_tag": part_tag, **track})
     return ds
 
 
@@ -164,12 +184,11 @@ def _error_in(exc: BaseException, cls: type[BaseException]) -> str | None:
     return None
 
 
-def _job_failed(exc: BaseException, rows: list[dict[str, Any]], total: int) -> JobFailed | None:
+def _job_failed(exc: BaseException, ok: int, total: int) -> JobFailed | None:
     """The `JobFailed` for an exception that stopped the dataset, when it is one the job explains (a model that
     cannot be built, storage that failed for good); None for anything else (a bug: re-raised as it is)."""
     from job.stages import ModelInitError
 
-    ok = sum(r["status"] == "ok" for r in rows)
     model_error = _error_in(exc, ModelInitError)
     if model_error is not None:
         return JobFailed(f"job failed after {ok} of {total} images were done: {model_error}")
@@ -202,10 +221,15 @@ def _refused_rows(names: list[str], cfg: JobConfig) -> list[dict[str, Any]]:
             why = "refused"
         except ValueError as exc:
             why = str(exc)
-        rows.append({"key": name.encode("unicode_escape", "backslashreplace").decode("ascii"), "status": "error",
-                     "error": f"unsafe input name, not read: {why}", "attempts": 0, "config_hash": cfg.config_hash,
-                     "finished_at": time.time(), "encoder_passes": 0, "coarse_passes": 0, "refiner_passes": 0})
+        rows.append({**_error_row(name.encode("unicode_escape", "backslashreplace").decode("ascii"), cfg),
+                     "error": f"unsafe input name, not read: {why}"})
     return rows
+
+
+def _error_row(key: str, cfg: JobConfig) -> dict[str, Any]:
+    """A manifest error row for an input the job did not read (set ``error``)."""
+    return {"key": key, "status": "error", "error": "", "attempts": 0, "config_hash": cfg.config_hash,
+            "finished_at": time.time(), "encoder_passes": 0, "coarse_passes": 0, "refiner_passes": 0}
 
 
 def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force_lease: bool = False,
@@ -222,11 +246,11 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force
     validate_up_front(cfg)
     cfg = cfg.with_fingerprint()  # contents of prompts and weights, hashed once here; workers get the result
     refused: list[str] = []
-    try:
-        keys = list_inputs(cfg, refused=refused)
+    try:  # lists up to the first image only: the listing streams from here on
+        empty = next(_input_keys(cfg, refused.append), None) is None
     except (ValueError, jio.StorageError) as exc:
         raise JobRefused(f"cannot list --input {jio.redact(cfg.input)}: {storage_problem(exc)}") from exc
-    if not keys and not refused:
+    if empty and not refused:
         raise JobRefused(f"no images under {cfg.input} (looked for {', '.join(IMAGE_EXTS)})")
     out_storage = jio.open_storage(cfg.output)[0]
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -236,60 +260,95 @@ def run_job(cfg: JobConfig, *, address: str | None = None, out=sys.stdout, force
         raise JobRefused(_one_line(exc)) from exc
     try:
         with Progress(out=out, options=progress) as bar:
-            return _run_leased(cfg, keys, refused, out_storage, run_id, address=address, out=out, bar=bar,
-                               quiet=quiet)
+            return _run_leased(cfg, out_storage, run_id, address=address, out=out, bar=bar, quiet=quiet)
     finally:
         lease.release()
 
 
-def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage: jio.Storage, run_id: str, *,
-                address: str | None, out, bar: Progress, quiet: bool) -> dict[str, Any]:
+def _todo_pages(cfg: JobConfig, out_storage: jio.Storage, counts: Any, extra: list[dict[str, Any]],
+                windowed: list[str], out, bar: Progress) -> Any:
+    """Pages of keys for the image path, streamed (`job.listing`): the sorted listing minus the done set (the
+    compacted manifest, also streamed), at most ``--limit``; TIFFs too large for one row go to ``windowed``;
+    refused names and stem clashes become error rows in ``extra``. Prints the counts when the listing ends."""
+    from job.compact import iter_done_keys
+    from job.listing import iter_todo, pages
+
+    refused: list[str] = []
+    clashes: list[dict[str, Any]] = []
+
+    def clash(key: str, earlier: str) -> None:
+        clashes.append({**_error_row(key, cfg), "error": _clash_message(key, earlier)})
+
+    keys = _input_keys(cfg, refused.append)
+    todo = iter_todo(keys, iter_done_keys(out_storage, cfg.config_hash), counts, limit=cfg.limit, clash=clash)
+    for page in pages(todo):
+        if any(k.lower().endswith((".tif", ".tiff")) for k in page):
+            from job.raster.route import split_windowed  # TIFFs are sized here; other images by the decode step (WINDOWED)
+
+            page, big = split_windowed(cfg, page)
+            windowed.extend(big)
+        if page:
+            yield page
+    extra.extend(_refused_rows(refused, cfg) + clashes)
+    if extra:
+        jm.write_part(out_storage, extra)
+    bar.set_total(counts.todo)
+    print(f"finedetail: {counts.listed} inputs, {counts.done} already done (config {cfg.config_hash}), "
+          f"{counts.todo} to run" + (f" (listing stopped at --limit {cfg.limit})" if counts.cut else ""),
+          file=out, flush=True)
+
+
+def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, address: str | None, out,
+                bar: Progress, quiet: bool) -> dict[str, Any]:
     """`run_job` from the point where the run holds the output's lease."""
+    import itertools
+
     import ray
 
-    _remove_leftovers(out_storage)
+    from job.compact import compact
+    from job.listing import PAGE_KEYS, KeyFeed, ListingCounts
+
     from job.runrecord import write_run_record
 
+    _remove_leftovers(out_storage)
     write_run_record(out_storage, cfg, run_id)  # run.json + config.yaml: what this run is, next to its outputs
-    done = jm.done_keys(out_storage, cfg.config_hash) & set(keys)  # window rows (scene#y_x) are not inputs
-    todo = [k for k in keys if k not in done]
-    if cfg.limit is not None:
-        todo = todo[: cfg.limit]
-    windowed: list[str] = []  # inputs too large for one row, run window by window (job.raster)
-    if any(k.lower().endswith((".tif", ".tiff")) for k in todo):
-        from job.raster.route import split_windowed  # TIFFs sized here; other images by the decode step (WINDOWED)
-
-        todo, windowed = split_windowed(cfg, todo)
-    print(f"finedetail: {len(keys)} inputs, {len(done)} already done (config {cfg.config_hash}), "
-          f"{len(todo)} to run", file=out, flush=True)
+    compact(out_storage)  # the parts a killed run left: into the sorted shards the done set streams from
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = _refused_rows(refused, cfg)
-    if rows:
-        jm.write_part(out_storage, rows)
-    bar.start(len(todo) + len(windowed))
-    if todo or windowed:
+    counts, extra, windowed = ListingCounts(), [], []
+    tally = jm.Tally()
+    todo_pages = _todo_pages(cfg, out_storage, counts, extra, windowed, out, bar)
+    bar.start(None)  # the total is known when the listing ends (`_todo_pages` sets it)
+    first = list(itertools.islice(todo_pages, 1))  # no Ray, no pools when everything is done
+    if first or windowed:
         local = _ensure_ray(address, quiet=quiet)
         plan = plan_resources(cfg, ray.cluster_resources())
         if cfg.resources.gpu == "auto" and not plan.use_gpu:  # only news where an autoscaler could add GPUs
             (log.info if local else log.warning)(
                 "no GPU in the cluster now: model stages run on CPU. On an autoscaling cluster whose GPU workers "
                 "start at zero, pass --gpu on so the autoscaler adds GPU nodes.")
-    if todo:
+    if first:
         from job.stages import WINDOWED, AttemptLog
 
         attempts = AttemptLog(output=cfg.output, run_id=run_id, max_tries=cfg.max_tries)
-        ds = build_dataset(cfg, todo, plan, attempts=attempts)
+        r = cfg.resources
+        feed = KeyFeed(itertools.chain(first, todo_pages), block_rows=r.read_batch,  # never short of a batch:
+                       max_in_flight=max(4 * PAGE_KEYS, 16 * max(r.read_batch, r.batch_size)))
+        ds = build_dataset(cfg, feed, plan, attempts=attempts, part_tag=time.time_ns() // 1_000_000)
         try:
+            feed.start()
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                feed.done(len(batch["key"]))
                 for i in range(len(batch["key"])):
                     row = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
                     if row["status"] == WINDOWED:  # too large for one row (its header said): by window below
                         windowed.append(row["key"])
                     else:
-                        rows.append(row)
+                        tally.add(row)
                         bar.add(row)
+            if feed.error is not None:
+                raise feed.error
         except Exception as exc:
-            failed = _job_failed(exc, rows, len(todo) + len(windowed))
+            failed = _job_failed(exc, tally.ok, counts.todo)
             if failed is None:
                 raise
             try:
@@ -297,18 +356,23 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
             except jio.StorageError:
                 pass  # the storage is what failed; the next run clears the notes
             raise failed from exc
+        finally:
+            feed.close()
         attempts.clear()
+    else:
+        list(todo_pages)  # the listing's end: its error rows and counts
+    for row in extra:
+        tally.add(row)
     if windowed:
         from job.raster.driver import run_windowed
 
-        chosen = set(windowed)
-        windowed = [k for k in keys if k in chosen]  # input order
+        windowed.sort()  # input order
         try:
             for row in run_windowed(cfg, windowed, plan):
-                rows.append(row)
+                tally.add(row)
                 bar.add(row)
         except Exception as exc:
-            failed = _job_failed(exc, rows, len(todo) + len(windowed))
+            failed = _job_failed(exc, tally.ok, counts.todo)
             if failed is None:
                 raise
             raise failed from exc
@@ -316,11 +380,15 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
         from job.coco import write_dataset_coco
 
         write_dataset_coco(cfg)
+    packed = compact(out_storage)  # one row per key, sorted: the next run's done set streams from it
+    if packed.shards:
+        print(f"finedetail: manifest compacted: {packed.rows_read} rows ({packed.parts} new parts) -> {packed.rows} "
+              f"keys in {packed.shards} shard(s), {packed.seconds:.1f} s", file=out, flush=True)
     bar.close()  # the summary comes after the bar's last line
     elapsed = time.perf_counter() - t0
-    summary = jm.summarize(rows)
-    summary.update(skipped=len(done), seconds=round(elapsed, 2),
-                   images_per_s=round(len(rows) / elapsed, 3) if rows and elapsed > 0 else 0.0,
+    summary = tally.summary()
+    summary.update(skipped=counts.done, seconds=round(elapsed, 2),
+                   images_per_s=round(tally.images / elapsed, 3) if tally.images and elapsed > 0 else 0.0,
                    config_hash=cfg.config_hash, output=cfg.output)
     print(
         f"finedetail: done {summary['ok']} ok, {summary['errors']} errors, {summary['skipped']} skipped in "
@@ -328,7 +396,8 @@ def _run_leased(cfg: JobConfig, keys: list[str], refused: list[str], out_storage
         f"{summary['encoder_passes_per_image']:.1f} encoder passes/image) -> {cfg.output}",
         file=out, flush=True,
     )
-    for r in rows:
-        if r["status"] == "error":
-            print(f"  error {r['key']}: {r['error']}", file=out)
+    for r in tally.errors:
+        print(f"  error {r['key']}: {r['error']}", file=out)
+    if tally.errors_left_out:
+        print(f"  ... and {tally.errors_left_out} more errors (the manifest has them all)", file=out)
     return summary

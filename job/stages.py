@@ -406,9 +406,10 @@ def _share_seconds(rows: list[dict[str, Any]], stage: str, own: list[float], tot
 
 
 def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: str,
-                  attempts: AttemptLog | None = None, steps: Sequence[str] = ()) -> dict[str, np.ndarray]:
+                  attempts: AttemptLog | None = None, steps: Sequence[str] = (), part_tag: int | None = None
+                  ) -> dict[str, np.ndarray]:
     """CPU task: run the plan's ``steps`` left to it (the fuse step, ``job.operators.write_steps``) on each row's
-    state, write its files atomically, then one manifest part for the batch (last), and return the manifest rows
+    state, write its files atomically, then one manifest part for the batch (last; ``part_tag``: the run's, so a re-run of this task replaces the part), and return the manifest rows
     only (the big columns stop here). A step that fails for a row makes it an error row ("<stage>: <error>"). A
     `jio.StorageError` (a write still failing after its retries) fails the task and so the job: the batch's
     manifest part is then never written, so no row claims outputs that are not all there. ``WINDOWED`` rows are returned with that status but not written to the manifest."""
@@ -459,6 +460,6 @@ def write_outputs(batch: dict[str, np.ndarray], *, cfg: JobConfig, config_hash: 
         manifest.append(m)
     done = [m for m in manifest if m["status"] != WINDOWED]
     if done:
-        write_part(storage, done)
+        write_part(storage, done, tag=part_tag)  # a re-run of this task (a lost node) replaces the part
     # the per-class lists stay in the manifest: Ray would hand them to the driver as arrays, and it needs none
     return _batch([{k: v for k, v in m.items() if k not in ("class_area", "class_mean_prob")} for m in manifest])

@@ -440,8 +440,20 @@ class RayHead:
     cwd: Path  # the head's working directory (its workers' too)
 
 
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group led by ``proc`` (``ray start --block`` then stops its node), SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextlib.contextmanager
-def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int = 2,
+def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int = 2, num_gpus: int = 1,
                      env_extra: dict[str, str] | None = None):
     """Start a Ray head (in ``cwd``, default its temp folder; ``env_extra`` added to its environment) and wait until
     its dashboard answers; end its process group on exit. It dies with this process (`die_with_parent`)."""
@@ -450,7 +462,7 @@ def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int =
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)
     ray_bin = Path(sys.executable).parent / "ray"
-    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}", "--num-gpus=1",
+    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
            f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
@@ -476,13 +488,52 @@ def ray_head_process(log_path: Path, *, cwd: Path | None = None, num_cpus: int =
                 time.sleep(1)
         yield RayHead(dashboard=address, gcs=f"127.0.0.1:{gcs}", env=env, proc=proc, cwd=cwd)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _end_group(proc)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_worker_process(head: RayHead, log_path: Path, *, num_cpus: int, num_gpus: int = 0):
+    """Start a worker node of ``head`` on this machine (``ray start --address --block``, every port chosen free, its
+    own resources) and wait until the cluster counts it; yields its process, the leader of its process group (kill
+    that group to lose the node). Ended with its group on exit; dies with this process."""
+    agent_http, agent_grpc, runtime_env, metrics, node_mgr, obj_mgr = free_ports(6)
+    ray_bin = Path(sys.executable).parent / "ray"
+    # A joining node rewrites the address 127.0.0.1 to the machine's outward one (where the loopback-only head does
+    # not listen): name loopback by a host name that resolves to it instead
+    host = socket.gethostname()
+    try:
+        if not socket.gethostbyname(host).startswith("127."):
+            raise OSError(f"{host} resolves to {socket.gethostbyname(host)}")
+    except OSError as exc:
+        pytest.skip(f"a worker node on loopback needs a host name that resolves to 127.x ({exc})")
+    gcs = f"{host}:{head.gcs.rsplit(':', 1)[1]}"
+    cmd = [str(ray_bin), "start", f"--address={gcs}", "--block", f"--num-cpus={num_cpus}",
+           f"--num-gpus={num_gpus}", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}",
+           f"--object-manager-port={obj_mgr}", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    # "=0" (loopback only, see the top of this file) also makes `ray start --address` refuse to join; the explicit
+    # node address keeps the worker on loopback
+    env = {**head.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=head.cwd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+    try:
+        deadline = time.time() + 300  # "Ray runtime started." once the raylet registered with the head
+        while not _node_up(log_path):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray worker did not come up:\n{Path(log_path).read_text()[-3000:]}")
+            time.sleep(1)
+        yield proc
+    finally:
+        _end_group(proc)
+        log.close()
+
+
+def _node_up(log_path: Path) -> bool:
+    try:
+        return "Ray runtime started" in Path(log_path).read_text(errors="replace")
+    except OSError:
+        return False

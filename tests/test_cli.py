@@ -154,13 +154,20 @@ def test_input_is_a_single_file(capsys, data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_two_inputs_that_would_write_the_same_mask(capsys, data, tmp_path):
+def test_two_inputs_that_would_write_the_same_mask(data, tmp_path, ray_tmp):
+    """The listing streams (an archive is not listed whole before the first image), so a clash is found as the
+    listing reaches it: the later key becomes an error row whose one-line message names both inputs and the fix,
+    the other is segmented, and --strict exits 3 for it."""
     (tmp_path / "in").mkdir()
     for name in ("a.png", "a.jpg"):
         (tmp_path / "in" / name).write_bytes((data / "in" / "img_00.png").read_bytes())
-    err = _refused(capsys, ["run", "--input", str(tmp_path / "in"), "--prompts", str(data / "prompts"),
-                            "--output", str(tmp_path / "out"), *PROXY])
-    assert "inputs 'a.jpg' and 'a.png' would both write masks/a.png; rename one of them" in err
+    proc = _cli(["--input", str(tmp_path / "in"), "--prompts", str(data / "prompts"), "--output",
+                 str(tmp_path / "out"), *PROXY, "--strict"], ray_tmp)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 3, stdout[-2000:] + stderr[-4000:]
+    assert ("error a.png: inputs 'a.jpg' and 'a.png' would both write masks/a.png; rename one of them"
+            in stdout + stderr), stdout[-2000:] + stderr[-2000:]
+    assert (tmp_path / "out" / "masks" / "a.png").exists()  # a.jpg's mask
 
 
 # ----------------------------------------------------------------------------------- S3 refusals

@@ -233,7 +233,9 @@ def test_killed_driver_then_rerun_writes_each_input_once(data, tmp_path):
     proc.wait()
     first = {r["key"] for r in read_manifest_rows(out)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # Exit 1 means "no image ok": right when the kill landed after every good image was written (12 tiny images
+    # can all land within a second) and the rerun only retried the corrupt ones
+    assert done.returncode == 0 or f"done 0 ok, {len(CORRUPT)} errors" in done.stdout, done.stdout + done.stderr
     rows = read_manifest_rows(out)
     assert {r["key"] for r in rows} == set(keys)
     ok = [r["key"] for r in rows if r["status"] == "ok"]

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage,classical} [--json] ...``.
+"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage,classical,archive} [--json] ...``.
 
 Each prints a table, or one JSON document with ``--json``. Speed and memory targets live here, never in tests.
 """
@@ -23,6 +23,7 @@ COMMANDS = {
     "stitch": "job.bench.stitch",
     "largeimage": "job.bench.largeimage",
     "classical": "job.bench.classical",
+    "archive": "job.bench.archive",
 }
 
 
