@@ -353,6 +353,10 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
                 raise
             try:
                 attempts.clear()
+                # an actor the failed pool was still restarting may note its build after that (Ray kills a
+                # stopped dataset's actors asynchronously): clear once more when they are gone
+                time.sleep(2.0)
+                attempts.clear()
             except jio.StorageError:
                 pass  # the storage is what failed; the next run clears the notes
             raise failed from exc
