@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finedetail import listing
 from finedetail import synthetic
 from finedetail.codecs import decode_image, decode_mask, encode_png
 from job import io as jio
@@ -208,14 +207,16 @@ def bad_run(ray_local, faults, tmp_path_factory):
     cfg = _cfg(input=str(src), prompts=str(sandbox / "prompts"), output=str(out), max_pixels=MAX_PIXELS,
                max_tries=MAX_TRIES, **{**MINIMAL, "scales": [1.0, 2.0]})
     buf = io.StringIO()
-    real_list = listing._list_local
+    import job.listing
 
-    def crafted_listing(folder, *rest):  # a listing no real folder can produce (S3 servers may, SeaweedFS refuses them)
-        keys = real_list(folder, *rest)
-        return keys + CRAFTED if os.path.realpath(folder) == os.path.realpath(src) else keys
+    real_walk = job.listing._walk_local
+
+    def crafted_walk(root, *rest):  # a listing no real folder can produce (S3 servers may, SeaweedFS refuses them)
+        keys = list(real_walk(root, *rest))
+        yield from sorted(keys + CRAFTED) if os.path.realpath(root) == os.path.realpath(src) else keys
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(listing, "_list_local", crafted_listing)
+        mp.setattr(job.listing, "_walk_local", crafted_walk)
         with faults.inject(crash=[{"key": k, "stage": v[0], "times": v[1]} for k, v in CRASH.items() if v],
                            crash_dir=crashes):
             summary = run_job(cfg, out=buf)
@@ -748,7 +749,7 @@ def test_s3_outage_mid_run_is_ridden_out_and_no_credential_leaks(s3_env, tmp_pat
             for folder in ("masks", "probs", "rle", "overlays"):
                 ext = ".json" if folder == "rle" else ".png"
                 assert f"out/{folder}/{key[:-4]}{ext}" in outputs, (folder, key)
-    parts = [k for k in outputs if k.startswith("out/manifest/")]
+    parts = [k for k in outputs if k.startswith("out/manifest/") and k.endswith(".parquet")]
     manifest = b"".join(client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in parts)
     import pyarrow.parquet as pq
 
@@ -810,7 +811,7 @@ def test_s3_output_made_read_only_mid_run_fails_the_job_and_claims_nothing(s3_en
     import pyarrow.parquet as pq
 
     outputs = _objects(client, dst, "out/")
-    for key in [k for k in outputs if k.startswith("out/manifest/")]:
+    for key in [k for k in outputs if k.startswith("out/manifest/") and k.endswith(".parquet")]:
         table = pq.read_table(io.BytesIO(client.get_object(Bucket=dst, Key=key)["Body"].read()))
         for r in table.to_pylist():
             if r["status"] == "ok":  # a row claiming success has every file
