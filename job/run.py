@@ -312,7 +312,9 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
 
     _remove_leftovers(out_storage)
     write_run_record(out_storage, cfg, run_id)  # run.json + config.yaml: what this run is, next to its outputs
-    compact(out_storage)  # the parts a killed run left: into the sorted shards the done set streams from
+    # the parts a killed run left: into the sorted shards the done set streams from. A run killed while it compacted
+    # leaves its rows in both old parts and new shards: then this run's end merges every generation (full)
+    leftover = compact(out_storage)
     t0 = time.perf_counter()
     counts, extra, windowed = ListingCounts(), [], []
     tally = jm.Tally()
@@ -384,7 +386,7 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
         from job.coco import write_dataset_coco
 
         write_dataset_coco(cfg)
-    packed = compact(out_storage)  # one row per key, sorted: the next run's done set streams from it
+    packed = compact(out_storage, full=leftover.parts > 0)  # one row per key, sorted: the next run's done set
     if packed.shards:
         print(f"finedetail: manifest compacted: {packed.rows_read} rows ({packed.parts} new parts) -> {packed.rows} "
               f"keys in {packed.shards} shard(s), {packed.seconds:.1f} s", file=out, flush=True)
