@@ -24,6 +24,17 @@ __all__ = ["BACKEND_OPTION_DOCS", "Key", "config_keys", "readme_section", "rende
 SECTION = "## Configuration reference"
 WIDTH = 118
 
+#: the ridge features the pixel model and the grow refiner share (``finedetail.ridges``)
+_RIDGE_FEATURES: dict[str, tuple[str, str]] = {
+    "sigmas": ("Gaussian scales of the Hessian ridge / valley features (px)", "positive"),
+    "norm_sigma": ("scale of the local contrast normalisation (px)", "> 0"),
+    "line_length": ("length of the oriented line filters (px; 0 = off)", "0 or odd >= 3"),
+    "line_angles": ("orientations of the line filters", ">= 1"),
+    "coherent_length": ("length over which the orientation-coherent ridge evidence is summed (px; 0 = off)",
+                        "0 or odd >= 3"),
+    "coherent_sigmas": ("Gaussian scales of the orientation-coherent ridge evidence (px)", "positive"),
+}
+
 #: config class name -> field -> (what it does, the values the class accepts or ""). The classes are the weight-free
 #: backends' model configs (``job.models.option_classes``); their fields are read at run time.
 BACKEND_OPTION_DOCS: dict[str, dict[str, tuple[str, str]]] = {
@@ -54,13 +65,7 @@ BACKEND_OPTION_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         "seed": ("cv2.setRNGSeed before every call (deterministic)", ""),
     },
     "PixelConfig": {
-        "sigmas": ("Gaussian scales of the Hessian ridge / valley features (px)", "positive"),
-        "norm_sigma": ("scale of the local contrast normalisation (px)", "> 0"),
-        "line_length": ("length of the oriented line filters (px; 0 = off)", "0 or odd >= 3"),
-        "line_angles": ("orientations of the line filters", ">= 1"),
-        "coherent_length": ("length over which the orientation-coherent ridge evidence is summed (px; 0 = off)",
-                            "0 or odd >= 3"),
-        "coherent_sigmas": ("Gaussian scales of the orientation-coherent ridge evidence (px)", "positive"),
+        **_RIDGE_FEATURES,
         "input_size": ("working resolution: images are shrunk so the long side is at most this (px)", ">= 16"),
         "max_samples": ("training pixels per class over all prompts (deterministic subsample)", ">= 10"),
         "near_px": ("band around the object the hard negative pixels come from (px)", ">= 1"),
@@ -74,13 +79,7 @@ BACKEND_OPTION_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         "seed": ("seed of the training subsample and the classifier", ""),
     },
     "GrowConfig": {
-        "sigmas": ("Gaussian scales of the Hessian ridge / valley features (px)", "positive"),
-        "norm_sigma": ("scale of the local contrast normalisation (px)", "> 0"),
-        "line_length": ("length of the oriented line filters (px; 0 = off)", "0 or odd >= 3"),
-        "line_angles": ("orientations of the line filters", ">= 1"),
-        "coherent_length": ("length over which the orientation-coherent ridge evidence is summed (px; 0 = off)",
-                            "0 or odd >= 3"),
-        "coherent_sigmas": ("Gaussian scales of the orientation-coherent ridge evidence (px)", "positive"),
+        **_RIDGE_FEATURES,
         "input_size": ("working resolution: windows are shrunk so the long side is at most this (px)", ">= 16"),
         "box_margin": ("the component's box is expanded by max(min_margin, box_margin * its long side)", ">= 0"),
         "min_margin": ("least expansion of the box (px)", ">= 0"),

@@ -14,10 +14,7 @@ everything else is bounded by a few pages.
 from __future__ import annotations
 
 import os
-import queue
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -27,10 +24,15 @@ __all__ = ["KeyFeed", "ListingCounts", "StemCheck", "iter_keys", "iter_todo", "p
 
 #: keys per page handed to the pipeline (S3's own page size)
 PAGE_KEYS = 1000
+#: Ray Data's target block size for the job's dataset (`KeyFeed.dataset`, `job.run.build_dataset`). A task's output
+#: is held until it reaches this size (or the task ends), and the key feed's one read task ends only with the
+#: listing: with Ray's default (128 MiB) no key reached the pipeline before the whole archive was listed, and an
+#: archive of more keys than `KeyFeed.max_in_flight` deadlocked. Each block of keys is padded to this size
+#: (`_queue_read`), so it leaves the read task at once; an image's row is larger, so each image is a block of its
+#: own and the model pools share the work one batch at a time.
+BLOCK_BYTES = 1024
 #: pages the listing may run ahead of the pipeline
 QUEUE_PAGES = 4
-#: S3 folders of the first level listed ahead, in parallel (`_walk_s3`)
-S3_LOOKAHEAD = 8
 
 
 def _walk_local(root: str, exclude: frozenset[str]) -> Iterator[str]:
@@ -78,121 +80,6 @@ def _walk_local_checked(storage: jio.Storage, skip: frozenset[str]) -> Iterator[
                                uri=storage.uri, op="list", attempts=1) from None
 
 
-def _s3_client(storage: jio.Storage):
-    import boto3
-    from botocore.config import Config
-
-    s = storage.s3
-    endpoint = f"{s.scheme}://{s.endpoint}" if s.endpoint else None
-    config = Config(retries={"max_attempts": max(3, storage.retry.max_tries), "mode": "standard"},
-                    max_pool_connections=S3_LOOKAHEAD + 2,
-                    connect_timeout=s.connect_timeout, read_timeout=s.request_timeout,
-                    s3={"addressing_style": "path" if endpoint else "auto"})
-    # a session of its own: boto3's default session keeps the credentials it first found for the process's life
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=s.region, config=config)
-
-
-def _list_error(storage: jio.Storage, exc: BaseException) -> jio.StorageError:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    return jio.StorageError(
-        f"cannot list {storage.uri}: {jio.redact(f'{type(exc).__name__}: {exc}')}; "
-        + ("the bucket does not exist: check the URI" if code == "NoSuchBucket"
-           else "check the URI, the endpoint and the credentials"),
-        uri=storage.uri, op="list", attempts=1)
-
-
-def _s3_pages(storage: jio.Storage, client: Any, bucket: str, prefix: str, *, delimiter: bool = False
-              ) -> Iterator[dict[str, Any]]:
-    """``ListObjectsV2`` pages under ``prefix`` (with ``Delimiter='/'``: one level), errors as `jio.StorageError`."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    args = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
-    pages_ = iter(client.get_paginator("list_objects_v2").paginate(**args))
-    while True:
-        try:
-            page = next(pages_, None)
-        except (BotoCoreError, ClientError) as exc:
-            raise _list_error(storage, exc) from None
-        if page is None:
-            return
-        yield page
-
-
-def _top_level(storage: jio.Storage, client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, bool]]:
-    """(key, is_folder) of the first level under ``prefix``, in S3's order (a folder ``p/`` where its keys sort)."""
-    for page in _s3_pages(storage, client, bucket, prefix, delimiter=True):
-        files = [(o["Key"], False) for o in page.get("Contents", ())]
-        folders = [(c["Prefix"], True) for c in page.get("CommonPrefixes", ())]
-        yield from sorted(files + folders)
-
-
-def _folder_feed(storage: jio.Storage, client: Any, bucket: str, folder: str, out: queue.Queue,
-                 stop: threading.Event) -> None:
-    """Thread body: the keys of ``folder`` page by page into ``out`` (bounded), then None; an error is put instead.
-    Returns as soon as ``stop`` is set (the consumer is gone)."""
-
-    def offer(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for page in _s3_pages(storage, client, bucket, folder):
-            if not offer([o["Key"] for o in page.get("Contents", ())]):
-                return
-        offer(None)
-    except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer, in order
-        offer(exc)
-
-
-def _walk_s3(storage: jio.Storage, *, lookahead: int | None = None) -> Iterator[str]:
-    """Relative keys under the storage's bucket/prefix in S3's order, page by page (pyarrow's S3 filesystem lists a
-    whole tree before returning, so the paging is boto3's). The first level is listed with ``Delimiter='/'`` and
-    the next ``lookahead`` folders (default `S3_LOOKAHEAD`) are listed by threads while the current one is read,
-    each at most 2 pages ahead: one ``ListObjectsV2`` round trip at a time is the listing's whole cost otherwise."""
-    lookahead = S3_LOOKAHEAD if lookahead is None else lookahead
-    bucket, _, prefix = storage.root.partition("/")
-    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
-    client = _s3_client(storage)
-    stop = threading.Event()
-    pending: deque[tuple[str, queue.Queue | None]] = deque()
-
-    def drain(key: str, pages_q: queue.Queue | None) -> Iterator[str]:
-        if pages_q is None:
-            yield key
-            return
-        while True:
-            item = pages_q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
-
-    with ThreadPoolExecutor(max(1, lookahead + 1), thread_name_prefix="finedetail-list") as pool:
-        try:
-            for key, is_folder in _top_level(storage, client, bucket, prefix):
-                pages_q = None
-                if is_folder:
-                    pages_q = queue.Queue(maxsize=2)
-                    pool.submit(_folder_feed, storage, client, bucket, key, pages_q, stop)
-                pending.append((key, pages_q))
-                while len(pending) > lookahead:
-                    for k in drain(*pending.popleft()):
-                        if not k.endswith("/"):
-                            yield k[len(prefix):]
-            while pending:
-                for k in drain(*pending.popleft()):
-                    if not k.endswith("/"):
-                        yield k[len(prefix):]
-        finally:
-            stop.set()
-
-
 def iter_keys(storage: jio.Storage, *, extensions: tuple[str, ...], exclude: Iterable[str] = (),
               refused: Callable[[str], None] | None = None) -> Iterator[str]:
     """The input keys under ``storage``, sorted, streamed: the filter of `jio.list_files` (hidden names skipped,
@@ -200,7 +87,12 @@ def iter_keys(storage: jio.Storage, *, extensions: tuple[str, ...], exclude: Ite
     ``refused``) over a paged listing."""
     skip = frozenset(jio.safe_key(e.rstrip("/")) for e in exclude)
     exts = tuple(e.lower() for e in extensions)
-    raw = _walk_local_checked(storage, skip) if storage.kind == "local" else _walk_s3(storage)
+    if storage.kind == "local":
+        raw = _walk_local_checked(storage, skip)
+    else:
+        from job.s3walk import walk_s3
+
+        raw = walk_s3(storage)
     for key in raw:
         if skip and any(key.startswith(f"{e}/") for e in skip):
             continue
@@ -273,7 +165,9 @@ def iter_todo(keys: Iterable[str], done: Iterable[str], counts: ListingCounts, *
     counts.finished = True
 
 
-def pages(keys: Iterable[str], size: int = PAGE_KEYS) -> Iterator[list[str]]:
+def pages(keys: Iterable[str], size: int | None = None) -> Iterator[list[str]]:
+    """``keys`` in lists of ``size`` (default `PAGE_KEYS`), the last one shorter."""
+    size = PAGE_KEYS if size is None else size
     page: list[str] = []
     for k in keys:
         page.append(k)
@@ -315,8 +209,10 @@ class KeyFeed:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._queue = Queue(maxsize=QUEUE_PAGES, actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        return ray.data.read_datasource(_queue_datasource(self._queue, self.block_rows), override_num_blocks=1,
-                                        ray_remote_args={"num_cpus": 0, "scheduling_strategy": here})
+        ds = ray.data.read_datasource(_queue_datasource(self._queue, self.block_rows), override_num_blocks=1,
+                                      ray_remote_args={"num_cpus": 0, "scheduling_strategy": here})
+        ds.context.target_max_block_size = BLOCK_BYTES
+        return ds
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="finedetail-listing", daemon=True)
@@ -362,6 +258,8 @@ class KeyFeed:
 
 
 def _queue_read(queue: Any, block_rows: int):
+    """The read task: blocks of ``block_rows`` keys, each padded to `BLOCK_BYTES` (a ``pad`` column the decode
+    step ignores) so that Ray Data hands it on at once instead of gathering keys until the listing ends."""
     import pyarrow as pa
 
     while True:
@@ -369,7 +267,10 @@ def _queue_read(queue: Any, block_rows: int):
         if page is None:
             return
         for i in range(0, len(page), block_rows):
-            yield pa.table({"key": pa.array(page[i:i + block_rows], pa.string())})
+            keys = pa.array(page[i:i + block_rows], pa.string())
+            pad = [b""] * len(keys)
+            pad[0] = b"\0" * max(0, BLOCK_BYTES - keys.nbytes)
+            yield pa.table({"key": keys, "pad": pa.array(pad, pa.binary())})
 
 
 def _datasource_class():

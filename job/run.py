@@ -83,6 +83,7 @@ def build_dataset(cfg: JobConfig, keys: Any, plan: Plan, *, attempts: Any = None
     import ray
 
     from job import stages
+    from job.listing import BLOCK_BYTES
 
     track = {"attempts": attempts}
     # A CPU-only chained pool takes one image per call (a block per input): every actor gets work however few the
@@ -95,6 +96,7 @@ def build_dataset(cfg: JobConfig, keys: Any, plan: Plan, *, attempts: Any = None
         ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=nblocks)
     else:  # a job.listing.KeyFeed: keys stream in while the listing goes on
         ds = keys.dataset()
+    ds.context.target_max_block_size = BLOCK_BYTES  # this dataset's blocks: one image each (job.listing)
     ds = ds.map_batches(stages.read_decode, batch_size=read_batch, num_cpus=plan.io_cpus,
                         fn_kwargs={"cfg": cfg, **track}, batch_format="numpy")
     ds = model_stages(ds, cfg, plan, attempts=attempts, batch_size=batch_size, fuse=False)  # the write task fuses

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import time
 
 import pyarrow as pa
 import pytest
@@ -115,6 +116,7 @@ def test_done_keys_stream_sorted_latest_ok_with_the_config_hash(tmp_path):
 # ------------------------------------------------------------------------------------------- streaming listing
 
 from job import listing as jl  # noqa: E402
+from job import s3walk as s3w  # noqa: E402
 
 
 def _touch(root, rel: str) -> None:
@@ -171,9 +173,10 @@ def test_limit_stops_the_listing_and_done_keys_are_skipped():
     assert len(pulled) == 8 and (counts.listed, counts.done, counts.todo, counts.cut) == (7, 3, 4, True)
 
 
-def test_s3_listing_goes_page_by_page_in_key_order(s3_env):
-    """1100 objects in one folder: two ListObjectsV2 pages, the same keys and order as `jio.list_files`; the first
-    key comes after one page."""
+def test_s3_listing_goes_page_by_page_in_key_order(s3_env, monkeypatch):
+    """1100 images and a text file in one folder, pages of 100: twelve ListObjectsV2 pages, the same keys and order as
+    `jio.list_files`; the first key comes after a few pages (the folder's thread runs at most 2 pages ahead of the
+    reader), not after the whole folder."""
     from concurrent.futures import ThreadPoolExecutor
 
     client = s3_env.client()
@@ -183,21 +186,24 @@ def test_s3_listing_goes_page_by_page_in_key_order(s3_env):
         list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), names))
     storage = jio.open_storage(f"s3://{bucket}/in")[0]
     calls = []
-    real = jl._s3_client
+    real = s3w._s3_client
 
     def counting(storage):
         c = real(storage)
         c.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(1))
         return c
 
-    jl._s3_client = counting
+    monkeypatch.setattr(s3w, "S3_PAGE_KEYS", 100)
+    s3w._s3_client = counting
     try:
         it = jl.iter_keys(storage, extensions=(".png",))
-        assert next(it) == "00000.png" and len(calls) == 1
+        assert next(it) == "00000.png"
+        time.sleep(0.5)
+        assert len(calls) <= 4
         got = ["00000.png", *it]
     finally:
-        jl._s3_client = real
-    assert len(calls) == 2 and got == jio.list_files(storage, "", extensions=(".png",)) and len(got) == 1100
+        s3w._s3_client = real
+    assert len(calls) == 12 and got == jio.list_files(storage, "", extensions=(".png",)) and len(got) == 1100
 
 
 # ----------------------------------------------------------------------------------------------- the job, resumed
@@ -243,6 +249,46 @@ def test_resume_after_a_half_done_run_writes_each_missing_mask_once(ray_local, t
     assert sorted(r["key"] for r in rows) == keys and {r["status"] for r in rows} == {"ok"}
 
 
+def test_the_key_feed_hands_each_block_on_at_once():
+    """Ray Data holds a task's output until it reaches the dataset's target block size: every block of keys the
+    feed's read task yields is padded to it, so it is not held until the listing ends."""
+
+    class Pages:
+        def __init__(self, pages):
+            self.pages = list(pages)
+
+        def get(self, block=True):
+            return self.pages.pop(0)
+
+    keys = [f"k{i}.png" for i in range(11)]
+    blocks = list(jl._queue_read(Pages([keys[:5], keys[5:], None]), 3))
+    assert [b.column("key").to_pylist() for b in blocks] == [keys[0:3], keys[3:5], keys[5:8], keys[8:11]]
+    assert all(b.nbytes >= jl.BLOCK_BYTES for b in blocks)
+
+
+def test_an_archive_of_more_keys_than_may_be_in_flight_runs_to_the_end(ray_local, tmp_path, monkeypatch):
+    """More inputs than `KeyFeed.max_in_flight` (made small here: pages of 2 keys, one input per block): the run
+    finishes with every input done. Before the blocks of keys were padded, Ray Data held them in the read task
+    until the listing ended, the feed waited for rows that never came, and the run hung with no mask written."""
+    import threading
+
+    from jobkit import write_inputs, write_prompts
+
+    from job.run import run_job
+
+    keys = write_inputs(tmp_path / "in", n_good=24, size=(32, 40), corrupt=False)
+    write_prompts(tmp_path / "prompts")
+    monkeypatch.setattr(jl, "PAGE_KEYS", 2)
+    cfg = _cfg(input=str(tmp_path / "in"), output=str(tmp_path / "out"), prompts=str(tmp_path / "prompts"),
+               resources={"read_batch": 1, "batch_size": 1})
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run_job(cfg, out=io.StringIO())), daemon=True)
+    runner.start()
+    runner.join(timeout=240)
+    assert not runner.is_alive(), f"the run hung; masks written: {len(list((tmp_path / 'out').rglob('*.png')))}"
+    assert result["ok"] == len(keys) == 24
+
+
 def test_compact_command_holds_the_lease_and_merges_all_with_full(tmp_path, capsys):
     from job import lease as jlease
 
@@ -276,12 +322,76 @@ def test_s3_folders_listed_ahead_in_parallel_keep_the_order_and_stop_early(s3_en
     storage = jio.open_storage(f"s3://{bucket}/in")[0]
     expected = sorted(n[len("in/"):] for n in names if not n.endswith("/"))
     for ahead in (0, 2, 8):
-        assert list(jl._walk_s3(storage, lookahead=ahead)) == expected, ahead
+        assert list(s3w.walk_s3(storage, lookahead=ahead)) == expected, ahead
     before = threading.active_count()
-    it = jl._walk_s3(storage, lookahead=3)
+    it = s3w.walk_s3(storage, lookahead=3)
     assert [next(it) for _ in range(3)] == expected[:3]
     it.close()
     assert threading.active_count() <= before
+
+
+def test_a_listing_reply_is_read_as_botocore_reads_it():
+    """The raw ``ListObjectsV2`` XML (kept from botocore's slow parser) gives botocore's keys: URL-decoded when the
+    reply says ``EncodingType=url`` (``+`` is a space), folders from ``CommonPrefixes`` only (not the request's
+    ``Prefix``), the continuation token only while truncated."""
+    ns = "http://s3.amazonaws.com/doc/2006-03-01/"
+    reply = (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{ns}"><Name>b</Name>'
+             "<Prefix>in%2F</Prefix><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+             "<NextContinuationToken>tok/1=</NextContinuationToken>"
+             "<Contents><Key>in%2Fa+b.png</Key><Size>3</Size></Contents>"
+             "<Contents><Key>in%2Fx%2By%25.png</Key></Contents>"
+             "<CommonPrefixes><Prefix>in%2F%C3%BC%2F</Prefix></CommonPrefixes></ListBucketResult>").encode()
+    assert s3w._parse_listing(reply) == (["in/a b.png", "in/x+y%.png"], ["in/ü/"], "tok/1=")
+    plain = reply.replace(b"<EncodingType>url</EncodingType>", b"").replace(b"<IsTruncated>true", b"<IsTruncated>false")
+    assert s3w._parse_listing(plain) == (["in%2Fa+b.png", "in%2Fx%2By%25.png"], ["in%2F%C3%BC%2F"], None)
+
+
+def test_s3_keys_with_spaces_and_other_characters_list_as_they_were_put(s3_env):
+    client = s3_env.client()
+    bucket = s3_env.make_bucket("archive-names")
+    names = ["in/a b.png", "in/x+y.png", "in/50%.png", "in/ü/ç.png", "in/q?&=.png", "in/t~!.png", "in/deep/a b/c.png"]
+    for k in names:
+        client.put_object(Bucket=bucket, Key=k, Body=b"x")
+    storage = jio.open_storage(f"s3://{bucket}/in")[0]
+    assert list(s3w.walk_s3(storage)) == sorted(n[len("in/"):] for n in names)
+
+
+def test_s3_folders_below_the_first_level_are_listed_in_parallel(s3_env, monkeypatch):
+    """An archive whose first level holds two folders (``2019/``, ``2020/``) of many sub-folders: the sub-folders
+    are listed ahead too (several ``ListObjectsV2`` calls at once, each made slow here), and the keys come out in
+    S3's order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = s3_env.client()
+    bucket = s3_env.make_bucket("archive-deep")
+    names = [f"in/{y}/m{m:02d}/{i}.png" for y in (2019, 2020) for m in range(8) for i in range(3)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x"), names))
+    storage = jio.open_storage(f"s3://{bucket}/in")[0]
+    lock, now, peak = threading.Lock(), [0], [0]
+    real = s3w._s3_client
+
+    def begin(**kw):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.2)
+
+    def end(**kw):
+        with lock:
+            now[0] -= 1
+
+    def slow(storage):
+        c = real(storage)
+        c.meta.events.register("before-call.s3.ListObjectsV2", begin)
+        c.meta.events.register("after-call.s3.ListObjectsV2", end)
+        return c
+
+    monkeypatch.setattr(s3w, "_s3_client", slow)
+    got = list(s3w.walk_s3(storage, lookahead=8))
+    assert got == sorted(n[len("in/"):] for n in names)
+    assert peak[0] >= 4, peak[0]
 
 
 def test_the_key_feed_waits_while_too_many_keys_are_in_flight(ray_local):

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage,classical,archive} [--json] ...``.
+"""Benchmarks: ``python -m job.bench {real,quality,quality_classes,postprocess,throughput,overhead,encoder,load,stitch,largeimage,classical,archive,pressure} [--json] ...``.
 
 Each prints a table, or one JSON document with ``--json``. Speed and memory targets live here, never in tests.
 """
@@ -24,6 +24,7 @@ COMMANDS = {
     "largeimage": "job.bench.largeimage",
     "classical": "job.bench.classical",
     "archive": "job.bench.archive",
+    "pressure": "job.bench.pressure",
 }
 
 

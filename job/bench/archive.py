@@ -78,14 +78,29 @@ def build_local(root: Path, n: int) -> float:
 
 
 def build_s3(client: Any, bucket: str, prefix: str, n: int) -> float:
-    """N puts of one tiny object under ``bucket/prefix`` from `PUT_THREADS` threads. Returns seconds."""
+    """N puts of one tiny object under ``bucket/prefix`` from `PUT_THREADS` threads, then ``prefix/.count`` (a
+    hidden name: not an input), so a bucket built before is kept (0 s). Returns seconds."""
+    try:
+        if client.get_object(Bucket=bucket, Key=f"{prefix}/.count")["Body"].read().decode() == str(n):
+            return 0.0
+    except client.exceptions.NoSuchKey:
+        pass
     body = _tiny_png()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(PUT_THREADS) as pool:
         for _ in pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"{prefix}/{key_of(i)}", Body=body),
                           range(n), chunksize=256):
             pass
+    client.put_object(Bucket=bucket, Key=f"{prefix}/.count", Body=str(n).encode())
     return time.perf_counter() - t0
+
+
+def _clear_s3(client: Any, bucket: str, prefix: str) -> None:
+    """Delete every object under ``bucket/prefix``."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
 
 
 def _prompts(root: Path) -> Path:
@@ -156,17 +171,21 @@ def _first_file(out: str) -> bool:
             if any(not f.startswith(".") for f in files):
                 return True
         return False
-    from job.listing import _s3_client
+    from job.s3walk import _parse_listing, _s3_client
 
     bucket, _, prefix = storage.root.partition("/")
     reply = _s3_client(storage).list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/masks/".lstrip("/"), MaxKeys=1)
-    return bool(reply.get("Contents"))
+    return bool(_parse_listing(reply["RawListing"])[0] if "RawListing" in reply else reply.get("Contents"))
 
 
 def _store_used() -> tuple[int, int]:
+    """(bytes in the object store, bytes spilled so far) of this driver's Ray, from Ray's internal memory-info call
+    (what ``ray memory --stats-only`` prints; no public API reports it)."""
+    import ray
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-    stats = get_memory_info_reply(get_state_from_address(None)).store_stats
+    # this session's GCS: without it Ray reads "the current cluster" from /tmp/ray, maybe another one's
+    stats = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
     return int(stats.object_store_bytes_used), int(getattr(stats, "spilled_bytes_total", 0))
 
 
@@ -276,10 +295,44 @@ def _weed(work: Path):
     return _start_seaweed(weed, Path(__import__("tempfile").mkdtemp(dir=work / "weed")))
 
 
-def run(sizes: list[int], stores: list[str], work: Path, s3_max: int) -> list[dict[str, Any]]:
+class _Endpoint:
+    """An S3 server someone else runs (``--s3-endpoint``), with the AWS_* credentials of this environment."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url}
+
+    def client(self, *, max_attempts: int, timeout: float):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client("s3", endpoint_url=self.url, config=Config(
+            s3={"addressing_style": "path"}, connect_timeout=timeout, read_timeout=timeout,
+            max_pool_connections=PUT_THREADS, retries={"max_attempts": max_attempts, "mode": "standard"}))
+
+    def make_bucket(self, name: str) -> None:
+        client = self.client(max_attempts=3, timeout=30)
+        try:
+            client.create_bucket(Bucket=name)
+        except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+            pass
+
+    def stop(self) -> None:
+        pass
+
+    def remove_sockets(self) -> None:
+        pass
+
+
+def run(sizes: list[int], stores: list[str], work: Path, s3_max: int, endpoint: str | None = None
+        ) -> list[dict[str, Any]]:
     results = []
     prompts = str(_prompts(work / "prompts"))
-    server = _weed(work) if "s3" in stores else None
+    server = None
+    if "s3" in stores:
+        server = _Endpoint(endpoint) if endpoint else _weed(work)
     try:
         for store in stores:
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -297,6 +350,8 @@ def run(sizes: list[int], stores: list[str], work: Path, s3_max: int) -> list[di
                 else:
                     build_s = build_s3(client, "archive", f"in-{n}", n)
                     inp, out_root = f"s3://archive/in-{n}", f"s3://archive/out-{n}"
+                    for suffix in ("-trial", "-resume"):  # a kept bucket: the outputs of an earlier run go
+                        _clear_s3(client, "archive", f"out-{n}{suffix}/")
                 row = {"store": store, "keys": n, "build_s": round(build_s, 1),
                        "build_rate_per_s": round(n / build_s) if build_s else None}
                 old = os.environ.copy()
@@ -366,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keys", default="1000,100000,1000000", help="archive sizes, comma-separated")
     p.add_argument("--store", default="local,s3", help="local, s3 or both")
+    p.add_argument("--s3-endpoint", metavar="URL",
+                   help="an S3 server already running (credentials from AWS_* variables; bucket 'archive', kept "
+                        "between runs) instead of a SeaweedFS started here")
     p.add_argument("--s3-max", type=int, default=1_000_000, help="largest S3 archive to build (puts take time)")
     p.add_argument("--work", type=Path, default=Path("/tmp/fd-bench-archive"), help="scratch folder (kept)")
     p.add_argument("--low-store", type=int, metavar="MB",
@@ -381,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     stores = [s for s in args.store.split(",") if s]
     if not sizes or min(sizes) < 16 or set(stores) - {"local", "s3"}:
         raise SystemExit(f"--keys must be sizes >= 16 and --store local and/or s3, got {args.keys!r} {args.store!r}")
-    results = run(sizes, stores, args.work, args.s3_max)
+    results = run(sizes, stores, args.work, args.s3_max, args.s3_endpoint)
     print(json.dumps(results, indent=1) if args.json else _table(results))
     return 0
 
