@@ -142,9 +142,9 @@ def test_pressure_bench(capsys, tmp_path):
     """The whole job in a child driver with one stage slowed: Ray Data's counters sampled, every image done."""
     from job.bench import pressure
 
-    res = _json_of(capsys, pressure, ["--images", "6", "--size", "64", "--delay", "0.2", "--max-actors", "2",
-                                      "--cpus", "4", "--gpus", "2", "--store-mb", "0", "--work", str(tmp_path)])
-    (row,) = res
+    assert pressure.main(["--images", "6", "--size", "64", "--delay", "0.2", "--max-actors", "2", "--cpus", "4",
+                          "--gpus", "2", "--store-mb", "0", "--work", str(tmp_path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
     assert row["ok"] == 6 and row["decoded_mb"] > 0 and set(row["actors_max"]) == {"coarse", "refiner"}
     assert 1 <= row["actors_max"]["coarse"] <= 2 and row["timeline"]
 
@@ -153,7 +153,8 @@ def test_archive_bench(capsys, tmp_path):
     """A 16-key local archive: trial, resume and listing each in a fresh driver; the listing skips the half done."""
     from job.bench import archive
 
-    (row,) = _json_of(capsys, archive, ["--keys", "16", "--store", "local", "--work", str(tmp_path)])
+    assert archive.main(["--keys", "16", "--store", "local", "--work", str(tmp_path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
     assert row["trial"]["ok"] == 8 and row["resume"]["skipped"] == 8 and row["resume"]["ok"] == 8
     assert (row["listing"]["listed"], row["listing"]["done"], row["listing"]["todo"]) == (16, 8, 8)
     assert row["trial"]["first_mask_s"] is not None and row["trial"]["driver_rss_mb"] > 0
