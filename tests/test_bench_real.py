@@ -181,3 +181,17 @@ def test_convert_drive_od_two_classes_from_pinned_commits(tmp_path, monkeypatch)
     monkeypatch.setattr(datasets, "_QUENN_OD", "0" * 40)  # a checkout without that commit: a clear refusal
     with pytest.raises(SystemExit, match="full clone of github.com/sraashis/easytorch"):
         datasets.convert("drive-od", repo, tmp_path / "od2")
+
+
+@pytest.mark.parametrize("row, on", [("+crop", lambda p: p.crop.enabled), ("+post", lambda p: p.post.guided
+                                                                             and p.post.island_area > 0)])
+def test_each_stage_row_turns_its_stage_on_even_where_the_backend_has_it_off(row, on):
+    """The weight-free backend's defaults turn crops and post-processing off: its "+crop" / "+post" rows must still
+    run them (they ran the single pass again until the rows set the stage explicitly)."""
+    from job.__main__ import build_parser, config_from_args
+    from job.bench.real import CONFIGS
+
+    argv = ["run", "--input", "i", "--output", "o", "--prompts", "p", "--backend", "classical"]
+    single = config_from_args(build_parser().parse_args([*argv, *CONFIGS["single"]]))
+    staged = config_from_args(build_parser().parse_args([*argv, *CONFIGS[row]]))
+    assert on(staged.pipeline) and not on(single.pipeline)

@@ -68,13 +68,25 @@ _POST_OFF = ["--set", "post.guided=false", "--set", "post.close_size=0", "--set"
              "--set", "post.opening=none", "--set", "post.island_area=0"]
 _SINGLE = ["--scales", "1", "--tta", "identity", "--no-crop", *_POST_OFF]
 
-#: name -> job flags. "preset" gets its name from --preset at run time.
+
+def _post_on() -> list[str]:
+    """The library's post-processing defaults (``PostprocessConfig``), set explicitly: a backend whose defaults
+    turn post-processing off (``classical``) would otherwise run its "+post" row without it."""
+    from finedetail.config import PostprocessConfig
+
+    post = PostprocessConfig()
+    return [a for name in ("guided", "close_size", "hole_area", "opening", "island_area")
+            for a in ("--set", f"post.{name}={str(getattr(post, name)).lower()}")]
+
+
+#: name -> job flags. "preset" gets its name from --preset at run time. Every "+stage" row turns its stage on
+#: explicitly (crops: ``crop.enabled=true``): a backend's defaults may have it off (``finedetail.presets``).
 CONFIGS: dict[str, list[str]] = {
     "single": _SINGLE,
-    "+crop": ["--scales", "1", "--tta", "identity", *_POST_OFF],
+    "+crop": ["--scales", "1", "--tta", "identity", "--set", "crop.enabled=true", *_POST_OFF],
     "+scale2": ["--scales", "1,2", "--tta", "identity", "--no-crop", *_POST_OFF],
     "+tta": ["--scales", "1", "--tta", "identity,hflip", "--no-crop", *_POST_OFF],
-    "+post": ["--scales", "1", "--tta", "identity", "--no-crop"],
+    "+post": ["--scales", "1", "--tta", "identity", "--no-crop", *_post_on()],
     "default": [],
     "preset": [],
     "selective": ["--selective"],
