@@ -83,3 +83,14 @@ def test_cited_architecture_notes_exist():
                 "Architecture section")
             for cited in re.findall(r"(?<![\w-] )README, \"?([A-Z][A-Za-z -]+?)\"?[),;.:]", text):
                 assert cited.strip() in headings, f"{path.relative_to(ROOT)} cites README section {cited!r}"
+
+
+def test_ci_runs_the_readmes_second_command_exactly():
+    """The README starts with two commands: the quickstart, then the test command; `.ci/run` ends with that test
+    command, character for character (no other code block may come between them)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", readme, flags=re.S)
+    assert "job quickstart" in blocks[0], blocks[0]
+    test_command = blocks[1].strip()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    assert ci[-1] == test_command, (ci[-1], test_command)
