@@ -77,25 +77,29 @@ def _parse_listing(xml: bytes) -> tuple[list[str], list[str], str | None]:
     return keys, folders, (root.findtext(f"{ns}NextContinuationToken") or None) if more else None
 
 
-def _s3_pages(storage: jio.Storage, client: Any, bucket: str, prefix: str, *, delimiter: bool = False
-              ) -> Iterator[tuple[list[str], list[str]]]:
-    """``ListObjectsV2`` pages under ``prefix`` (with ``Delimiter='/'``: one level) as (keys, folders), errors as
+def _reply_listing(reply: dict[str, Any]) -> tuple[list[str], list[str], str | None]:
+    """(keys, folders, next continuation token or None) of a ``list_objects_v2`` reply: from the XML the
+    `_keep_raw_listing` hook kept, or from botocore's parse where the hook did not run."""
+    if "RawListing" in reply:
+        return _parse_listing(reply["RawListing"])
+    keys = [o["Key"] for o in reply.get("Contents", ())]
+    folders = [c["Prefix"] for c in reply.get("CommonPrefixes", ())]
+    return keys, folders, reply.get("NextContinuationToken") if reply.get("IsTruncated") else None
+
+
+def _s3_pages(storage: jio.Storage, client: Any, bucket: str, prefix: str) -> Iterator[tuple[list[str], list[str]]]:
+    """One level of ``ListObjectsV2`` pages under ``prefix`` (``Delimiter='/'``) as (keys, folders), errors as
     `jio.StorageError`. ``client`` comes from `_s3_client` (its raw-listing hook)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": S3_PAGE_KEYS, **({"Delimiter": "/"} if delimiter else {})}
+    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": S3_PAGE_KEYS, "Delimiter": "/"}
     token = None
     while True:
         try:
             reply = client.list_objects_v2(**args, **({"ContinuationToken": token} if token else {}))
         except (BotoCoreError, ClientError) as exc:
             raise _list_error(storage, exc) from None
-        if "RawListing" in reply:
-            keys, folders, token = _parse_listing(reply["RawListing"])
-        else:  # a client without the hook
-            keys = [o["Key"] for o in reply.get("Contents", ())]
-            folders = [c["Prefix"] for c in reply.get("CommonPrefixes", ())]
-            token = reply.get("NextContinuationToken") if reply.get("IsTruncated") else None
+        keys, folders, token = _reply_listing(reply)
         yield keys, folders
         if token is None:
             return
@@ -124,7 +128,7 @@ class _FolderFeed:
 
     def _run(self, storage: jio.Storage, client: Any, bucket: str, folder: str) -> None:
         try:
-            for keys, folders in _s3_pages(storage, client, bucket, folder, delimiter=True):
+            for keys, folders in _s3_pages(storage, client, bucket, folder):
                 if not self._offer(sorted([(k, False) for k in keys] + [(f, True) for f in folders])):
                     return
             self._offer(None)

@@ -117,12 +117,13 @@ def _prompts(root: Path) -> Path:
     return root
 
 
-def _cfg(inp: str, out: str, prompts: str, limit: int | None):
+def _cfg(inp: str, out: str, prompts: str, limit: int | None, **more: Any):
+    """The benchmarks' job config: the proxy backend, one scale, one view, no crops; ``more`` adds config keys."""
     from job.config import job_config_from_dict
 
     return job_config_from_dict({"input": inp, "output": out, "prompts": prompts, "backend": "proxy",
                                  "scales": [1.0], "tta": ["identity"], "crop": {"enabled": False},
-                                 "limit": limit})
+                                 "limit": limit, **more})
 
 
 def _config_hash(cfg) -> str:
@@ -171,22 +172,37 @@ def _first_file(out: str) -> bool:
             if any(not f.startswith(".") for f in files):
                 return True
         return False
-    from job.s3walk import _parse_listing, _s3_client
+    from job.s3walk import _reply_listing, _s3_client
 
     bucket, _, prefix = storage.root.partition("/")
     reply = _s3_client(storage).list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/masks/".lstrip("/"), MaxKeys=1)
-    return bool(_parse_listing(reply["RawListing"])[0] if "RawListing" in reply else reply.get("Contents"))
+    return bool(_reply_listing(reply)[0])
 
 
-def _store_used() -> tuple[int, int]:
-    """(bytes in the object store, bytes spilled so far) of this driver's Ray, from Ray's internal memory-info call
-    (what ``ray memory --stats-only`` prints; no public API reports it)."""
-    import ray
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+class StorePeak:
+    """The object store's peak use and the bytes spilled, polled every 0.5 s (`job.bench.load.spill_stats`: Ray's
+    internal memory-info call, what ``ray memory --stats-only`` prints; no public API reports it). A sample Ray
+    does not answer is skipped."""
 
-    # this session's GCS: without it Ray reads "the current cluster" from /tmp/ray, maybe another one's
-    stats = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
-    return int(stats.object_store_bytes_used), int(getattr(stats, "spilled_bytes_total", 0))
+    def __init__(self) -> None:
+        self.peak, self.spilled, self._stop = 0, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from job.bench.load import spill_stats
+
+        while not self._stop.wait(0.5):
+            stats = spill_stats()
+            if stats is not None:
+                self.peak = max(self.peak, stats["used_bytes"])
+                self.spilled = max(self.spilled, stats["spilled_bytes"])
+
+    def stop(self) -> tuple[float, float]:
+        """(peak MB, spilled MB)."""
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak / 2**20, 1), round(self.spilled / 2**20, 1)
 
 
 class _PeakRss:
@@ -239,33 +255,25 @@ def child(mode: str, inp: str, out: str, prompts: str, limit: int | None) -> dic
     else:
         from job.run import run_job
 
-        peak, spilled, first = [0], [0], [None]
+        first: list[float | None] = [None]
         stop = threading.Event()
         start = time.perf_counter()
 
         def watch() -> None:
-            last = 0.0
-            while not stop.is_set():
-                if first[0] is None and _first_file(out):
+            while first[0] is None and not stop.wait(0.05):
+                if _first_file(out):
                     first[0] = time.perf_counter() - start
-                if time.perf_counter() - last > 0.5:
-                    last = time.perf_counter()
-                    try:
-                        used, sp = _store_used()
-                        peak[0], spilled[0] = max(peak[0], used), max(spilled[0], sp)
-                    except Exception:  # noqa: BLE001 - a sample missed is not a failed run
-                        pass
-                time.sleep(0.05)
 
         w = threading.Thread(target=watch, daemon=True)
         w.start()
+        store = StorePeak()
         summary = run_job(cfg, out=io.StringIO())
         total = time.perf_counter() - start
         stop.set()
         w.join()
+        store_peak_mb, spilled_mb = store.stop()
         res.update(first_mask_s=None if first[0] is None else round(first[0], 2), total_s=round(total, 2),
-                   ok=summary["ok"], skipped=summary["skipped"], store_peak_mb=round(peak[0] / 2**20, 1),
-                   spilled_mb=round(spilled[0] / 2**20, 1))
+                   ok=summary["ok"], skipped=summary["skipped"], store_peak_mb=store_peak_mb, spilled_mb=spilled_mb)
     res["driver_rss_mb"] = rss.stop()
     ray.shutdown()
     return res

@@ -59,7 +59,8 @@ def write_images(folder: Path, n: int, *, size: int = 64, seed: int = 0) -> list
 
 
 def spill_stats() -> dict[str, int] | None:
-    """Cluster-wide object store counters (cumulative for the Ray session), or None where Ray does not say.
+    """Cluster-wide object store counters (``used_bytes`` now, the others cumulative for the Ray session), or None
+    where Ray does not say.
 
     Uses Ray's internal memory-info call (what ``ray memory --stats-only`` prints as "Spilled N MiB")."""
     try:
@@ -68,7 +69,8 @@ def spill_stats() -> dict[str, int] | None:
 
         # this session's GCS: without it Ray reads "the current cluster" from /tmp/ray, maybe another one's
         s = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
-        return {"spilled_bytes": int(s.spilled_bytes_total), "spilled_objects": int(s.spilled_objects_total),
+        return {"used_bytes": int(s.object_store_bytes_used),
+                "spilled_bytes": int(s.spilled_bytes_total), "spilled_objects": int(s.spilled_objects_total),
                 "restored_bytes": int(s.restored_bytes_total), "fallback_bytes": int(s.object_store_bytes_fallback)}
     except Exception:  # noqa: BLE001 - private API: absent or changed in another Ray version
         return None

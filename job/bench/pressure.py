@@ -136,44 +136,26 @@ def child(inp: str, out: str, prompts: str, cpus: int, gpus: int, max_actors: in
 
     import ray
 
-    from job.config import job_config_from_dict
+    from job.bench.archive import StorePeak, _cfg
     from job.run import run_job
 
     ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False, **({"object_store_memory": store_mb * MB} if store_mb else {}),
              runtime_env={"worker_process_setup_hook": "job.bench.pressure.slow_stage_hook",
-                                                   "env_vars": {SLOW_ENV: os.environ.get(SLOW_ENV, "")}})
+                          "env_vars": {SLOW_ENV: os.environ.get(SLOW_ENV, "")}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.custom_execution_callback_classes.append(_sampler_class())
-    cfg = job_config_from_dict({"input": inp, "output": out, "prompts": prompts, "backend": "proxy",
-                                "scales": [1.0], "tta": ["identity"], "crop": {"enabled": False},
-                                "resources": {"max_actors": max_actors, "gpu": "on"}})
-    import threading
-
-    from job.bench.archive import _store_used
-
-    peak, spilled, stop = [0], [0], threading.Event()
-
-    def watch() -> None:  # the raylet's own count (Ray's internal memory-info call), beside Ray Data's
-        while not stop.wait(0.5):
-            try:
-                used, sp = _store_used()
-                peak[0], spilled[0] = max(peak[0], used), max(spilled[0], sp)
-            except Exception:  # noqa: BLE001 - a sample missed is not a failed run
-                pass
-
-    w = threading.Thread(target=watch, daemon=True)
-    w.start()
+    cfg = _cfg(inp, out, prompts, None, resources={"max_actors": max_actors, "gpu": "on"})
+    store = StorePeak()  # the raylet's own count, beside Ray Data's
     t0 = time.perf_counter()
     summary = run_job(cfg, out=io.StringIO())
     total = time.perf_counter() - t0
-    stop.set()
-    w.join()
+    raylet_peak_mb, spilled_mb = store.stop()
     ray.shutdown()
     names = _stage_names(cfg, [o["op"] for o in SAMPLES[-1]["ops"]]) if SAMPLES else []
     return {"total_s": round(total, 1), "ok": summary["ok"], "names": names, "samples": SAMPLES,
-            "raylet_store_peak_mb": round(peak[0] / MB, 1), "spilled_mb": round(spilled[0] / MB, 1)}
+            "raylet_store_peak_mb": raylet_peak_mb, "spilled_mb": spilled_mb}
 
 
 def summarise(res: dict[str, Any], *, slow: str, n: int, size: int) -> dict[str, Any]:
