@@ -380,6 +380,32 @@ def ray_local(faults_dir):
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _session_ray_given_back(request):
+    """After a test that used the session's Ray, every CPU and GPU of it is free again within 30 s, or the test
+    errors naming what is still held. Tests share this Ray: an actor one test leaves alive (a failed dataset's
+    model actor did, with Ray 2.60, until `job.run._release_pools`) holds a GPU share that a later test's restarting
+    actor then waits for, and that test hung for Ray Data's 30 min no-progress timeout instead of this failing."""
+    yield
+    if "ray_local" not in request.fixturenames:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total, deadline = ray.cluster_resources(), time.monotonic() + 30.0
+    while True:
+        free = ray.available_resources()
+        held = {k: round(total[k] - free.get(k, 0.0), 3) for k in ("CPU", "GPU")
+                if free.get(k, 0.0) < total.get(k, 0.0) - 1e-6}
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the session's Ray still has {held} in use 30 s after this test: something it started "
+                        "(an actor of a failed or abandoned dataset?) is still alive", pytrace=False)
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def faults(ray_local, faults_dir):
     """`faults.Faults` of the session's Ray: ``with faults.inject(crash=[...]):`` kills the workers that reach those
