@@ -207,10 +207,12 @@ class KeyFeed:
         from ray.util.queue import Queue
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        node = ray.get_runtime_context().get_node_id()
+        here = NodeAffinitySchedulingStrategy(node, soft=False)
         self._queue = Queue(maxsize=QUEUE_PAGES, actor_options={"num_cpus": 0, "scheduling_strategy": here})
+        # the read task on this node too (Ray's node-id label: ``ray_remote_args`` goes away in Ray 2.64)
         ds = ray.data.read_datasource(_queue_datasource(self._queue, self.block_rows), override_num_blocks=1,
-                                      ray_remote_args={"num_cpus": 0, "scheduling_strategy": here})
+                                      num_cpus=0, label_selector={"ray.io/node-id": node})
         ds.context.target_max_block_size = BLOCK_BYTES
         return ds
 

@@ -1,10 +1,10 @@
 """Quiet logs for the command line: our own lines (the start line, progress, the summary) stay readable.
 
-Without ``-v`` the driver shows Ray's warnings and errors only, and drops four lines that say nothing to act on:
-Ray's INFO lines (instance started, dataset plans, its per-block progress, replaced by `job.progress`), the
+Without ``-v`` the driver shows Ray's warnings and errors only, and drops three kinds of lines that say nothing to
+act on: Ray's INFO lines (instance started, dataset plans, its per-block progress, replaced by `job.progress`), the
 core worker's error-level note that actor constructor arguments live in the object store while ``max_restarts`` is
-set (Ray Data's own actor pools always do both), Ray Data's deprecation warning about the ``ray_remote_args`` our
-pools pass, and its note that its progress bars are off. ``-v`` shows everything.
+set (Ray Data's own actor pools always do both), and its note that its progress bars are off. ``-v`` shows
+everything.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-import warnings
 
 __all__ = ["RAY_INIT_LEVEL", "drop_stderr_lines", "quiet_ray", "setup_logging"]
 
@@ -40,8 +39,6 @@ def quiet_ray() -> None:
     is dropped by `drop_stderr_lines`, after ``ray.init``)."""
     import ray.data
 
-    # after importing Ray: its own filter for RayDeprecationWarning is installed then, and ours must come first
-    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning)
     ray.data.DataContext.get_current().enable_progress_bars = False
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:

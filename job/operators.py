@@ -130,14 +130,15 @@ def pool_args(plan: Plan, *, gpus: float | None, cpus: float | None = None) -> d
         "compute": ActorPoolStrategy(min_size=plan.max_actors if plan.chain and not plan.use_gpu else 1,
                                      max_size=plan.max_actors),
         "num_cpus": plan.model_cpus if cpus is None else cpus,
-        # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent,
-        # without a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few
-        # unrelated deaths. What bounds an input that kills every worker is the stages' attempt accounting
-        # (job.stages.AttemptLog, JobConfig.max_tries), which turns it into an error row; what bounds a model that
-        # cannot be built is job.stages.build_bounded (max_tries failed builds in a row fail the job).
-        "max_restarts": -1,
-        "max_task_retries": -1,
     }
+    # A dead actor (preempted node, OOM kill, a crash in native code) is restarted and its batches re-sent, without
+    # a limit of Ray's own: a count over the actor's lifetime would fail a long job after a few unrelated deaths.
+    # What bounds an input that kills every worker is the stages' attempt accounting (job.stages.AttemptLog,
+    # JobConfig.max_tries), which turns it into an error row; what bounds a model that cannot be built is
+    # job.stages.build_bounded (max_tries failed builds in a row fail the job). Unbounded restarts and task retries
+    # are Ray Data's defaults for actor pools (max_restarts=-1, max_task_retries=-1), which we rely on rather than
+    # pass (map_batches' extra remote arguments are deprecated, gone in Ray 2.64);
+    # tests/test_job.py::test_model_pools_restart_and_retry_without_a_limit_of_rays_own checks them.
     if plan.use_gpu and gpus is not None:
         args["num_gpus"] = gpus
     return args

@@ -376,6 +376,9 @@ def ray_local(faults_dir):
                  configure_logging=False, runtime_env={"worker_process_setup_hook": faults.setup_hook(faults_dir)})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    # a dataset that stops moving fails in 5 min, not Ray Data's 30 (the slowest legitimate wait here, a model actor
+    # rebuilt after a crash on a loaded machine, is ~30 s): a hang costs CI minutes, not half an hour
+    ctx.execution_no_progress_timeout_s = 300
     yield ray
     ray.shutdown()
 

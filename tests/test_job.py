@@ -88,6 +88,27 @@ def test_fractional_gpus_sum_to_at_most_one():
     assert chained.chain and chained.use_gpu and chained.chain_gpus == 1.0
 
 
+def test_model_pools_restart_and_retry_without_a_limit_of_rays_own():
+    """The stages' attempt accounting, not Ray, bounds how often an input or a model build is tried
+    (`job.operators.pool_args`), so the pools' actors must be restarted and their tasks retried without limit. We
+    rely on Ray Data's defaults for that (passing them ourselves is deprecated, removed in Ray 2.64): this checks the
+    remote arguments Ray Data gives an actor pool built from our arguments, so a Ray upgrade that changes them fails
+    here. Nothing deprecated is passed."""
+    from ray.data import DataContext
+    from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
+
+    from job.operators import pool_args
+    from job.run import plan_resources
+
+    for resources in ({"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0}):
+        plan = plan_resources(_cfg(input="in", prompts="p", output="out"), resources)
+        args = pool_args(plan, gpus=plan.coarse_gpus)
+        assert set(args) <= {"compute", "num_cpus", "num_gpus"}, args  # map_batches' named parameters only
+        remote = {k: v for k, v in args.items() if k != "compute"}
+        applied = ActorPoolMapOperator._apply_default_remote_args(remote, DataContext.get_current())
+        assert applied["max_restarts"] == -1 and applied["max_task_retries"] == -1, applied
+
+
 def _run_image_files(cfg, input_root: Path, key: str, *, coarse=None) -> dict[str, bytes]:
     """The output files ``finedetail.execute.run_image`` gives for one input, with the models the job builds:
     {relative path: bytes}, as the job would write them."""
