@@ -228,6 +228,36 @@ def _release_pools() -> None:
                 log.debug("ending a failed dataset's actor: %s", exc)
 
 
+def _await_pools_gone(wait_s: float = 10.0) -> bool:
+    """Wait (at most ``wait_s``) until no `job.stages.PlanStage` actor of this Ray job is alive, pending or
+    restarting; True when none is. The run clears its ``_attempts`` notes after this: an actor that Ray Data had
+    already let go (a restart or a scale-up under way when the dataset ended) could otherwise still build its model
+    and write a note after the clear (seen in a test: an empty ``_attempts/<run>/init-refiner/`` left behind). Reads
+    GCS's actor table through ``ray._private.state`` (no public call gives it without the dashboard); where that is
+    not there it waits 2 s instead."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    try:
+        from ray._private import state
+
+        job = ray.get_runtime_context().job_id
+        while True:
+            table = state.actors(job_id=job) or {}
+            live = [a for a in table.values() if "MapBatches(PlanStage)" in str(a.get("ActorClassName", ""))
+                    and a.get("State") != "DEAD"]
+            if not live:
+                return True
+            if time.monotonic() > deadline:
+                log.debug("%d model actor(s) still not ended after %.0f s", len(live), wait_s)
+                return False
+            time.sleep(0.1)
+    except Exception as exc:  # noqa: BLE001 - no actor table in this Ray: wait as long as an actor takes to end
+        log.debug("no actor table (%s): waiting 2 s for the model actors to end", exc)
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        return False
+
+
 def _remove_leftovers(storage: jio.Storage) -> None:
     """What a killed earlier run may have left in the output: temp files of interrupted writes (never visible as
     outputs, but clutter) and its worker-death notes (``_attempts/``, see job.stages). Called with the output's
@@ -384,16 +414,14 @@ def _run_leased(cfg: JobConfig, out_storage: jio.Storage, run_id: str, *, addres
             if failed is None:
                 raise
             try:
-                attempts.clear()
-                # an actor the failed pool was still restarting may note its build after that (ray.kill ends
-                # actors asynchronously): clear once more when they are gone
-                time.sleep(2.0)
+                _await_pools_gone()  # ray.kill ends actors asynchronously: none may note a build after the clear
                 attempts.clear()
             except jio.StorageError:
                 pass  # the storage is what failed; the next run clears the notes
             raise failed from exc
         finally:
             feed.close()
+        _await_pools_gone()
         attempts.clear()
     else:
         list(todo_pages)  # the listing's end: its error rows and counts
