@@ -241,7 +241,7 @@ def _await_pools_gone(wait_s: float = 10.0) -> bool:
     try:
         from ray._private import state
 
-        job = ray.get_runtime_context().job_id
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
         while True:
             table = state.actors(job_id=job) or {}
             live = [a for a in table.values() if "MapBatches(PlanStage)" in str(a.get("ActorClassName", ""))
