@@ -115,10 +115,27 @@ class AttemptLog:
             return 0
 
     def set(self, marker: str, n: int) -> None:
+        """Note ``n`` (``n <= 0`` removes the note, and on a local output the folders it leaves empty: an actor that
+        builds its model after the run's last clear, which Ray may still start as a dataset ends, leaves nothing)."""
         if n <= 0:
             jio.delete(self.storage, marker)
-        else:
-            jio.write_bytes_atomic(self.storage, marker, str(n).encode())
+            if self.storage.kind == "local":
+                top = os.path.join(self.storage.root, ATTEMPTS_PREFIX)
+                folder = os.path.dirname(self.storage.path(marker))
+                while folder.startswith(top):
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break  # not empty: other notes
+                    folder = os.path.dirname(folder)
+            return
+        for attempt in range(3):
+            try:
+                jio.write_bytes_atomic(self.storage, marker, str(n).encode())
+                return
+            except FileNotFoundError:  # another actor removed the empty folder between its creation and our write
+                if attempt == 2:
+                    raise
 
     def clear(self) -> int:
         """Remove every note of this run (at its end); returns how many there were."""
