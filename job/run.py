@@ -202,6 +202,10 @@ def _job_failed(exc: BaseException, ok: int, total: int) -> JobFailed | None:
     return None
 
 
+#: what Ray calls the actors of our model pools (`job.stages.PlanStage` under Ray Data's map_batches)
+_POOL_ACTOR = "MapBatches(PlanStage)"
+
+
 def _release_pools() -> None:
     """End a failed dataset's model actors now instead of leaving them to a garbage collection that may not come.
 
@@ -219,9 +223,9 @@ def _release_pools() -> None:
     from ray.actor import ActorHandle
 
     gc.collect()
-    name = "MapBatches(PlanStage)"
     for obj in gc.get_objects():
-        if isinstance(obj, ActorHandle) and name in str(getattr(obj, "_ray_actor_creation_function_descriptor", "")):
+        made_by = str(getattr(obj, "_ray_actor_creation_function_descriptor", "")) if isinstance(obj, ActorHandle) else ""
+        if _POOL_ACTOR in made_by:
             try:
                 ray.kill(obj, no_restart=True)
             except Exception as exc:  # noqa: BLE001 - already gone
@@ -244,7 +248,7 @@ def _await_pools_gone(wait_s: float = 10.0) -> bool:
         job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
         while True:
             table = state.actors(job_id=job) or {}
-            live = [a for a in table.values() if "MapBatches(PlanStage)" in str(a.get("ActorClassName", ""))
+            live = [a for a in table.values() if _POOL_ACTOR in str(a.get("ActorClassName", ""))
                     and a.get("State") != "DEAD"]
             if not live:
                 return True
