@@ -224,8 +224,9 @@ def _release_pools() -> None:
 
     gc.collect()
     for obj in gc.get_objects():
-        made_by = str(getattr(obj, "_ray_actor_creation_function_descriptor", "")) if isinstance(obj, ActorHandle) else ""
-        if _POOL_ACTOR in made_by:
+        if not isinstance(obj, ActorHandle):
+            continue
+        if _POOL_ACTOR in str(getattr(obj, "_ray_actor_creation_function_descriptor", "")):
             try:
                 ray.kill(obj, no_restart=True)
             except Exception as exc:  # noqa: BLE001 - already gone
